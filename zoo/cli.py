@@ -1,4 +1,259 @@
-"""`mmf zoo ...` commands."""
+"""`mmf zoo ...`: list, info, fetch, verify, pack, hash, mirrors. Thin wrappers over the library.
+
+Exit codes: 0 ok, 1 usage or manifest error, 2 verification failure, 3 network failure after retries (or network
+needed while offline), 4 disk problem, 5 lock timeout, 130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Fetch, verify and install MMF zoo datasets and models.")
+from zoo.errors import EXIT_CODES, ZooError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Fetch, verify and install MMF zoo datasets and models.\n\nExit codes: "
+                  + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
+log = logging.getLogger("zoo")
+
+ZooOpt = typer.Option(None, "--zoo", help="Extra manifest(s) in MMF's schema (models if the name says so).")
+DataDirOpt = typer.Option(None, "--data-dir", help="MMF data dir (default: $MMF_DATA_DIR or MMF's cache).")
+
+
+def _setup_logging(quiet: bool) -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("mmf zoo: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _run(fn):
+    """Turn ZooErrors into one line on stderr and their exit code."""
+    try:
+        return fn()
+    except ZooError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: partial downloads are kept and resume on the next run", err=True)
+        raise typer.Exit(130) from None
+
+
+def _zoo(zoo_paths, from_path=None):
+    from zoo.manifest import load_zoo
+
+    zoo = load_zoo(zoo_paths or [])
+    if from_path:
+        from zoo.pack import merge_pack_entries, pack_entries
+        from zoo.sources import is_pack
+
+        if Path(from_path).is_file() and is_pack(Path(from_path)):
+            merge_pack_entries(zoo, pack_entries(Path(from_path)))
+    return zoo
+
+
+def _data_dir(data_dir: Optional[Path]) -> Path:
+    from zoo.layout import default_data_dir
+
+    return Path(data_dir).expanduser() if data_dir else default_data_dir()
+
+
+def _human(n):
+    from zoo.space import human
+
+    return human(n) if n is not None else "?"
+
+
+@app.command("list")
+def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Keys, versions, sizes when known, installed state, and manifest conflicts."""
+    from zoo import layout
+
+    def go():
+        z, dd = _zoo(zoo), _data_dir(data_dir)
+        rows = []
+        for key in sorted(z.entries):
+            e = z.entries[key]
+            target = layout.target_for(z, key)
+            sizes = [r.size for r in e.resources]
+            size = sum(sizes) if all(s is not None for s in sizes) else None
+            built = all(layout.is_built(f, e.version) for f in target.marker_folders(dd))
+            aliases = sorted(a for a, t in z.aliases.items() if t == key)
+            state = "conflict" if e.conflict else ("installed" if built else "-")
+            rows.append({"key": key, "kind": e.kind, "version": e.version, "resources": len(e.resources),
+                         "size": size, "state": state, "aliases": aliases, "conflict": e.conflict})
+        if as_json:
+            typer.echo(json.dumps(rows, indent=1))
+            return
+        typer.echo(f"{'key':34} {'kind':8} {'version':18} {'res':>3} {'size':>9}  state")
+        for r in rows:
+            alias = f"  (= {', '.join(r['aliases'])})" if r["aliases"] else ""
+            typer.echo(f"{r['key']:34} {r['kind']:8} {str(r['version']):18} {r['resources']:>3} "
+                       f"{_human(r['size']):>9}  {r['state']}{alias}")
+        for r in rows:
+            if r["conflict"]:
+                typer.echo(f"conflict: {r['key']}: {r['conflict']}", err=True)
+    _run(go)
+
+
+@app.command()
+def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
+         mirror: Optional[List[str]] = typer.Option(None, "--mirror"),
+         mirror_only: bool = typer.Option(False, "--mirror-only")) -> None:
+    """Resources of KEY: URL per mirror, hashes, destination, state."""
+    from zoo import layout
+    from zoo.mirrors import mirror_roots, resource_urls
+
+    def go():
+        z, dd = _zoo(zoo), _data_dir(data_dir)
+        target = layout.target_for(z, key)
+        e = target.entry
+        roots = mirror_roots(mirror or [], mirror_only=mirror_only or None)
+        typer.echo(f"{e.key} ({e.kind}, version {e.version}, from {e.source})")
+        if e.zoo_requirements:
+            typer.echo(f"  requires: {', '.join(e.zoo_requirements)}")
+        if e.conflict:
+            typer.echo(f"  CONFLICT: {e.conflict}")
+        for res in e.resources:
+            folder = target.folder(dd, res)
+            rec = layout.read_record(folder, res)
+            state = ("installed" if rec else
+                     "built by MMF" if layout.is_built(target.marker_folder(dd, res), e.version) else "not installed")
+            typer.echo(f"  - {res.category + ': ' if res.category else ''}{res.file_name}  [{state}]")
+            typer.echo(f"    sha256: {res.hashcode or '(none: size-only check)'}  size: {_human(res.size)}")
+            typer.echo(f"    destination: {folder}")
+            for url in resource_urls(res, roots):
+                typer.echo(f"    url: {url}")
+    _run(go)
+
+
+@app.command()
+def fetch(
+    keys: List[str] = typer.Argument(..., help="Zoo keys, e.g. textvqa textvqa.ocr_en m4c.textvqa.defaults"),
+    mirror: Optional[List[str]] = typer.Option(None, "--mirror", help="Mirror NAME (configs/zoo/mirrors.yaml) or root URL/folder; first in line. Repeatable."),
+    mirror_only: bool = typer.Option(False, "--mirror-only", help="Use only --mirror and MMF_ZOO_MIRRORS roots (never the origin)."),
+    data_dir: Optional[Path] = DataDirOpt,
+    zoo: Optional[List[Path]] = ZooOpt,
+    connections: int = typer.Option(8, "--connections", min=1, max=64, help="Parallel connections per file."),
+    chunk_size: float = typer.Option(8.0, "--chunk-size", help="Chunk size in MiB (resume and verification unit)."),
+    stall_timeout: float = typer.Option(30.0, "--stall-timeout", help="Drop a connection silent for this many seconds."),
+    from_path: Optional[Path] = typer.Option(None, "--from", help="Install from an archive, a folder of archives or a pack; no network."),
+    offline: bool = typer.Option(False, "--offline", help="Refuse any network access (also MMF_ZOO_OFFLINE=1)."),
+    force: bool = typer.Option(False, "--force", help="Fetch and extract again even if installed."),
+    no_extract: bool = typer.Option(False, "--no-extract", help="Only download and verify the archives."),
+    delete_archives: bool = typer.Option(False, "--delete-archives", help="Delete each archive after its verified extraction."),
+    no_stream: bool = typer.Option(False, "--no-stream", help="Extract after the download instead of while it runs."),
+    lock_timeout: Optional[float] = typer.Option(None, "--lock-timeout", help="Give up waiting for another process after this many seconds."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON report on stdout."),
+) -> None:
+    """Fetch, verify and install KEYS (with their zoo_requirements) into MMF's layout."""
+    from zoo.install import FetchOptions, fetch as do_fetch
+    from zoo.transfer import TransferOptions
+
+    _setup_logging(quiet or as_json)
+    offline = offline or os.environ.get("MMF_ZOO_OFFLINE", "") not in ("", "0")
+
+    def go():
+        z = _zoo(zoo, from_path)
+        bars = _Bars(enabled=not (quiet or as_json))
+        opts = FetchOptions(
+            data_dir=_data_dir(data_dir), mirrors=mirror or [], mirror_only=mirror_only or None,
+            transfer=TransferOptions(connections=connections, chunk_size=max(1, int(chunk_size * (1 << 20))),
+                                     stall_timeout=stall_timeout, offline=offline),
+            from_path=from_path, force=force, extract=not no_extract, delete_archives=delete_archives,
+            stream_extract=not no_stream, lock_timeout=lock_timeout, progress=bars.bar,
+            say=(lambda m: typer.echo(f"mmf zoo: {m}", err=True)) if not as_json else (lambda m: None))
+        try:
+            reports = do_fetch(z, keys, opts)
+        finally:
+            bars.close()
+        if as_json:
+            typer.echo(json.dumps([r.__dict__ for r in reports], indent=1))
+        elif not quiet:
+            for r in reports:
+                extra = f", fetched {_human(r.fetched)} in {r.seconds:.1f}s" if r.fetched else ""
+                extra += f", resumed {_human(r.resumed)}" if r.resumed else ""
+                typer.echo(f"{r.key}: {r.file_name}: {r.status}{extra} -> {r.path}")
+    _run(go)
+
+
+class _Bars:
+    """One tqdm bar per resource (bytes, rate, ETA) on stderr."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bars = enabled, []
+
+    def bar(self, label: str, total: int | None):
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        b = tqdm(total=total, desc=label[-40:], unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                 dynamic_ncols=True, mininterval=0.5, leave=True)
+        self.bars.append(b)
+        return b.update
+
+    def close(self):
+        for b in self.bars:
+            b.close()
+
+
+@app.command()
+def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
+    """Re-hash kept archives and check extracted files against the list recorded at extraction."""
+    from zoo.install import verify_installed
+
+    def go():
+        rows = verify_installed(_zoo(zoo), keys, _data_dir(data_dir))
+        for key, fname, ok, detail in rows:
+            typer.echo(f"{'ok ' if ok else 'BAD'} {key}: {fname}: {detail}")
+        if not all(ok for *_, ok, _d in rows):
+            typer.echo("error: verification failed; run `mmf zoo fetch KEY --force` to reinstall", err=True)
+            raise typer.Exit(2)
+    _run(go)
+
+
+@app.command("pack")
+def pack_cmd(keys: List[str], out: Path = typer.Option(..., "-o", "--output", help="Pack file to write."),
+             zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
+    """Bundle the verified archives of KEYS and their manifest entries into one file for an offline machine."""
+    from zoo.pack import pack
+
+    def go():
+        index = pack(_zoo(zoo), keys, _data_dir(data_dir), out, say=lambda m: typer.echo(m, err=True))
+        typer.echo(f"wrote {out} ({len(index['resources'])} archives); install with "
+                   f"`mmf zoo fetch {' '.join(keys)} --from {out}`")
+    _run(go)
+
+
+@app.command("hash")
+def hash_cmd(file: Path, chunk_size: float = typer.Option(8.0, "--chunk-size", help="MiB per chunk hash.")) -> None:
+    """Size, sha256 and xxh3-128 chunk hashes of FILE, ready to paste into a manifest."""
+    import hashlib
+
+    import xxhash
+
+    def go():
+        if not file.is_file():
+            typer.echo(f"error: {file} is not a file", err=True)
+            raise typer.Exit(1)
+        cs = max(1, int(chunk_size * (1 << 20)))
+        sha, chunks = hashlib.sha256(), []
+        with open(file, "rb") as f:
+            while block := f.read(cs):
+                sha.update(block)
+                chunks.append(xxhash.xxh3_128_hexdigest(block))
+        typer.echo(f"file_name: {file.name}\nhashcode: {sha.hexdigest()}\nsize: {file.stat().st_size}")
+        typer.echo(f"chunk_hashes:\n  chunk_size: {cs}\n  xxh3_128:")
+        for h in chunks:
+            typer.echo(f"  - {h}")
+    _run(go)

@@ -1,0 +1,3 @@
+from mmf_cli.main import main
+
+main()

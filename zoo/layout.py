@@ -1,0 +1,110 @@
+"""MMF's on-disk layout and markers, so MMF and this tool can share one data folder.
+
+datasets: <data_dir>/datasets/<name>/<variation>/{features,annotations,images,...}/ with extras in the variation
+folder itself; models: <data_dir>/models/<requested key>/. Each of those folders gets MMF's `.built.json`
+({"created_at", "version"}) once everything in it is installed. Our own bookkeeping (partial downloads, journals,
+locks, per-resource install records) lives in a hidden `.mmfzoo/` folder beside the data, which MMF ignores.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from zoo.journal import atomic_write_text
+from zoo.manifest import Entry, Resource
+
+MARKER = ".built.json"
+STATE_DIR = ".mmfzoo"
+
+
+def default_data_dir(env: dict | None = None) -> Path:
+    """MMF's default: $MMF_DATA_DIR, else <cache_dir>/data with cache_dir = $MMF_CACHE_DIR or $TORCH_HOME/mmf."""
+    env = os.environ if env is None else env
+    if env.get("MMF_DATA_DIR"):
+        return Path(env["MMF_DATA_DIR"]).expanduser()
+    cache = env.get("MMF_CACHE_DIR")
+    if not cache:
+        torch_home = env.get("TORCH_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "torch")
+        cache = os.path.join(torch_home, "mmf")
+    return Path(cache).expanduser() / "data"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One entry as requested: where it installs depends on the key the user typed for models (MMF's rule)."""
+
+    entry: Entry
+    name: str  # folder name under models/, or "<name>/<variation>" under datasets/
+
+    def root(self, data_dir: Path) -> Path:
+        return data_dir / self.entry.kind / self.name
+
+    def folder(self, data_dir: Path, res: Resource) -> Path:
+        """Where the archive lands and is extracted (MMF's download_path for its category)."""
+        base = self.root(data_dir)
+        if res.category and res.category != "extras":
+            base = base / res.category
+        return base / res.dest_folder if res.dest_folder else base
+
+    def marker_folder(self, data_dir: Path, res: Resource) -> Path:
+        """MMF writes one marker per category folder (extras and flat lists: the entry's own folder)."""
+        base = self.root(data_dir)
+        return base / res.category if res.category and res.category != "extras" else base
+
+    def marker_folders(self, data_dir: Path) -> list[Path]:
+        folders = list(dict.fromkeys(self.marker_folder(data_dir, r) for r in self.entry.resources))
+        return folders or [self.root(data_dir)]
+
+
+def target_for(zoo, key: str) -> Target:
+    entry = zoo.resolve(key)
+    if entry.kind == "datasets":
+        parts = entry.key.split(".")
+        name = "/".join(parts if len(parts) > 1 else parts + ["defaults"])
+    else:
+        requested = key.strip()
+        name = requested if requested in zoo.entries or requested in zoo.aliases else f"{requested}.defaults"
+    return Target(entry, name)
+
+
+def state_dir(folder: Path) -> Path:
+    return folder / STATE_DIR
+
+
+def record_path(folder: Path, res: Resource) -> Path:
+    return state_dir(folder) / f"{res.file_name}.installed.json"
+
+
+def read_record(folder: Path, res: Resource) -> dict | None:
+    try:
+        return json.loads(record_path(folder, res).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_record(folder: Path, res: Resource, record: dict) -> None:
+    state_dir(folder).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record_path(folder, res), json.dumps(record, indent=1))
+
+
+def is_built(folder: Path, version: str) -> bool:
+    try:
+        return json.loads((folder / MARKER).read_text()).get("version") == version
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def mark_built(folder: Path, version: str) -> None:
+    """MMF's marker, byte-compatible keys; written last, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / MARKER, json.dumps({"created_at": str(datetime.today()), "version": version}))
+
+
+def unmark(folder: Path) -> None:
+    try:
+        (folder / MARKER).unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,304 @@
+"""Zoo manifests in MMF's schema: load, resolve `${a.b}` aliases, validate, look keys up.
+
+A manifest is MMF's `datasets.yaml` / `models.yaml` as-is, plus optional fields MMF-format readers can ignore:
+`size` and `extracted_size` (bytes), `chunk_hashes` ({chunk_size, xxh3_128: [...]} or {chunk_size, url}) and
+`mirrors` (extra full URLs). Everything is validated at load time, all problems at once.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from zoo.errors import ManifestError, UnknownKeyError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "zoo"
+RESOURCE_FIELDS = {"url", "file_name", "hashcode", "compressed", "dest_folder", "delete_original"}
+EXTENSION_FIELDS = {"size", "extracted_size", "chunk_hashes", "mirrors"}
+_HEX64 = re.compile(r"^[A-Fa-f0-9]{64}$")
+_ALIAS = re.compile(r"^\$\{([^}]+)\}$")
+
+
+@dataclass(frozen=True)
+class Resource:
+    url: str
+    file_name: str
+    category: str | None  # features / annotations / extras / ... ; None in a flat list
+    hashcode: str | None = None
+    compressed: bool = True
+    dest_folder: str | None = None
+    delete_original: bool = False
+    size: int | None = None
+    extracted_size: int | None = None
+    chunk_hashes: dict | None = None
+    mirrors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str  # canonical key after aliases, e.g. "m4c.textvqa.with_stvqa"
+    kind: str  # "datasets" or "models"
+    # the YAML value as MMF's loader reads it: `1.0_2020_05_03` is the float 1.020200503 under YAML 1.1 (PyYAML
+    # and OmegaConf agree), and MMF writes that float into .built.json, so we keep it as is for compatibility
+    version: str | float | int
+    resources: tuple[Resource, ...]
+    zoo_requirements: tuple[str, ...] = ()
+    conflict: str | None = None  # why this entry cannot be fetched (e.g. textvqa.caffe2)
+    source: str = ""  # manifest file
+
+
+@dataclass
+class Zoo:
+    """All entries of the loaded manifests, by canonical key, plus the aliases that point at them."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # alias key -> canonical key
+
+    def keys(self) -> list[str]:
+        return sorted(set(self.entries) | set(self.aliases))
+
+    def resolve(self, key: str) -> Entry:
+        """`textvqa` -> textvqa.defaults; aliases followed; unknown keys list the closest ones."""
+        key = key.strip()
+        for candidate in (key, f"{key}.defaults"):
+            if candidate in self.aliases:
+                candidate = self.aliases[candidate]
+            if candidate in self.entries:
+                return self.entries[candidate]
+        close = difflib.get_close_matches(key, self.keys(), n=4, cutoff=0.5)
+        if not close:
+            close = [k for k in self.keys() if k.startswith(key.split(".")[0])][:4]
+        hint = f"closest: {', '.join(close)}" if close else "run `mmf zoo list` to see all keys"
+        raise UnknownKeyError(f"unknown zoo key '{key}' ({hint})")
+
+    def with_requirements(self, keys: list[str]) -> list[Entry]:
+        """Entries for keys, each preceded by its zoo_requirements (recursively), without repeats."""
+        out: list[Entry] = []
+        seen: set[str] = set()
+
+        def visit(k: str, stack: tuple[str, ...]) -> None:
+            entry = self.resolve(k)
+            if entry.key in stack:
+                raise ManifestError(f"zoo_requirements cycle: {' -> '.join(stack + (entry.key,))}")
+            for req in entry.zoo_requirements:
+                visit(req, stack + (entry.key,))
+            if entry.key not in seen:
+                seen.add(entry.key)
+                out.append(entry)
+
+        for k in keys:
+            visit(k, ())
+        return out
+
+
+def default_manifest_paths() -> list[tuple[str, Path]]:
+    """MMF's env vars MMF_DATASET_ZOO / MMF_MODEL_ZOO, else the manifests shipped in configs/zoo."""
+    ds = os.environ.get("MMF_DATASET_ZOO") or CONFIG_DIR / "datasets.yaml"
+    md = os.environ.get("MMF_MODEL_ZOO") or CONFIG_DIR / "models.yaml"
+    return [("datasets", Path(ds)), ("models", Path(md))]
+
+
+def kind_of(path: Path) -> str:
+    """A `--zoo PATH` is a model zoo when its file name says so (models.yaml), else a dataset zoo."""
+    return "models" if "model" in path.stem.lower() else "datasets"
+
+
+def load_zoo(extra: list[str | Path] | None = None, *, defaults: bool = True) -> Zoo:
+    """Load the default manifests (unless defaults=False) and every `--zoo PATH`; later files win on a key clash."""
+    paths = default_manifest_paths() if defaults else []
+    paths += [(kind_of(Path(p)), Path(p)) for p in extra or []]
+    zoo = Zoo()
+    for kind, path in paths:
+        merge(zoo, parse_manifest(path, kind))
+    return zoo
+
+
+def merge(into: Zoo, other: Zoo) -> None:
+    into.entries.update(other.entries)
+    into.aliases.update(other.aliases)
+    for key in other.entries:
+        into.aliases.pop(key, None)
+
+
+def parse_manifest(path: Path, kind: str) -> Zoo:
+    """Parse one manifest file; raise one ManifestError listing every problem found."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {path} not found (check --zoo / MMF_DATASET_ZOO / MMF_MODEL_ZOO)") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ManifestError(f"manifest {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(tree, dict):
+        raise ManifestError(f"manifest {path}: top level must be a mapping of keys, got {type(tree).__name__}")
+    problems: list[str] = []
+    zoo = Zoo()
+    _walk(tree, (), tree, kind, str(path), zoo, problems)
+    _check_duplicate_targets(zoo, problems)
+    _mark_conflicts(zoo)
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ManifestError(f"manifest {path}: {shown}")
+    return zoo
+
+
+def _walk(node, path: tuple[str, ...], root, kind, source, zoo: Zoo, problems: list[str]) -> None:
+    key = ".".join(path)
+    if isinstance(node, str) and _ALIAS.match(node.strip()):
+        target = _follow_alias(node.strip(), root, key, problems)
+        if target is not None:
+            zoo.aliases[key] = target
+        return
+    if not isinstance(node, dict):
+        problems.append(f"'{key}' must be a mapping, got {type(node).__name__} {node!r:.40}")
+        return
+    has_v, has_r = "version" in node, "resources" in node
+    if has_v or has_r:
+        if not has_v:
+            problems.append(f"'{key}' has resources but no version")
+        elif not has_r:
+            problems.append(f"'{key}' has a version but no resources")
+        else:
+            entry = _entry(node, key, kind, source, problems)
+            if entry:
+                zoo.entries[key] = entry
+        return
+    for child, value in node.items():
+        _walk(value, path + (str(child),), root, kind, source, zoo, problems)
+
+
+def _follow_alias(ref: str, root, key: str, problems: list[str]) -> str | None:
+    seen = [key]
+    while True:
+        target = _ALIAS.match(ref).group(1).strip()
+        if target in seen:
+            problems.append(f"alias cycle: {' -> '.join(seen + [target])}")
+            return None
+        seen.append(target)
+        node = root
+        for part in target.split("."):
+            if not isinstance(node, dict) or part not in node:
+                problems.append(f"'{key}' is an alias to '{target}', which does not exist")
+                return None
+            node = node[part]
+        if isinstance(node, str) and _ALIAS.match(node.strip()):
+            ref = node.strip()
+            continue
+        if isinstance(node, dict) and "version" not in node and isinstance(node.get("defaults"), (dict, str)):
+            ref = "${" + target + ".defaults}"
+            continue
+        return target
+
+
+def _entry(node: dict, key: str, kind: str, source: str, problems: list[str]) -> Entry | None:
+    unknown = set(node) - {"version", "resources", "zoo_requirements"}
+    if unknown:
+        problems.append(f"'{key}' has unknown field(s) {sorted(unknown)} (allowed: version, resources, zoo_requirements)")
+    raw = node["resources"]
+    items: list[tuple[str | None, object]] = []
+    if isinstance(raw, list):
+        items = [(None, r) for r in raw]
+    elif isinstance(raw, dict):
+        for cat, lst in raw.items():
+            if not isinstance(lst, list):
+                problems.append(f"'{key}.resources.{cat}' must be a list of resources")
+                continue
+            items += [(str(cat), r) for r in lst]
+    else:
+        problems.append(f"'{key}.resources' must be a list or a mapping of categories to lists")
+        return None
+    resources = []
+    for i, (cat, r) in enumerate(items):
+        where = f"{key}.resources" + (f".{cat}" if cat else "") + f"[{i}]"
+        res = _resource(r, cat, where, problems)
+        if res:
+            resources.append(res)
+    reqs = node.get("zoo_requirements") or ()
+    if isinstance(reqs, str):
+        reqs = (reqs,)
+    version = node["version"]
+    if not isinstance(version, (str, int, float)) or isinstance(version, bool):
+        problems.append(f"'{key}.version' must be a string, got {version!r}")
+    return Entry(key, kind, version, tuple(resources), tuple(str(r) for r in reqs), None, source)
+
+
+def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
+    if not isinstance(r, dict):
+        problems.append(f"'{where}' must be a mapping with url and file_name")
+        return None
+    unknown = set(r) - RESOURCE_FIELDS - EXTENSION_FIELDS
+    if unknown:
+        allowed = sorted(RESOURCE_FIELDS | EXTENSION_FIELDS)
+        problems.append(f"'{where}' has unknown field(s) {sorted(unknown)} (allowed: {', '.join(allowed)})")
+    for req in ("url", "file_name"):
+        if not r.get(req) or not isinstance(r.get(req), str):
+            problems.append(f"'{where}' is missing '{req}'")
+    if problems and (not r.get("url") or not r.get("file_name")):
+        return None
+    fname = r["file_name"]
+    if "/" in fname or "\\" in fname or fname in (".", ".."):
+        problems.append(f"'{where}.file_name' must be a plain file name, got {fname!r}")
+    dest = r.get("dest_folder")
+    if dest is not None and (Path(str(dest)).is_absolute() or ".." in Path(str(dest)).parts):
+        problems.append(f"'{where}.dest_folder' must be a relative folder without '..', got {dest!r}")
+    h = r.get("hashcode")
+    if h is not None and not (isinstance(h, str) and _HEX64.match(h)):
+        problems.append(f"'{where}.hashcode' must be a sha256 of 64 hex digits, got {str(h)!r:.70}")
+    for num in ("size", "extracted_size"):
+        if r.get(num) is not None and not (isinstance(r[num], int) and r[num] >= 0):
+            problems.append(f"'{where}.{num}' must be a whole number of bytes, got {r[num]!r}")
+    ch = r.get("chunk_hashes")
+    if ch is not None:
+        ok = isinstance(ch, dict) and isinstance(ch.get("chunk_size"), int) and ch["chunk_size"] > 0
+        ok = ok and (isinstance(ch.get("xxh3_128"), list) or isinstance(ch.get("url"), str))
+        if not ok:
+            problems.append(f"'{where}.chunk_hashes' needs chunk_size and xxh3_128 (a list) or url (a sidecar)")
+    mirrors = r.get("mirrors") or ()
+    if isinstance(mirrors, str):
+        mirrors = (mirrors,)
+    return Resource(
+        url=r["url"], file_name=fname, category=cat, hashcode=h.lower() if isinstance(h, str) else None,
+        compressed=bool(r.get("compressed", True)), dest_folder=dest, delete_original=bool(r.get("delete_original", False)),
+        size=r.get("size"), extracted_size=r.get("extracted_size"), chunk_hashes=ch, mirrors=tuple(mirrors),
+    )
+
+
+def _check_duplicate_targets(zoo: Zoo, problems: list[str]) -> None:
+    """Two resources of one version writing the same archive path would overwrite each other."""
+    for entry in zoo.entries.values():
+        seen: dict[tuple, str] = {}
+        for res in entry.resources:
+            target = (res.category if res.category != "extras" else None, res.dest_folder, res.file_name)
+            if target in seen:
+                problems.append(f"'{entry.key}': two resources write the same file {res.file_name!r} ({seen[target]} and {res.url})")
+            seen[target] = res.url
+
+
+def _mark_conflicts(zoo: Zoo) -> None:
+    """Same URL with two different hashes (MMF's textvqa.caffe2 vs textvqa.defaults): at most one can verify.
+
+    The entry whose version is newest keeps the URL; the others are refused with the reason.
+    """
+    by_url: dict[str, list[tuple[Entry, Resource]]] = {}
+    for entry in zoo.entries.values():
+        for res in entry.resources:
+            if res.hashcode:
+                by_url.setdefault(res.url, []).append((entry, res))
+    for url, users in by_url.items():
+        if len({r.hashcode for _, r in users}) < 2:
+            continue
+        users.sort(key=lambda er: str(er[0].version), reverse=True)
+        keeper = users[0][0]
+        for entry, res in users[1:]:
+            if entry.key == keeper.key:
+                continue
+            why = (f"its {res.file_name} shares {url} with '{keeper.key}' but expects sha256 {res.hashcode[:12]}…, "
+                   f"not {users[0][1].hashcode[:12]}…; the file was re-uploaded, so it cannot verify")
+            zoo.entries[entry.key] = Entry(**{**entry.__dict__, "conflict": why})

@@ -1,0 +1,157 @@
+"""Where a resource can be fetched from: `mmf://` expansion against ordered mirror roots, and per-mirror health.
+
+Order of roots: `--mirror NAME|URL` (first, in the order given), `MMF_ZOO_MIRRORS`, the `default: true` roots of
+configs/zoo/mirrors.yaml (the origin among them). With `mirror_only` (or MMF_ZOO_MIRROR_ONLY=1) only the roots
+given on the command line and in MMF_ZOO_MIRRORS are used: nothing reaches the origin. A resource's own `mirrors:`
+list is appended. Local folders and file:// roots are mirrors too.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
+
+import yaml
+
+from zoo.errors import ManifestError
+from zoo.manifest import CONFIG_DIR, Resource
+
+ORIGIN = "https://dl.fbaipublicfiles.com/mmf/data/"
+MMF_PREFIX = "mmf://"
+
+
+def load_named_mirrors(path: Path | None = None) -> dict[str, dict]:
+    path = Path(path or CONFIG_DIR / "mirrors.yaml")
+    if not path.exists():
+        return {"origin": {"url": ORIGIN, "default": True}}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"mirror list {path} is not valid YAML: {exc}") from None
+    out = {}
+    for name, spec in data.items():
+        if isinstance(spec, str):
+            spec = {"url": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("url"), str):
+            raise ManifestError(f"mirror list {path}: '{name}' needs a url")
+        out[str(name)] = {"url": spec["url"], "default": bool(spec.get("default", False))}
+    return out
+
+
+def normalize_root(root: str) -> str:
+    """A root as a URL ending in '/': local folders become file:// URLs."""
+    root = root.strip()
+    if "://" not in root:
+        path = Path(root).expanduser().resolve()
+        root = "file://" + quote(str(path))
+    return root if root.endswith("/") else root + "/"
+
+
+def mirror_roots(cli: list[str] | None = None, *, mirror_only: bool | None = None,
+                 named: dict[str, dict] | None = None, env: dict | None = None) -> list[str]:
+    """The ordered, de-duplicated mirror roots for `mmf://` URLs."""
+    env = os.environ if env is None else env
+    named = load_named_mirrors() if named is None else named
+    if mirror_only is None:
+        mirror_only = env.get("MMF_ZOO_MIRROR_ONLY", "") not in ("", "0", "false", "no")
+
+    def expand(item: str) -> str:
+        item = item.strip()
+        if item in named:
+            return normalize_root(named[item]["url"])
+        if "://" in item or item.startswith(("/", ".", "~")) or Path(item).exists():
+            return normalize_root(item)
+        raise ManifestError(f"unknown mirror '{item}': not a name in configs/zoo/mirrors.yaml "
+                            f"({', '.join(sorted(named))}), nor a URL or an existing folder")
+
+    roots = [expand(m) for m in cli or []]
+    roots += [expand(m) for m in env.get("MMF_ZOO_MIRRORS", "").split(",") if m.strip()]
+    if not mirror_only:
+        roots += [normalize_root(spec["url"]) for spec in named.values() if spec.get("default")]
+    return list(dict.fromkeys(roots))
+
+
+def resource_urls(res: Resource, roots: list[str]) -> list[str]:
+    """Every full URL of a resource, in preference order."""
+    if res.url.startswith(MMF_PREFIX):
+        rel = res.url[len(MMF_PREFIX):].lstrip("/")
+        urls = [root + rel for root in roots]
+    else:
+        urls = [res.url]
+    return list(dict.fromkeys(urls + list(res.mirrors)))
+
+
+def is_local(url: str) -> bool:
+    return url.startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    return Path(unquote(urlparse(url).path))
+
+
+def local_slice(url: str) -> tuple[Path, int, int | None]:
+    """file:///bundle.tar#bytes=START-END addresses one member inside a pack; plain file:// the whole file."""
+    parsed = urlparse(url)
+    frag = parsed.fragment
+    if frag.startswith("bytes="):
+        a, b = frag[len("bytes="):].split("-")
+        return Path(unquote(parsed.path)), int(a), int(b) - int(a) + 1
+    return Path(unquote(parsed.path)), 0, None
+
+
+@dataclass
+class Mirror:
+    """Health of one URL for one resource during one transfer. Thread-safe through `lock`."""
+
+    url: str
+    alive: bool = True
+    reason: str = ""
+    ranges: bool | None = None  # None until probed
+    size: int | None = None
+    validator: str | None = None  # ETag, else Last-Modified, sent as If-Range
+    active: int = 0
+    failures: int = 0  # consecutive transient failures
+    backoff_until: float = 0.0
+    rate: float | None = None  # EWMA bytes/s per connection
+    bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def host(self) -> str:
+        p = urlparse(self.url)
+        return p.netloc or "local"
+
+    def drop(self, reason: str) -> bool:
+        """Stop using this mirror for the resource; True the first time."""
+        with self.lock:
+            first = self.alive
+            self.alive, self.reason = False, self.reason or reason
+            return first
+
+    def transient(self, base: float, cap: float, retry_after: float | None = None) -> float:
+        """Record a transient failure; returns the back-off applied (exponential, with full jitter)."""
+        with self.lock:
+            self.failures += 1
+            delay = retry_after if retry_after is not None else random.uniform(0, min(cap, base * 2 ** self.failures))
+            self.backoff_until = max(self.backoff_until, time.monotonic() + delay)
+            if self.rate:
+                self.rate *= 0.5  # errors make a mirror less attractive to the scheduler
+            return delay
+
+    def record(self, nbytes: int, seconds: float) -> None:
+        with self.lock:
+            self.failures = 0
+            self.bytes += nbytes
+            if seconds > 0 and nbytes > 0:
+                sample = nbytes / seconds
+                self.rate = sample if self.rate is None else 0.6 * self.rate + 0.4 * sample
+
+    def score(self) -> float:
+        """Expected bytes/s of one more connection here; unmeasured mirrors get tried early."""
+        if self.rate is None:
+            return float("inf") if self.active == 0 else 0.0
+        return self.rate

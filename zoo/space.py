@@ -1,0 +1,78 @@
+"""Disk preflight: fail before the first byte when archives (+ extracted trees, when their size is known) can't fit."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from zoo import http, layout
+from zoo.errors import DiskError
+from zoo.journal import Journal
+from zoo.mirrors import Mirror
+
+log = logging.getLogger("zoo")
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def existing_ancestor(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def discover_size(urls: list[str], opts) -> int | None:
+    """Size from the first mirror that answers a 1-byte probe (cheap; the transfer probes again anyway)."""
+    for url in urls:
+        if opts.offline and not url.startswith("file://"):
+            continue
+        m = Mirror(url)
+        try:
+            http.probe(m, opts)
+            return m.size
+        except (http.Permanent, http.Transient):
+            continue
+    return None
+
+
+def preflight(todo, opts, urls_for) -> dict[int, int]:
+    """Check free space for the (target, resource) pairs still to install; returns known sizes by id(resource)."""
+    sizes: dict[int, int] = {}
+    archives = extracted = biggest = 0
+    unknown = []
+    for target, res in todo:
+        folder = target.folder(opts.data_dir, res)
+        if (folder / res.file_name).exists():
+            continue  # kept archive: only its extraction needs room
+        size = res.size if res.size is not None else discover_size(urls_for(res), opts.transfer)
+        if size is None:
+            unknown.append(res.file_name)
+            continue
+        sizes[id(res)] = size
+        journal = Journal.load(layout.state_dir(folder) / f"{res.file_name}.journal.json")
+        have = sum(min(journal.chunk_size, size - i * journal.chunk_size) for i in journal.chunks) if journal else 0
+        archives += max(0, size - have)
+        biggest = max(biggest, size)
+        if res.compressed and opts.extract:
+            extracted += res.extracted_size or 0
+    # with --delete-archives each archive goes once its tree is out: peak = all trees + the largest archive
+    need = extracted + biggest if opts.delete_archives and extracted else archives + extracted
+    where = existing_ancestor(opts.data_dir)
+    free = shutil.disk_usage(where).free
+    if unknown:
+        log.info("size unknown for %s (no size in the manifest and no mirror answered)", ", ".join(unknown))
+    if need > free:
+        hint = ""
+        if extracted and not opts.delete_archives and extracted + biggest <= free:
+            hint = "; --delete-archives (removes each archive after its verified extraction) would make it fit"
+        raise DiskError(f"not enough space in {where}: need {human(need)} ({human(archives)} of archives"
+                        f"{f' + {human(extracted)} extracted' if extracted else ''}), {human(free)} free{hint}; "
+                        "or choose another --data-dir / MMF_DATA_DIR")
+    return sizes
