@@ -137,13 +137,15 @@ def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls:
             return ResourceReport(target.entry.key, res.file_name, why, str(folder))
         for stale in state.glob(f"extract-{res.file_name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed extraction; we hold the lock
-        layout.unmark(target.marker_folder(opts.data_dir, res))  # re-marked only when all of it is in place
         archive = folder / res.file_name
         report = ResourceReport(target.entry.key, res.file_name, "installed", str(folder))
         tree, files = _obtain(target, res, opts, urls, size, archive, report)
         if opts.extract and res.compressed:
             if tree is None:
                 tree, files = _extract(res, archive, state, report.size)
+            # an interrupted publish must not look installed: drop the record and MMF's marker first
+            layout.record_path(folder, res).unlink(missing_ok=True)
+            layout.unmark(target.marker_folder(opts.data_dir, res))
             top = _publish(tree, folder)
         else:
             top = [res.file_name]
@@ -263,7 +265,7 @@ class _Streamer:
 
 def _max_bytes(res: Resource, size: int | None) -> int | None:
     if res.extracted_size:
-        return int(res.extracted_size * 1.5) + (64 << 20)
+        return int(res.extracted_size * 1.5) + (1 << 20)
     return max(size * 50, 1 << 30) if size else None
 
 

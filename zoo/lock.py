@@ -55,10 +55,10 @@ def resource_lock(path: Path, what: str, timeout: float | None = None, say=None)
     info_path = path.with_name(path.name + ".holder")
     soft = os.environ.get("MMF_ZOO_SOFT_LOCK", "") not in ("", "0")
     lock = (filelock.SoftFileLock if soft else filelock.FileLock)(str(path))
-    start, next_note = time.monotonic(), 0.0
+    start, next_note, wait = time.monotonic(), 0.0, 0.0
     while True:
         try:
-            lock.acquire(timeout=1.0)
+            lock.acquire(timeout=wait)  # first try without waiting, so a waiter says at once who holds it
             break
         except filelock.Timeout:
             info = _holder(info_path)
@@ -66,7 +66,7 @@ def resource_lock(path: Path, what: str, timeout: float | None = None, say=None)
                 say(f"breaking stale lock on {what} left by {_describe(info)}")
                 Path(path).unlink(missing_ok=True)
                 continue
-            waited = time.monotonic() - start
+            waited, wait = time.monotonic() - start, 1.0
             if waited >= next_note:
                 say(f"waiting for {what}: locked by {_describe(info)}")
                 next_note = waited + 30

@@ -1,0 +1,264 @@
+"""`mmf zoo fetch` end to end, as a user runs it: real subprocesses, a fault-injecting mirror, real archives."""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.faultserver import FaultServer, Faults
+from tests.zoo_helpers import assert_tree, make_zoo, run_mmf, sha256, tar_gz
+
+
+def fetch(zoo, data, *extra, mirror=None, key="toyset"):
+    args = ["zoo", "fetch", key, "--zoo", str(zoo.manifest), "--data-dir", str(data), "--quiet",
+            "--chunk-size", "0.5", "--stall-timeout", "2"]
+    if mirror:
+        args += ["--mirror", mirror]
+    return run_mmf(*args, *extra)
+
+
+def built(data, rel):
+    return json.loads((data / rel / ".built.json").read_text())
+
+
+def test_fetch_installs_mmf_layout_and_markers_then_is_idempotent(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    with FaultServer(zoo.mirror) as srv:
+        r = fetch(zoo, data, mirror=srv.url)
+        assert r.returncode == 0, r.stderr
+        assert_tree(data, zoo)
+        for rel in ("datasets/toyset/defaults/features", "datasets/toyset/defaults/annotations", "datasets/toyset/defaults"):
+            marker = built(data, rel)
+            assert sorted(marker) == ["created_at", "version"]  # exactly MMF's keys
+            assert marker["version"] == "1.0_2026_11_26"  # safe_dump quoted it, so it stays a string
+        # archives kept next to the data, as MMF does
+        assert (data / "datasets/toyset/defaults/features/features.tar.gz").is_file()
+        srv.stats.reset()
+        r = fetch(zoo, data, "--json", mirror=srv.url)
+        assert r.returncode == 0
+        assert {x["status"] for x in json.loads(r.stdout)} == {"already installed"}
+        assert sum(srv.stats.bytes_sent.values()) == 0
+        v = run_mmf("zoo", "verify", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(data))
+        assert v.returncode == 0 and v.stdout.count("\nok ") + v.stdout.startswith("ok ") == 3, v.stdout
+
+
+def test_verify_detects_a_damaged_extracted_file(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    r = fetch(zoo, data, mirror=str(zoo.mirror))  # a plain local folder works as a mirror
+    assert r.returncode == 0, r.stderr
+    victim = data / "datasets/toyset/defaults/annotations/imdb_val.npy"
+    victim.write_bytes(victim.read_bytes()[:100])
+    v = run_mmf("zoo", "verify", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(data))
+    assert v.returncode == 2 and "imdb_val.npy" in v.stdout
+
+
+def test_delete_archives_and_no_extract(tmp_path):
+    zoo = make_zoo(tmp_path)
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    assert fetch(zoo, d1, "--delete-archives", mirror=str(zoo.mirror)).returncode == 0
+    assert_tree(d1, zoo)
+    assert not list(d1.rglob("*.tar.gz"))
+    r = fetch(zoo, d2, "--no-extract", mirror=str(zoo.mirror))
+    assert r.returncode == 0, r.stderr
+    assert (d2 / "datasets/toyset/defaults/features/features.tar.gz").is_file()
+    assert not list(d2.rglob(".built.json"))  # MMF must not think archives alone are built
+    assert not (d2 / "datasets/toyset/defaults/features/open_images").exists()
+
+
+def _manifest_with(zoo, **changes):
+    m = yaml.safe_load(zoo.manifest.read_text())
+    item = m["toyset"]["defaults"]["resources"]["features"][0]
+    item.update(changes)
+    zoo.manifest.write_text(yaml.safe_dump(m))
+
+
+def test_wrong_hash_is_exit_2_and_nothing_published(tmp_path):
+    zoo = make_zoo(tmp_path)
+    _manifest_with(zoo, hashcode="0" * 64)
+    data = tmp_path / "data"
+    with FaultServer(zoo.mirror) as srv:
+        r = fetch(zoo, data, mirror=srv.url)
+    assert r.returncode == 2, r.stderr
+    assert "sha256" in r.stderr and "Traceback" not in r.stderr
+    feats = data / "datasets/toyset/defaults/features"
+    assert not (feats / "open_images").exists() and not (feats / ".built.json").exists()
+    assert not (feats / "features.tar.gz").exists()
+
+
+def test_html_page_served_as_archive_is_refused(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    with FaultServer(zoo.mirror, faults=Faults(glob="*features*", html_200=True)) as srv:
+        r = fetch(zoo, data, mirror=srv.url)
+    assert r.returncode == 3 and "HTML" in r.stderr
+    assert not (data / "datasets/toyset/defaults/features/open_images").exists()
+
+
+def _evil_zoo(tmp_path, members_or_builder):
+    zoo = make_zoo(tmp_path)
+    path = zoo.mirror / "datasets/toyset/defaults/features/features.tar.gz"
+    if callable(members_or_builder):
+        members_or_builder(path)
+    else:
+        tar_gz(path, members_or_builder)
+    _manifest_with(zoo, hashcode=sha256(path), size=path.stat().st_size)
+    return zoo
+
+
+def _symlink_escape(path):
+    with tarfile.open(path, "w:gz") as tf:
+        info = tarfile.TarInfo("open_images/link")
+        info.type, info.linkname = tarfile.SYMTYPE, "../../../../../../etc"
+        tf.addfile(info)
+        data = b"owned"
+        info = tarfile.TarInfo("open_images/link/evil.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+
+def _truncated(path):
+    tar_gz(path, {"open_images/big.bin": os.urandom(600_000)})
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+
+
+def _bomb(path):
+    tar_gz(path, {"open_images/zeros.bin": bytes(64 << 20)})
+
+
+@pytest.mark.parametrize("builder,phrase", [
+    ({"../../escaped.txt": b"x"}, ".."),
+    ({"/tmp/abs-escape.txt": b"x"}, "absolute"),
+    (_symlink_escape, "outside"),
+    (_truncated, "cannot be read to the end"),
+], ids=["traversal", "absolute", "symlink", "truncated"])
+def test_unsafe_or_corrupt_archives_are_refused(tmp_path, builder, phrase):
+    zoo = _evil_zoo(tmp_path, builder)
+    data = tmp_path / "data"
+    r = fetch(zoo, data, mirror=str(zoo.mirror))
+    assert r.returncode == 2, r.stderr
+    assert phrase in r.stderr.lower() and "Traceback" not in r.stderr
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/abs-escape.txt").exists()
+    feats = data / "datasets/toyset/defaults/features"
+    assert not (feats / ".built.json").exists() and not (feats / "open_images").exists()
+    assert not list((feats / ".mmfzoo").glob("extract-*"))  # no temp tree left behind
+
+
+def test_bomb_guard_uses_declared_extracted_size(tmp_path):
+    zoo = _evil_zoo(tmp_path, _bomb)
+    _manifest_with(zoo, extracted_size=1000)
+    r = fetch(zoo, tmp_path / "data", mirror=str(zoo.mirror))
+    assert r.returncode == 2 and "limit" in r.stderr.lower(), r.stderr
+
+
+def test_read_only_data_dir_is_exit_4(tmp_path):
+    if os.geteuid() == 0:
+        # root ignores permission bits: use a read-only bind of a tmpfs-less path instead -> a file as data dir
+        data = tmp_path / "not-a-dir"
+        data.write_text("")
+    else:
+        data = tmp_path / "ro"
+        data.mkdir()
+        data.chmod(0o500)
+    zoo = make_zoo(tmp_path)
+    r = fetch(zoo, data / "sub", mirror=str(zoo.mirror))
+    assert r.returncode == 4, r.stderr
+    assert "data-dir" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_preflight_refuses_before_any_byte(tmp_path):
+    zoo = make_zoo(tmp_path)
+    _manifest_with(zoo, size=None, extracted_size=10 ** 15)  # a petabyte tree cannot fit
+    m = yaml.safe_load(zoo.manifest.read_text())
+    m["toyset"]["defaults"]["resources"]["features"][0].pop("size")
+    zoo.manifest.write_text(yaml.safe_dump(m))
+    with FaultServer(zoo.mirror) as srv:
+        r = fetch(zoo, tmp_path / "data", mirror=srv.url)
+        assert r.returncode == 4 and "not enough space" in r.stderr and "free" in r.stderr, r.stderr
+        assert sum(srv.stats.bytes_sent.values()) <= 3  # only 1-byte size probes
+
+
+def test_mmf_built_data_is_respected(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    for rel in ("datasets/toyset/defaults/features", "datasets/toyset/defaults/annotations", "datasets/toyset/defaults"):
+        (data / rel).mkdir(parents=True, exist_ok=True)
+        (data / rel / ".built.json").write_text(json.dumps({"created_at": "2021-01-01 00:00:00",
+                                                           "version": "1.0_2026_11_26"}))
+    r = fetch(zoo, data, "--json", "--offline")
+    assert r.returncode == 0, r.stderr
+    assert {x["status"] for x in json.loads(r.stdout)} == {"built by MMF"}
+
+
+def test_offline_refuses_network_and_names_the_resource(tmp_path):
+    zoo = make_zoo(tmp_path)
+    r = fetch(zoo, tmp_path / "data", "--offline", mirror="http://127.0.0.1:9/")
+    assert r.returncode == 3 and "offline" in r.stderr and ".tar.gz" in r.stderr
+    r = run_mmf("zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(tmp_path / "d"),
+                "--mirror", "http://127.0.0.1:9/", env={"MMF_ZOO_OFFLINE": "1"})
+    assert r.returncode == 3 and "offline" in r.stderr
+
+
+def test_offline_install_from_folder_and_from_pack(tmp_path):
+    zoo = make_zoo(tmp_path)
+    # a folder of archives downloaded by hand, flat, renamed folders: matched by file name + sha256
+    hand = tmp_path / "downloads"
+    hand.mkdir()
+    for rel, path in zoo.archives.items():
+        (hand / rel.replace("/", "_")).mkdir()
+        (hand / rel.replace("/", "_") / path.name).write_bytes(path.read_bytes())
+    d1 = tmp_path / "d1"
+    r = fetch(zoo, d1, "--from", str(hand), mirror="http://127.0.0.1:9/")
+    assert r.returncode == 0, r.stderr
+    assert_tree(d1, zoo)
+    pack = tmp_path / "toy.pack"
+    r = run_mmf("zoo", "pack", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(d1), "-o", str(pack))
+    assert r.returncode == 0, r.stderr
+    # the pack carries its manifest entries: install it with no --zoo at all
+    d2 = tmp_path / "d2"
+    r = run_mmf("zoo", "fetch", "toyset", "--from", str(pack), "--data-dir", str(d2), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert_tree(d2, zoo)
+    r = run_mmf("zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--from", str(tmp_path / "nothing-here"),
+                "--data-dir", str(tmp_path / "d3"))
+    assert r.returncode == 3 and "nothing-here" in r.stderr
+
+
+def test_single_archive_from_and_missing_resource_is_named(tmp_path):
+    zoo = make_zoo(tmp_path)
+    only = zoo.archives["datasets/toyset/defaults/features/features.tar.gz"]
+    r = fetch(zoo, tmp_path / "d", "--from", str(only))
+    assert r.returncode == 3 and "annotations.tar.gz" in r.stderr and "not in --from" in r.stderr
+
+
+def test_nginx_mirror_serves_a_real_install(tmp_path):
+    from tests.nginxserver import NginxServer
+
+    zoo = make_zoo(tmp_path, feature_bytes=6 << 20)
+    with NginxServer(zoo.mirror) as ngx:
+        r = fetch(zoo, tmp_path / "data", "--connections", "4", mirror=ngx.url)
+        assert r.returncode == 0, r.stderr
+    assert_tree(tmp_path / "data", zoo)
+
+
+def test_two_mirrors_one_404_one_corrupt_one_good(tmp_path):
+    zoo = make_zoo(tmp_path, feature_bytes=4 << 20, chunk_hash_size=1 << 19)
+    size = zoo.archives["datasets/toyset/defaults/features/features.tar.gz"].stat().st_size
+    corrupt = [o for o in range(100, size, 1 << 19)]
+    with FaultServer(zoo.mirror, faults=Faults(not_found=True)) as gone, \
+            FaultServer(zoo.mirror, faults=Faults(glob="*features*", corrupt=corrupt)) as bad, \
+            FaultServer(zoo.mirror) as good:
+        r = run_mmf("zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(tmp_path / "data"),
+                    "--mirror", gone.url, "--mirror", bad.url, "--mirror", good.url, "--chunk-size", "0.5", "--json")
+        assert r.returncode == 0, r.stderr
+        feats = next(x for x in json.loads(r.stdout) if x["file_name"] == "features.tar.gz")
+        reasons = " ".join(feats["mirrors"].values())
+        assert "404" in reasons and "xxh3" in reasons
+    assert_tree(tmp_path / "data", zoo)
