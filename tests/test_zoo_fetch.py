@@ -262,3 +262,88 @@ def test_two_mirrors_one_404_one_corrupt_one_good(tmp_path):
         reasons = " ".join(feats["mirrors"].values())
         assert "404" in reasons and "xxh3" in reasons
     assert_tree(tmp_path / "data", zoo)
+
+
+def test_mirrors_command_reports_latency_throughput_and_dead_mirrors(tmp_path):
+    zoo = make_zoo(tmp_path, feature_bytes=4 << 20)
+    with FaultServer(zoo.mirror, faults=Faults(rate_bps=8e6)) as slow, FaultServer(zoo.mirror, faults=Faults(gone=True)) as dead:
+        r = run_mmf("zoo", "mirrors", "toyset", "--zoo", str(zoo.manifest), "--mirror", slow.url, "--mirror",
+                    dead.url, "--mirror-only", "--sample", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["url"].split("/datasets")[0] + "/": row for row in json.loads(r.stdout)}
+    assert rows[slow.url]["ok"] and 2 < rows[slow.url]["mb_per_s"] < 12  # the 8 MB/s cap, measured
+    assert rows[slow.url]["size"] == zoo.archives["datasets/toyset/defaults/features/features.tar.gz"].stat().st_size
+    assert not rows[dead.url]["ok"] and "410" in rows[dead.url]["detail"]
+
+
+def test_full_disk_mid_fetch_then_resume_after_space_is_freed(tmp_path):
+    """RLIMIT_FSIZE makes every write past 2 MiB fail as on a full disk (EFBIG, handled like ENOSPC)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from tests.zoo_helpers import ROOT
+
+    zoo = make_zoo(tmp_path, feature_bytes=6 << 20)
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
+           str(data), "--quiet", "--chunk-size", "0.5", "--connections", "2"]
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+
+    with FaultServer(zoo.mirror) as srv:
+        r = subprocess.run(cmd + ["--mirror", srv.url], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           preexec_fn=small_disk)
+        assert r.returncode == 4, r.stderr
+        assert "disk full" in r.stderr and "resume" in r.stderr and "Traceback" not in r.stderr
+        feats = data / "datasets/toyset/defaults/features"
+        assert not (feats / ".built.json").exists()
+        srv.stats.reset()
+        r = subprocess.run(cmd + ["--mirror", srv.url, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        rep = next(x for x in json.loads(r.stdout) if x["file_name"] == "features.tar.gz")
+        assert rep["resumed"] >= (1 << 20) and rep["fetched"] + rep["resumed"] == rep["size"]
+    assert_tree(data, zoo)
+
+
+def test_failed_refetch_leaves_built_data_intact(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    assert fetch(zoo, data, mirror=str(zoo.mirror)).returncode == 0
+    marker = (data / "datasets/toyset/defaults/features/.built.json").read_text()
+    # the mirror now serves a different file under the same name: --force must not damage what is built
+    evil = zoo.archives["datasets/toyset/defaults/features/features.tar.gz"]
+    raw = bytearray(evil.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, different bytes
+    evil.write_bytes(bytes(raw))
+    r = fetch(zoo, data, "--force", mirror=str(zoo.mirror))
+    assert r.returncode == 2 and "sha256" in r.stderr
+    assert_tree(data, zoo)
+    assert (data / "datasets/toyset/defaults/features/.built.json").read_text() == marker
+
+
+def test_resource_without_hashcode_is_fetched_with_a_warning(tmp_path):
+    zoo = make_zoo(tmp_path)
+    m = yaml.safe_load(zoo.manifest.read_text())
+    m["toyset"]["defaults"]["resources"]["extras"][0].pop("hashcode")
+    zoo.manifest.write_text(yaml.safe_dump(m))
+    r = run_mmf("zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(tmp_path / "d"),
+                "--mirror", str(zoo.mirror))
+    assert r.returncode == 0, r.stderr
+    assert "extras.tar.gz has no hashcode" in r.stderr
+    assert_tree(tmp_path / "d", zoo)
+
+
+def test_hash_command_prints_a_manifest_snippet(tmp_path):
+    zoo = make_zoo(tmp_path)
+    path = zoo.archives["datasets/toyset/defaults/features/features.tar.gz"]
+    r = run_mmf("zoo", "hash", str(path), "--chunk-size", "1")
+    assert r.returncode == 0
+    snippet = yaml.safe_load(r.stdout)
+    from tests.zoo_helpers import chunk_hashes
+
+    assert snippet["hashcode"] == sha256(path) and snippet["size"] == path.stat().st_size
+    assert snippet["chunk_hashes"]["xxh3_128"] == chunk_hashes(path, 1 << 20)

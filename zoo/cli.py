@@ -257,3 +257,35 @@ def hash_cmd(file: Path, chunk_size: float = typer.Option(8.0, "--chunk-size", h
         for h in chunks:
             typer.echo(f"  - {h}")
     _run(go)
+
+
+@app.command()
+def mirrors(key: str = typer.Argument("textvqa", help="Zoo key whose largest resource is timed."),
+            mirror: Optional[List[str]] = typer.Option(None, "--mirror"),
+            mirror_only: bool = typer.Option(False, "--mirror-only"),
+            zoo: Optional[List[Path]] = ZooOpt,
+            sample: float = typer.Option(8.0, "--sample", help="MiB read from each mirror to time throughput."),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Latency and throughput of every configured mirror for KEY's largest resource."""
+    from zoo import layout
+    from zoo.mirrors import mirror_roots, resource_urls
+    from zoo.speedtest import measure
+    from zoo.transfer import TransferOptions
+
+    def go():
+        z = _zoo(zoo)
+        resources = layout.target_for(z, key).entry.resources
+        res = max(resources, key=lambda r: r.size or 0)  # the biggest known file says most about throughput
+        urls = resource_urls(res, mirror_roots(mirror or [], mirror_only=mirror_only or None))
+        rows = [measure(u, TransferOptions(stall_timeout=10), int(sample * (1 << 20))) for u in urls]
+        if as_json:
+            typer.echo(json.dumps([r.__dict__ for r in rows], indent=1))
+            return
+        typer.echo(f"{res.file_name} ({_human(rows[0].size if rows and rows[0].size else res.size)})")
+        for r in rows:
+            lat = f"{r.latency_ms:7.1f} ms" if r.latency_ms is not None else "      - "
+            rate = f"{r.mb_per_s:8.1f} MB/s" if r.mb_per_s is not None else "       -     "
+            typer.echo(f"  {'ok ' if r.ok else 'BAD'} {lat} {rate}  {r.url}{'  ' + r.detail if r.detail else ''}")
+        if not any(r.ok for r in rows):
+            raise typer.Exit(3)
+    _run(go)
