@@ -347,3 +347,19 @@ def test_hash_command_prints_a_manifest_snippet(tmp_path):
 
     assert snippet["hashcode"] == sha256(path) and snippet["size"] == path.stat().st_size
     assert snippet["chunk_hashes"]["xxh3_128"] == chunk_hashes(path, 1 << 20)
+
+
+def test_folder_mirror_of_zoo_serve_is_a_working_mirror(tmp_path):
+    from zoo.serve import FolderMirror
+
+    zoo = make_zoo(tmp_path, feature_bytes=2 << 20)
+    with FolderMirror(zoo.mirror) as srv:
+        r = fetch(zoo, tmp_path / "data", "--connections", "3", mirror=srv.url)
+        assert r.returncode == 0, r.stderr
+        import requests
+
+        resp = requests.get(srv.url + "../../etc/passwd")
+        assert resp.status_code == 404
+        resp = requests.get(srv.url + "datasets/toyset/defaults/extras.tar.gz", headers={"Range": "bytes=2-5"})
+        assert resp.status_code == 206 and resp.content == zoo.archives["datasets/toyset/defaults/extras.tar.gz"].read_bytes()[2:6]
+    assert_tree(tmp_path / "data", zoo)

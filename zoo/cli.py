@@ -289,3 +289,29 @@ def mirrors(key: str = typer.Argument("textvqa", help="Zoo key whose largest res
         if not any(r.ok for r in rows):
             raise typer.Exit(3)
     _run(go)
+
+
+@app.command()
+def serve(folder: Path = typer.Argument(..., help="Folder laid out like the origin (datasets/..., models/...)."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for other machines)."),
+          port: int = typer.Option(8765, "--port")) -> None:
+    """Serve FOLDER as a Range-capable mirror, for `mmf zoo fetch --mirror http://HOST:PORT/` on other machines."""
+    import time
+
+    from zoo.serve import FolderMirror
+
+    if not folder.is_dir():
+        typer.echo(f"error: {folder} is not a folder", err=True)
+        raise typer.Exit(1)
+    try:
+        mirror = FolderMirror(folder, host, port, verbose=True)
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}; pick another --port", err=True)
+        raise typer.Exit(1) from None
+    with mirror:
+        typer.echo(f"serving {folder} at {mirror.url} (Ctrl-C to stop)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

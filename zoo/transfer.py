@@ -197,11 +197,7 @@ class Transfer:
         sha = hashlib.sha256()
         buf = bytearray(BLOCK)
         for i in range(journal.num_chunks):
-            with self.cond:
-                while i not in self.done and self.error is None:
-                    self.cond.wait(0.5)
-                if self.error is not None:
-                    raise self.error
+            self._wait_for(i)
             start, end = journal.chunk_range(i)
             if i not in self.checked:
                 # resumed from an earlier run: trust it only if the bytes on disk still hash as recorded
@@ -213,10 +209,7 @@ class Transfer:
                         self.done.discard(i)
                         self.pending.insert(0, i)
                         self.cond.notify_all()
-                        while i not in self.done and self.error is None:
-                            self.cond.wait(0.5)
-                        if self.error is not None:
-                            raise self.error
+                    self._wait_for(i)
             pos = start
             while pos <= end:
                 k = os.preadv(self.fd, [memoryview(buf)[: min(BLOCK, end - pos + 1)]], pos)
@@ -225,6 +218,16 @@ class Transfer:
                 self._feed(view)
                 pos += k
         return sha.hexdigest()
+
+    def _wait_for(self, i: int) -> None:
+        with self.cond:
+            while i not in self.done and self.error is None:
+                if i not in self.inflight and not any(m.alive for m in self.mirrors):
+                    self.error = self._exhausted(chunk=i)  # nobody is left to fetch it
+                    break
+                self.cond.wait(0.5)
+            if self.error is not None:
+                raise self.error
 
     def _feed(self, view: memoryview) -> None:
         if self.sink is None or self.sink_error:
