@@ -1,0 +1,124 @@
+"""Build the M4C processors from MMF's `dataset_config.<name>.processors` node, resolving their files.
+
+File options are relative to `<data_dir>/datasets` (as in MMF) unless absolute. Two files MMF fetches from
+elsewhere get a search list (first hit wins; the error lists what was tried):
+
+BERT vocab (`text_processor.params.vocab_file`, ours; MMF downloads it from the HF hub):
+    the option, `<data_dir>/models/bert-base-uncased/vocab.txt` (zoo entry),
+    `<data_dir>/datasets/<name>/defaults/extras/vocabs/bert-base-uncased-vocab.txt` (synthetic data).
+fastText (`context_processor.params.model_file`, default `wiki.en.bin`; MMF keeps it in its cache dir):
+    the option as given (absolute, or under datasets/), `<data_dir>/<file>`, `$MMF_CACHE_DIR/<file>` or
+    `~/.cache/torch/mmf/<file>`, `<data_dir>/datasets/<name>/defaults/extras/fasttext/<file>`; for each folder the
+    `.bin`, `.vec` and `.npy` spellings of the name are tried in that order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .answers import M4CAnswerProcessor
+from .errors import DataConfigError, DataFileError
+from .fasttext import load_fasttext
+from .text import BertTokenizer
+
+
+def datasets_root(dataset_config: dict, data_dir: str) -> str:
+    """`dataset_config.data_dir` when set and absolute, else `<data_dir>/datasets` (MMF's default)."""
+    root = dataset_config.get("data_dir")
+    if root and os.path.isabs(str(root)) and "${" not in str(root):
+        return str(root)
+    return os.path.join(data_dir, "datasets")
+
+
+def _params(dataset_config: dict, proc: str) -> dict:
+    node = (dataset_config.get("processors") or {}).get(proc) or {}
+    return dict(node.get("params") or {})
+
+
+def _first_existing(candidates: list[str]) -> str | None:
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def bert_vocab_candidates(option: str | None, root: str, data_dir: str, name: str) -> list[str]:
+    if option:
+        return [option if os.path.isabs(option) else os.path.join(root, option)]
+    return [
+        os.path.join(data_dir, "models", "bert-base-uncased", "vocab.txt"),
+        os.path.join(root, name, "defaults", "extras", "vocabs", "bert-base-uncased-vocab.txt"),
+    ]
+
+
+def fasttext_candidates(option: str, root: str, data_dir: str, name: str) -> list[str]:
+    if os.path.isabs(option):
+        folders, base = [os.path.dirname(option)], os.path.basename(option)
+    else:
+        cache = os.environ.get("MMF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch", "mmf")
+        folders = [root, data_dir, cache, os.path.join(root, name, "defaults", "extras", "fasttext")]
+        base = option
+    stem = base[:-4] if base.endswith((".bin", ".vec", ".npy")) else base
+    names = [base] + [stem + ext for ext in (".bin", ".vec", ".npy") if stem + ext != base]
+    return [os.path.join(f, n) for f in folders for n in names]
+
+
+@dataclass
+class Processors:
+    """Everything needed to turn one imdb entry + its features into a sample (see `sample.py`)."""
+
+    tokenizer: BertTokenizer
+    answers: M4CAnswerProcessor
+    fasttext: object  # has get_word_vector(word) and dim
+    max_features: int = 100
+    max_ocr: int = 50
+    use_ocr: bool = True
+    files: dict = field(default_factory=dict)  # role -> resolved path (for pack fingerprints)
+
+    def fingerprint(self) -> dict:
+        """The options that change processed values (files are hashed separately)."""
+        return {
+            "max_seq_length": self.tokenizer.max_seq_length,
+            "max_features": self.max_features,
+            "max_ocr": self.max_ocr,
+            "max_copy_steps": self.answers.max_copy_steps,
+            "num_answers": self.answers.num_answers,
+            "use_ocr": self.use_ocr,
+            "fasttext_dim": int(self.fasttext.dim),
+        }
+
+
+def build_processors(name: str, dataset_config: dict, data_dir: str) -> Processors:
+    """Processors for dataset `name` from its MMF dataset_config (paths resolved against data_dir)."""
+    root = datasets_root(dataset_config, data_dir)
+    text = _params(dataset_config, "text_processor")
+    ans = _params(dataset_config, "answer_processor")
+    ctx = _params(dataset_config, "context_processor")
+    phoc = _params(dataset_config, "phoc_processor")
+    if not ans.get("vocab_file"):
+        raise DataConfigError(f"dataset_config.{name}.processors.answer_processor.params.vocab_file is not set")
+    max_ocr = int(ans.get("max_length", 50))
+    for proc, params in (("context_processor", ctx), ("phoc_processor", phoc)):
+        if int(params.get("max_length", max_ocr)) != max_ocr:
+            raise DataConfigError(f"dataset_config.{name}.processors.{proc}.params.max_length must equal "
+                                  f"answer_processor max_length ({max_ocr}): M4C copies from those OCR slots")
+
+    vocab_cands = bert_vocab_candidates(text.get("vocab_file"), root, data_dir, name)
+    vocab = _first_existing(vocab_cands)
+    if vocab is None:
+        raise DataFileError(f"no BERT vocab.txt for {name}: tried {vocab_cands}. Run `mmf zoo fetch "
+                            "bert-base-uncased` or set processors.text_processor.params.vocab_file")
+    ans_vocab = ans["vocab_file"] if os.path.isabs(ans["vocab_file"]) else os.path.join(root, ans["vocab_file"])
+    ft_cands = fasttext_candidates(str(ctx.get("model_file", "wiki.en.bin")), root, data_dir, name)
+    ft_path = _first_existing(ft_cands)
+    if ft_path is None:
+        raise DataFileError(f"no fastText model/vectors for {name}: tried {ft_cands[:6]} ... Run `mmf zoo fetch` "
+                            "for wiki.en.bin or set processors.context_processor.params.model_file")
+    size = ctx.get("expected_size")
+    return Processors(
+        tokenizer=BertTokenizer(vocab, int(text.get("max_seq_length", 20))),
+        answers=M4CAnswerProcessor(ans_vocab, max_ocr, int(ans.get("max_copy_steps", 12)),
+                                   int(ans.get("num_answers", 10))),
+        fasttext=load_fasttext(ft_path, int(size) if size else None),
+        max_features=int(dataset_config.get("max_features", 100)),
+        max_ocr=max_ocr,
+        use_ocr=bool(dataset_config.get("use_ocr", True)),
+        files={"bert_vocab": vocab, "answer_vocab": ans_vocab, "fasttext": ft_path},
+    )
