@@ -53,9 +53,9 @@ def fasttext_candidates(option: str, root: str, data_dir: str, name: str) -> lis
         folders, base = [os.path.dirname(option)], os.path.basename(option)
     else:
         cache = os.environ.get("MMF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch", "mmf")
-        folders = [root, data_dir, cache, # `mmf zoo fetch fasttext` (MMF names the folder after the key asked for)
-                   os.path.join(data_dir, "models", "fasttext.defaults"), os.path.join(data_dir, "models", "fasttext.wiki_en"),
-                   os.path.join(root, name, "defaults", "extras", "fasttext")]
+        # `mmf zoo fetch fasttext` lands in models/fasttext.defaults (MMF names model folders after the key asked for)
+        zoo = [os.path.join(data_dir, "models", k) for k in ("fasttext.defaults", "fasttext.wiki_en")]
+        folders = [root, data_dir, cache, *zoo, os.path.join(root, name, "defaults", "extras", "fasttext")]
         base = option
     stem = base[:-4] if base.endswith((".bin", ".vec", ".npy")) else base
     names = [base] + [stem + ext for ext in (".bin", ".vec", ".npy") if stem + ext != base]
