@@ -21,13 +21,13 @@ def _cmd(zoo, data, url):
 
 
 def test_sigkill_at_random_moments_then_finish(tmp_path):
-    zoo = make_zoo(tmp_path, feature_bytes=24 << 20)
+    zoo = make_zoo(tmp_path, feature_bytes=32 << 20)
     size = sum(p.stat().st_size for p in zoo.archives.values())
     data = tmp_path / "data"
     rng = random.Random(1234)
     kills = 0
-    # 4 connections x 4 MB/s: the features archive takes a few seconds, so kills land mid-transfer
-    with FaultServer(zoo.mirror, faults=Faults(rate_bps=4_000_000)) as srv:
+    # 4 connections x 2 MB/s: the features archive takes several seconds, so kills land mid-transfer
+    with FaultServer(zoo.mirror, faults=Faults(rate_bps=2_000_000)) as srv:
         for _ in range(4):
             proc = subprocess.Popen(_cmd(zoo, data, srv.url), cwd=ROOT, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE)

@@ -216,3 +216,31 @@ def test_full_disk_keeps_journal_and_resumes(tmp_path, blob):
         srv.stats.reset()
         result = _run(tmp_path, [srv.url_for("blob.bin")], blob, connections=1)
         assert result.resumed >= CHUNK and result.fetched <= SIZE - CHUNK
+
+
+def test_resets_on_two_mirrors_keep_partial_bytes_across_the_switch(tmp_path, blob):
+    # mirror a resets chunk 0 after 60 kB, then its file changes (dropped); b must finish chunk 0 from 60 kB on
+    rules = [Faults(reset_after=60_000, first_n=2), Faults(change_etag_after=2)]
+    with FaultServer(tmp_path / "a", faults=rules) as a, FaultServer(tmp_path / "b") as b:
+        result = _run(tmp_path, [a.url_for("blob.bin"), b.url_for("blob.bin")], blob, connections=1)
+    assert result.fetched == SIZE  # nothing that arrived was thrown away, whichever mirror finished a chunk
+    journal = Journal.load(tmp_path / "out.journal")
+    assert any(len(urls) == 2 for urls in journal.served_by.values())  # some chunk was finished elsewhere
+
+
+def test_slow_chunk_is_raced_on_a_faster_mirror(tmp_path, blob):
+    # the slow mirror is tried first (unmeasured), then its chunk would take ~2.5 s: the end game races it
+    with FaultServer(tmp_path / "a", faults=Faults(rate_bps=100_000)) as slow, FaultServer(tmp_path / "b") as fast:
+        result = _run(tmp_path, [slow.url_for("blob.bin"), fast.url_for("blob.bin")], blob, connections=2)
+    slow_bytes = int(result.mirrors[slow.url_for("blob.bin")].split("(")[1].split()[0])
+    assert slow_bytes < CHUNK  # it never got to finish a chunk: the fast mirror won the race
+    assert result.fetched <= SIZE + CHUNK
+
+
+def test_flaky_mirror_failures_accumulate_until_dropped(tmp_path, blob):
+    # every response resets after a little progress: partial progress must not reset the failure streak
+    with FaultServer(tmp_path / "a", faults=Faults(reset_after=20_000)) as flaky:
+        with pytest.raises(MirrorsExhaustedError, match="failed 8 times in a row"):
+            _run(tmp_path, [flaky.url_for("blob.bin")], blob, connections=1)
+    journal = Journal.load(tmp_path / "out.journal")
+    assert journal is not None  # the partial download stays resumable

@@ -148,7 +148,9 @@ class _HttpStream:
 
     def read(self, n: int) -> bytes:
         try:
-            return self.resp.raw.read(n)
+            # read1 returns what has arrived instead of waiting for n bytes, so a reset loses nothing received
+            raw = self.resp.raw
+            return raw.read1(n) if hasattr(raw, "read1") else raw.read(n)
         except Exception as exc:  # urllib3 / http.client raise many types for one broken connection
             raise Transient(_short(exc)) from None
 

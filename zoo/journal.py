@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
 
 
 def fsync_dir(path: Path) -> None:
@@ -48,7 +48,7 @@ class Journal:
     sha256: str | None = None
     validators: dict[str, dict] = field(default_factory=dict)  # mirror url -> {etag, last_modified}
     chunks: dict[int, str] = field(default_factory=dict)  # chunk index -> xxh3_128 hex
-    served_by: dict[int, str] = field(default_factory=dict)  # chunk index -> mirror url (for repair)
+    served_by: dict[int, list[str]] = field(default_factory=dict)  # chunk index -> mirror urls (for repair)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -60,13 +60,13 @@ class Journal:
         start = index * self.chunk_size
         return start, min(self.size, start + self.chunk_size) - 1
 
-    def commit(self, index: int | None = None, digest: str | None = None, mirror: str | None = None) -> None:
+    def commit(self, index: int | None = None, digest: str | None = None, mirrors: list[str] | None = None) -> None:
         """Record a durable chunk (or just save), then replace the file atomically."""
         with self._lock:
             if index is not None:
                 self.chunks[index] = digest
-                if mirror:
-                    self.served_by[index] = mirror
+                if mirrors:
+                    self.served_by[index] = sorted(mirrors)
             atomic_write_text(self.path, json.dumps(self._state(), separators=(",", ":")))
 
     def forget(self, index: int) -> None:
@@ -93,7 +93,8 @@ class Journal:
                 path=Path(path), size=int(state["size"]), chunk_size=int(state["chunk_size"]),
                 sha256=state.get("sha256"), validators=dict(state.get("validators") or {}),
                 chunks={int(k): str(v) for k, v in (state.get("chunks") or {}).items()},
-                served_by={int(k): str(v) for k, v in (state.get("served_by") or {}).items()},
+                served_by={int(k): [v] if isinstance(v, str) else list(v)
+                           for k, v in (state.get("served_by") or {}).items()},
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None

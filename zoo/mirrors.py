@@ -142,9 +142,12 @@ class Mirror:
                 self.rate *= 0.5  # errors make a mirror less attractive to the scheduler
             return delay
 
-    def record(self, nbytes: int, seconds: float) -> None:
+    def record(self, nbytes: int, seconds: float, completed: bool) -> None:
+        """Account bytes and speed; only a completed chunk clears the failure streak (partial progress between
+        resets must not keep a flaky mirror's back-off from growing)."""
         with self.lock:
-            self.failures = 0
+            if completed:
+                self.failures = 0
             self.bytes += nbytes
             if seconds > 0 and nbytes > 0:
                 sample = nbytes / seconds

@@ -56,11 +56,18 @@ class _Fatal(Exception):
     pass
 
 
+class _Lost(Exception):
+    """Another connection (an end-game race) finished this chunk first."""
+
+
 @dataclass
-class _Partial:  # progress inside a chunk kept across retries, so a reset does not refetch what arrived
+class _Partial:  # progress inside a chunk kept across retries and mirrors, so a reset refetches nothing
     done: int
     hasher: object
-    mirror: str
+    mirrors: set = field(default_factory=set)  # every mirror that contributed bytes (for the repair pass)
+    mirror: str = ""  # serving it right now
+    since: float = 0.0  # when the current attempt started
+    done_at_start: int = 0
 
 
 class Transfer:
@@ -173,6 +180,9 @@ class Transfer:
         self.inflight: set[int] = set()
         self.partials: dict[int, _Partial] = {}
         self.bad_for: dict[int, set[str]] = {}
+        self.racing: set[int] = set()
+        self.raced_bytes = 0
+        self.chunk_locks: dict[int, threading.Lock] = {}
         self.finished = False
         self.fd = os.open(self.part, os.O_RDWR)
         try:
@@ -251,15 +261,26 @@ class Transfer:
 
     def _worker(self) -> None:
         while True:
+            race = None
             with self.cond:
                 while not self.finished and self.error is None and not self._claimable():
-                    self.cond.wait(0.5)
+                    race = self._race_candidate()
+                    if race is not None:
+                        break
+                    self.cond.wait(0.25)
                 if self.finished or self.error is not None:
                     return
-                i = self.pending.pop(0)
-                self.inflight.add(i)
+                if race is None:
+                    i = self.pending.pop(0)
+                    self.inflight.add(i)
+                else:
+                    i, mirror = race
+                    self.racing.add(i)
             try:
-                self._fetch_chunk(i)
+                if race is None:
+                    self._fetch_chunk(i)
+                else:
+                    self._race(i, mirror)
             except BaseException as exc:  # noqa: BLE001 - any failure here must stop the whole transfer
                 with self.cond:
                     self.error = self.error or (exc if isinstance(exc, Exception) else _Fatal(str(exc)))
@@ -267,7 +288,7 @@ class Transfer:
                 return
             finally:
                 with self.cond:
-                    self.inflight.discard(i)
+                    (self.inflight if race is None else self.racing).discard(i)
                     self.cond.notify_all()
 
     def _claimable(self) -> bool:
@@ -318,64 +339,134 @@ class Transfer:
                 self._sequential(m)
                 return
             start, end = journal.chunk_range(i)
-            partial = self.partials.get(i)
-            if partial is None or partial.mirror != m.url and self.chunk_hashes is None:
-                # without chunk hashes, keep a chunk single-sourced so the repair pass can blame one mirror
-                partial = _Partial(0, xxhash.xxh3_128(), m.url)
+            with self.cond:
+                partial = self.partials.setdefault(i, _Partial(0, xxhash.xxh3_128()))
+                partial.mirror, partial.since, partial.done_at_start = m.url, time.monotonic(), partial.done
             with m.lock:
                 m.active += 1
             t0, got0 = time.monotonic(), partial.done
             try:
                 with http.open_range(m, start + partial.done, end, self.opts) as stream:
-                    self._copy(stream, start + partial.done, end, partial)
+                    self._copy(stream, start + partial.done, end, partial, i, m.url)
+            except _Lost:
+                return
             except http.Permanent as exc:
                 self._drop(m, str(exc))
-                self.partials[i] = partial
                 continue
             except http.Transient as exc:
-                m.record(partial.done - got0, time.monotonic() - t0)
-                self.partials[i] = partial
+                m.record(partial.done - got0, time.monotonic() - t0, completed=False)
                 self._transient(m, exc)
                 continue
             finally:
                 with m.lock:
                     m.active -= 1
-            m.record(partial.done - got0, time.monotonic() - t0)
-            self.partials.pop(i, None)
+            m.record(partial.done - got0, time.monotonic() - t0, completed=True)
             digest = partial.hasher.hexdigest()
             if self.chunk_hashes is not None and digest != self.chunk_hashes[i]:
-                self.bad_for.setdefault(i, set()).add(m.url)
-                self._drop(m, f"served chunk {i} with a wrong xxh3-128 hash")
+                # which of its sources was bad is unknown: blame them all for this chunk, refetch it whole
+                self.bad_for.setdefault(i, set()).update(partial.mirrors)
+                with self.cond:
+                    self.partials.pop(i, None)
+                for url in partial.mirrors:
+                    self._drop(next(x for x in self.mirrors if x.url == url), f"served chunk {i} with a wrong xxh3-128 hash")
                 continue
-            self._commit(i, digest, m.url)
+            if self._commit(i, digest, partial.mirrors):
+                with self.cond:
+                    self.partials.pop(i, None)
             return
 
-    def _copy(self, stream, pos: int, end: int, partial: _Partial) -> None:
+    def _copy(self, stream, pos: int, end: int, partial: _Partial, i: int, url: str) -> None:
+        lock = self._chunk_lock(i)
         while pos <= end:
             data = stream.read(min(BLOCK, end - pos + 1))
             if not data:
                 raise http.Transient(f"connection closed after {partial.done} bytes of the chunk")
-            try:
-                os.pwrite(self.fd, data, pos)
-            except OSError as exc:
-                raise self._disk_error(exc, "writing") from None
-            partial.hasher.update(data)
-            partial.done += len(data)
+            with lock:  # a race winner may have finished the chunk: never write over its bytes
+                if i in self.done:
+                    raise _Lost()
+                try:
+                    os.pwrite(self.fd, data, pos)
+                except OSError as exc:
+                    raise self._disk_error(exc, "writing") from None
+                partial.hasher.update(data)
+                partial.done += len(data)
+                partial.mirrors.add(url)
             pos += len(data)
             self._count(len(data))
             if self.error is not None:
                 raise _Fatal("stopped")
 
-    def _commit(self, i: int, digest: str, mirror: str) -> None:
-        try:
-            os.fdatasync(self.fd)  # data durable before the journal claims it
-            self.journal.commit(i, digest, mirror)
-        except OSError as exc:
-            raise self._disk_error(exc, "saving the journal of") from None
+    def _chunk_lock(self, i: int) -> threading.Lock:
         with self.cond:
-            self.done.add(i)
-            self.checked.add(i)
-            self.cond.notify_all()
+            return self.chunk_locks.setdefault(i, threading.Lock())
+
+    def _commit(self, i: int, digest: str, mirrors, data: bytes | None = None) -> bool:
+        """Make chunk i durable and journaled (writing `data` first for a race winner); False if already done."""
+        with self._chunk_lock(i):
+            if i in self.done:
+                return False
+            try:
+                if data is not None:
+                    os.pwrite(self.fd, data, self.journal.chunk_range(i)[0])
+                os.fdatasync(self.fd)  # data durable before the journal claims it
+                self.journal.commit(i, digest, list(mirrors))
+            except OSError as exc:
+                raise self._disk_error(exc, "saving the journal of") from None
+            with self.cond:
+                self.done.add(i)
+                self.checked.add(i)
+                self.cond.notify_all()
+            return True
+
+    # ---- end game: a slow chunk is raced on a faster mirror ---------------------------------------------------
+    def _race_candidate(self) -> tuple[int, Mirror] | None:
+        """(chunk, mirror) worth racing now, or None. Called with self.cond held, when nothing is pending.
+
+        A chunk is raced only when a ready mirror other than its current one would finish the whole chunk in
+        less than half the time the current connection needs for the rest, and raced bytes stay under 5% of
+        the file, so the tail gets shorter without refetching much.
+        """
+        if not self.inflight or self.raced_bytes > 0.05 * self.journal.size:
+            return None
+        now, best = time.monotonic(), None
+        for i in self.inflight - self.racing - self.done:
+            p = self.partials.get(i)
+            if p is None or not p.mirror:
+                continue
+            start, end = self.journal.chunk_range(i)
+            left = end - start + 1 - p.done
+            elapsed = now - p.since
+            rate = (p.done - p.done_at_start) / elapsed if elapsed > 0.2 else None
+            eta = left / rate if rate else (float("inf") if elapsed > 1.0 else None)
+            if eta is None or left < (end - start + 1) // 8:  # nearly done: not worth a second copy
+                continue
+            for m in self.mirrors:
+                if m.url == p.mirror or not m.alive or m.ranges is False or not m.rate or m.backoff_until > now:
+                    continue
+                if m.url in self.bad_for.get(i, ()):
+                    continue
+                mine = (end - start + 1) / m.rate
+                if mine * 2 < eta and (best is None or eta - mine > best[0]):
+                    best = (eta - mine, i, m)
+        if best is None:
+            return None
+        self.raced_bytes += self.journal.chunk_range(best[1])[1] - self.journal.chunk_range(best[1])[0] + 1
+        return best[1], best[2]
+
+    def _race(self, i: int, m: Mirror) -> None:
+        """Fetch chunk i whole into memory from m; if it verifies and nobody finished first, it wins."""
+        start, end = self.journal.chunk_range(i)
+        t0 = time.monotonic()
+        data = self._read_range(m, start, end)
+        if data is None or i in self.done:
+            return
+        m.record(len(data), time.monotonic() - t0, completed=True)
+        digest = xxhash.xxh3_128_hexdigest(data)
+        if self.chunk_hashes is not None and digest != self.chunk_hashes[i]:
+            self._drop(m, f"served chunk {i} with a wrong xxh3-128 hash")
+            return
+        if self._commit(i, digest, [m.url], data):
+            log.info("%s: chunk %d finished by a faster mirror (%s)", self.name, i, m.host)
 
     def _sequential(self, m: Mirror) -> None:
         """A mirror that ignores Range: one stream from byte 0, keeping only chunks not yet on disk."""
@@ -389,12 +480,16 @@ class Transfer:
                     if i in self.done:
                         http.discard(stream, end - start + 1)
                         continue
-                    partial = _Partial(0, xxhash.xxh3_128(), m.url)
-                    self._copy(stream, start, end, partial)
+                    partial = _Partial(0, xxhash.xxh3_128())
+                    try:
+                        self._copy(stream, start, end, partial, i, m.url)
+                    except _Lost:
+                        http.discard(stream, end - start + 1 - partial.done)
+                        continue
                     digest = partial.hasher.hexdigest()
                     if self.chunk_hashes is not None and digest != self.chunk_hashes[i]:
                         raise http.Permanent(f"served chunk {i} with a wrong xxh3-128 hash")
-                    self._commit(i, digest, m.url)
+                    self._commit(i, digest, [m.url])
         except (http.Permanent, http.Transient) as exc:
             if isinstance(exc, http.Permanent):
                 self._drop(m, str(exc))
@@ -409,7 +504,7 @@ class Transfer:
         """sha256 failed without chunk hashes: refetch each chunk from another mirror, then find which mirror's
         chunks, swapped for the alternatives, give the right sha256. Alternatives go to a sparse side file."""
         others = [m for m in self.mirrors if m.alive and m.ranges is not False]
-        sources = set(journal.served_by.values())
+        sources = {u for urls in journal.served_by.values() for u in urls}
         if self.chunk_hashes is not None or len({m.url for m in others} | sources) < 2:
             self._discard(journal)
             raise HashMismatchError(
@@ -420,11 +515,11 @@ class Transfer:
                 + "; the partial file was deleted, run the fetch again (add a --mirror to help)")
         log.warning("%s: sha256 mismatch; comparing chunks with a second mirror to find the bad ones", self.name)
         alt_path = self.part.with_name(self.part.name + ".alt")
-        diffs: dict[int, tuple[str, str, str]] = {}  # chunk -> (served by, alt mirror, alt hash)
+        diffs: dict[int, tuple[list, str, str]] = {}  # chunk -> (served by, alt mirror, alt hash)
         with open(alt_path, "wb") as alt_file:
             for i in range(journal.num_chunks):
-                served = journal.served_by.get(i)
-                alt = next((m for m in others if m.url != served), None)
+                served = journal.served_by.get(i, [])
+                alt = next((m for m in others if m.url not in served), None)
                 if alt is None:
                     continue
                 start, end = journal.chunk_range(i)
@@ -437,8 +532,8 @@ class Transfer:
                     alt_file.write(data)
                     diffs[i] = (served, alt.url, h)
         try:
-            for suspect in sorted({d[0] for d in diffs.values()}):
-                swap = {i for i, d in diffs.items() if d[0] == suspect}
+            for suspect in sorted({u for d in diffs.values() for u in d[0]}):
+                swap = {i for i, d in diffs.items() if suspect in d[0]}
                 if self._sha_with(journal, alt_path, swap) == self.sha256:
                     with open(alt_path, "rb") as src, open(self.part, "r+b") as dst:
                         for i in sorted(swap):
@@ -446,7 +541,7 @@ class Transfer:
                             src.seek(start)
                             dst.seek(start)
                             dst.write(src.read(end - start + 1))
-                            journal.chunks[i], journal.served_by[i] = diffs[i][2], diffs[i][1]
+                            journal.chunks[i], journal.served_by[i] = diffs[i][2], [diffs[i][1]]
                         dst.flush()
                         os.fsync(dst.fileno())
                     journal.commit()

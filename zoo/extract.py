@@ -1,0 +1,245 @@
+"""Safe archive extraction: detect the format by content, extract into a private folder, report the files.
+
+    fmt = detect_format(path)                     # "gztar", "zip", ... or None for a plain file
+    files = extract_archive(path, tmp_dest)       # [(relative posix path, size), ...]
+
+`extract_archive` never writes outside `dest`, refuses links that lead out, device files and FIFOs, caps
+the extracted size (decompression bombs), and turns truncation, corruption and a full disk into
+`CorruptArchiveError` / `DiskError` messages that name the archive and say what to do. The caller extracts
+into a fresh temp folder and renames it into place; nothing here fsyncs. `StreamExtractor` does the same
+while a download is still arriving (see `zoo.streamextract`).
+"""
+from __future__ import annotations
+
+import lzma
+import os
+import stat
+import time
+import zipfile
+import zlib
+
+from zoo.decoders import (CHUNK, SINGLE_FORMATS, TAR_FORMATS, SourceError, can_decode, describe, is_tar_block,
+                          open_decoder, sniff, zstandard_module, zstd_missing)
+from zoo.errors import CorruptArchiveError, UnsafeArchiveError, ZooError
+from zoo.safetree import LIMIT_ENV, SafeTree, human, safe_relpath
+from zoo.streamextract import StreamExtractor, extract_tar
+
+__all__ = ["detect_format", "extract_archive", "StreamExtractor", "default_limit"]
+
+RATIO = 20             # default cap: 20x the archive size ...
+DECLARED_SLACK = 1.5   # ... or 1.5x a declared extracted size ...
+FLOOR = 64 << 20       # ... never below 64 MiB (tiny archives of padding-heavy files are fine)
+_PEEK_MAX = 8 << 20    # compressed bytes read to find the first 512 plain bytes (bzip2 blocks are ~900 kB)
+
+
+def detect_format(path) -> str | None:
+    """Archive format of `path` by content, not by name.
+
+    Returns "tar", "gztar", "bztar", "xztar", "zstdtar", "zip", "gz"/"bz2"/"xz"/"zst" (one compressed
+    file, no tar inside), or None when the file is not an archive (an HTML error page, a text or binary
+    file). Raises CorruptArchiveError for zstd data when neither `zstandard` nor the `zstd` tool is there.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    kind = sniff(head)
+    if kind in (None, "zip", "tar"):
+        return kind
+    if not can_decode(kind):
+        raise zstd_missing(str(path))
+    plain = _peek(path, kind)
+    tar = next(name for name, k in TAR_FORMATS.items() if k == kind)
+    return tar if is_tar_block(plain) else kind
+
+
+class _Prefix:
+    """Reads at most `limit` bytes of `f`: a peek must not decompress a whole huge file."""
+
+    def __init__(self, f, limit: int):
+        self._f, self._left = f, limit
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self._left)
+        self._left -= n
+        return self._f.read(n) if n else b""
+
+
+def _peek(path, kind: str) -> bytes:
+    """The first 512 decompressed bytes (fewer if the data is short or broken)."""
+    with open(path, "rb") as f:
+        if kind == "zst" and zstandard_module() is None:
+            decoder = open_decoder(kind, f, external=True)  # the zstd tool reads the file itself
+        else:
+            decoder = open_decoder(kind, _Prefix(f, _PEEK_MAX), external=False)
+        try:
+            out = bytearray(512)
+            view, got = memoryview(out), 0
+            while got < 512 and (n := decoder.readinto(view[got:])):
+                got += n
+            return bytes(out[:got])
+        except SourceError:
+            return b""
+        finally:
+            decoder.close()
+
+
+def default_limit(archive_size: int, declared_size: int | None = None, max_bytes: int | None = None):
+    """(limit in bytes, where it comes from) for extracting an archive of `archive_size` bytes.
+
+    Order: max_bytes, then the MMF_ZOO_MAX_EXTRACT_BYTES environment variable, then 1.5x `declared_size`
+    (the manifest's extracted size), else 20x the archive size; never below 64 MiB unless max_bytes is given.
+    """
+    if max_bytes is not None:
+        return int(max_bytes), "max_bytes"
+    env = os.environ.get(LIMIT_ENV)
+    if env:
+        try:
+            return int(env), LIMIT_ENV
+        except ValueError:
+            raise ZooError(f"{LIMIT_ENV}={env!r} is not a byte count; set it to an integer or unset it") from None
+    if declared_size:
+        desc = f"{DECLARED_SLACK}x the declared size {human(declared_size)}"
+        return max(int(declared_size * DECLARED_SLACK), FLOOR), desc
+    return max(RATIO * archive_size, FLOOR), f"{RATIO}x the archive size {human(archive_size)}"
+
+
+def extract_archive(archive, dest, *, declared_size: int | None = None, max_bytes: int | None = None,
+                    progress=None, external: bool | None = None) -> list[tuple[str, int]]:
+    """Extract `archive` into `dest` (a fresh private folder) and return [(relative posix path, size)].
+
+    The list holds every regular file written (hard links included), in archive order; the caller records
+    it to verify the tree later. `progress(n)` is called with each number of bytes written. `max_bytes`
+    caps the extracted size (see `default_limit`). `external`: None = the fastest decoder measured here
+(zlib/lzma in-process; lbzip2, or zstd without the zstandard package); True = pigz/xz/zstd tools.
+
+    Raises CorruptArchiveError (not an archive, truncated, corrupt), UnsafeArchiveError (a member that
+    would escape dest, a device file or FIFO, a bomb), DiskError (disk full, unwritable dest).
+    """
+    archive = os.fspath(archive)
+    label = os.path.basename(archive)
+    fmt = detect_format(archive)
+    if fmt is None:
+        with open(archive, "rb") as f:
+            head = f.read(4096)
+        raise CorruptArchiveError(
+            f"{archive} is not an archive: {describe(head)}; delete it and download it again")
+    limit, desc = default_limit(os.path.getsize(archive), declared_size, max_bytes)
+    tree = SafeTree(dest, label, limit, desc, progress)
+    f = open(archive, "rb")
+    if fmt == "zip":
+        with f:
+            try:
+                _extract_zip(f, tree)
+            except BaseException:
+                tree.drop_links()
+                raise
+        return tree.file_list()
+    kind = TAR_FORMATS[fmt] if fmt in TAR_FORMATS else SINGLE_FORMATS[fmt]
+    try:
+        decoder = open_decoder(kind, f, external=external, closer=f.close, label=label)
+    except BaseException:
+        f.close()
+        raise
+    try:
+        if fmt in TAR_FORMATS:
+            extract_tar(decoder, tree)
+        else:
+            _extract_single(decoder, tree, _single_name(archive, kind))
+    finally:
+        decoder.close()
+    return tree.file_list()
+
+
+# ---------------------------------------------------------------------------------------- one file
+def _single_name(archive: str, kind: str) -> str:
+    """'vocab.txt.gz' -> 'vocab.txt'; a name without the usual suffix gets '.out' appended."""
+    base = os.path.basename(archive)
+    for suffix in {"gz": (".gz", ".gzip", ".z"), "bz2": (".bz2",), "xz": (".xz",), "zst": (".zst", ".zstd")}[kind]:
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            return base[:-len(suffix)]
+    return base + ".out"
+
+
+def _extract_single(decoder, tree: SafeTree, name: str) -> None:
+    fd = tree.open_file(name, name)
+    buf = bytearray(CHUNK)
+    view, size = memoryview(buf), 0
+    try:
+        while n := decoder.readinto(view):
+            tree.write(fd, view[:n], name)
+            size += n
+        decoder.finish()
+    except SourceError as exc:
+        os.close(fd)
+        raise CorruptArchiveError(
+            f"{tree.label} cannot be decompressed to the end ({human(size)} written): {exc}; delete it and "
+            "download it again") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    tree.finish_file(fd, name, size, 0o644, None, name)
+
+
+# ---------------------------------------------------------------------------------------------- zip
+def _zip_type(info: zipfile.ZipInfo) -> int:
+    """The file-type bits a Unix zip tool stored in the external attributes (0 when absent)."""
+    return stat.S_IFMT(info.external_attr >> 16)
+
+
+def _extract_zip(f, tree: SafeTree) -> None:
+    try:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CorruptArchiveError(
+            f"{tree.label} is not a readable zip archive ({exc}); it is probably truncated: delete it and "
+            "download it again") from None
+    with zf:
+        infos = zf.infolist()
+        total = sum(i.file_size for i in infos if not i.is_dir())
+        tree.check_budget(total, f"all {len(infos)} members")  # zip declares sizes up front: refuse early
+        for info in infos:
+            _extract_zip_member(zf, info, tree)
+    tree.verify_links()
+
+
+def _zip_call(fn, tree: SafeTree, name: str):
+    """Run a zipfile read, turning its many error types into one CorruptArchiveError."""
+    try:
+        return fn()
+    except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, NotImplementedError, RuntimeError,
+            OSError) as exc:  # bz2 members raise OSError; encrypted ones RuntimeError
+        raise CorruptArchiveError(
+            f"{tree.label} cannot be read at member {name!r} ({exc}); delete it and download it again") from None
+
+
+def _extract_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, tree: SafeTree) -> None:
+    name = info.filename
+    rel = safe_relpath(name, tree.label)
+    ftype = _zip_type(info)
+    mode = (info.external_attr >> 16) & 0o7777 if info.create_system == 3 else 0
+    if info.is_dir() or ftype == stat.S_IFDIR:
+        if rel is not None:
+            tree.make_dir(rel, mode or 0o755, name)
+        return
+    if ftype not in (0, stat.S_IFREG, stat.S_IFLNK):
+        raise UnsafeArchiveError(f"{tree.label}: member {name!r} is a device file or FIFO; refusing to extract it")
+    if rel is None:
+        raise UnsafeArchiveError(f"{tree.label}: member {name!r} has an empty name; refusing to extract it")
+    with _zip_call(lambda: zf.open(info), tree, name) as src:
+        if ftype == stat.S_IFLNK:  # a Unix zip stores the link target as the member's data
+            target = _zip_call(lambda: src.read(4096), tree, name).decode("utf-8", "surrogateescape")
+            tree.symlink(rel, target, name)
+            return
+        fd = tree.open_file(rel, name)
+        size = 0
+        try:
+            while block := _zip_call(lambda: src.read(CHUNK), tree, name):
+                tree.write(fd, block, name)
+                size += len(block)
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        mtime = time.mktime(info.date_time + (0, 0, -1))
+    except (OverflowError, ValueError):
+        mtime = None
+    tree.finish_file(fd, rel, size, mode or 0o644, mtime, name)

@@ -1,0 +1,279 @@
+"""Write archive members into a private folder without letting anything escape it.
+
+Every extractor (tar, zip, single gzip, streaming) goes through `SafeTree`, so the safety rules live in one
+place and hold on every Python version (we do not rely on 3.12's `tarfile` filters):
+
+- member names are relative, have no `..` component and no control character;
+- a symlink may only point inside the folder, checked when it is made and again once everything is out
+  (a later link can redirect an earlier, dangling one);
+- a hard link may only point at a regular file extracted earlier;
+- every write goes through a parent whose real path is inside the folder, into a file opened with
+  O_NOFOLLOW | O_EXCL, so a link planted by the archive is never written through;
+- modes lose setuid/setgid/sticky and group/other write; nothing is chowned, so files belong to the user;
+- the total of extracted bytes is capped (decompression bombs).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from zoo.errors import CorruptArchiveError, DiskError, UnsafeArchiveError
+
+COPY_CHUNK = 1 << 20  # 1 MiB copies: few syscalls, small enough to keep memory flat
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+LIMIT_ENV = "MMF_ZOO_MAX_EXTRACT_BYTES"
+
+
+def human(n: float) -> str:
+    """Format a byte count as '1.5 GiB' for messages."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable; keeps type checkers quiet
+
+
+def _bad_chars(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def safe_relpath(name: str, label: str) -> str | None:
+    """Turn an archive member name into a clean relative posix path, or None for the root entry ('./').
+
+    Raises UnsafeArchiveError for absolute names, `..` components and control characters (NUL included).
+    """
+    if _bad_chars(name):
+        raise UnsafeArchiveError(
+            f"{label}: member name {name!r} contains a control character; refusing to extract it "
+            "(the archive is malformed or hostile; do not use it)")
+    if name.startswith("/"):
+        raise UnsafeArchiveError(
+            f"{label}: member {name!r} has an absolute path; refusing to extract it "
+            "(a safe archive only holds relative paths)")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    # a backslash is a literal character on POSIX, but '..\\x' must not sneak past on other tools either
+    if any(p == ".." or ".." in p.split("\\") for p in parts):
+        raise UnsafeArchiveError(
+            f"{label}: member {name!r} contains a '..' component that would escape the destination; "
+            "refusing to extract it")
+    return "/".join(parts) or None
+
+
+class SafeTree:
+    """The destination folder of one extraction, with its byte budget and the list of files written.
+
+    `limit` is the most bytes that may be extracted; `limit_desc` says where that number comes from, for the
+    error message. With `precheck` the declared size of a member is checked before it is written; a streaming
+    extractor whose limit grows with the bytes received turns it off and relies on the running count.
+    """
+
+    def __init__(self, dest, label: str, limit: int | None, limit_desc: str = "max_bytes",
+                 progress=None, precheck: bool = True):
+        os.makedirs(dest, mode=0o700, exist_ok=True)
+        self.dest = os.path.realpath(dest)
+        self.label = label
+        self.limit = limit
+        self.limit_desc = limit_desc
+        self.progress = progress
+        self.precheck = precheck
+        self.written = 0
+        self.files: dict[str, int] = {}  # insertion order = archive order
+        self._links: list[str] = []
+        self._dirs: set[str] = {self.dest}  # folders known to exist and to resolve inside dest
+
+    # ----------------------------------------------------------------------------------------- budget
+    def _over(self, total: int, member: str):
+        override = f"pass a larger max_bytes or set {LIMIT_ENV}=<bytes>"
+        return UnsafeArchiveError(
+            f"{self.label}: extracting {member!r} would bring the extracted size to {human(total)}, over the "
+            f"limit of {human(self.limit)} ({self.limit_desc}); this looks like a decompression bomb. If the "
+            f"archive is trusted and really this compressible, {override}")
+
+    def check_budget(self, size: int, member: str) -> None:
+        """Refuse a member whose declared size would go over the limit, before writing any of it."""
+        if self.precheck and self.limit is not None and self.written + size > self.limit:
+            raise self._over(self.written + size, member)
+
+    def write(self, fd: int, data, member: str) -> None:
+        """Write all of `data` to `fd`, counting it against the limit and mapping disk errors."""
+        n = len(data)
+        if self.limit is not None and self.written + n > self.limit:
+            raise self._over(self.written + n, member)
+        view = memoryview(data)
+        try:
+            while view:
+                done = os.write(fd, view)
+                self.written += done  # counted per call: a disk-full message says how far we got
+                view = view[done:]
+        except OSError as exc:
+            raise self.disk_error(exc, member) from exc
+        if self.progress is not None:
+            self.progress(n)
+
+    def disk_error(self, exc: OSError, member: str) -> DiskError:
+        """A DiskError naming the member, what was written so far and what to do."""
+        if exc.errno in _DISK_FULL:
+            return DiskError(
+                f"No space left while extracting {member!r} from {self.label} into {self.dest} "
+                f"({exc.strerror}) after writing {human(self.written)}; the archive itself is intact: "
+                "free some space (or point the data dir elsewhere) and run the command again")
+        return DiskError(
+            f"Could not write {member!r} from {self.label} into {self.dest}: {exc.strerror or exc}; "
+            "check that the data dir is writable and on a healthy filesystem")
+
+    # ------------------------------------------------------------------------------------ path checks
+    def _inside(self, path: str) -> bool:
+        return path == self.dest or path.startswith(self.dest + os.sep)
+
+    def _check_real(self, path: str, member: str) -> None:
+        # only needed once the archive made a link: before that nothing in dest can redirect a path
+        if self._links and not self._inside(os.path.realpath(path)):
+            raise UnsafeArchiveError(
+                f"{self.label}: member {member!r} would be written through a symlink that leads outside "
+                "the destination; refusing to extract it")
+
+    def _parent(self, rel: str, member: str) -> str:
+        path = os.path.join(self.dest, rel)
+        parent = os.path.dirname(path)
+        if parent not in self._dirs:
+            self._check_real(parent, member)
+            try:
+                os.makedirs(parent, mode=0o755, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise CorruptArchiveError(
+                    f"{self.label}: member {member!r} needs a folder where the archive already put a "
+                    "file; the archive is inconsistent, download it again or report it") from None
+            except OSError as exc:
+                raise self.disk_error(exc, member) from exc
+            self._dirs.add(parent)
+        return path
+
+    def _clear(self, path: str, rel: str, member: str) -> None:
+        """Remove what an earlier member put at `path` (tar semantics: a later member wins)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise CorruptArchiveError(
+                f"{self.label}: member {member!r} would replace a folder extracted earlier; the archive is "
+                "inconsistent, download it again or report it")
+        os.unlink(path)
+        self.files.pop(rel, None)
+
+    # -------------------------------------------------------------------------------------- writers
+    def make_dir(self, rel: str, mode: int, member: str) -> None:
+        """Create folder `rel` (and its parents) with a safe mode."""
+        path = self._parent(rel, member)
+        if path in self._dirs:
+            return
+        self._check_real(path, member)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise CorruptArchiveError(
+                    f"{self.label}: folder member {member!r} clashes with a file extracted earlier; the "
+                    "archive is inconsistent, download it again or report it") from None
+        except OSError as exc:
+            raise self.disk_error(exc, member) from exc
+        os.chmod(path, (mode & 0o755) | 0o700)
+        self._dirs.add(path)
+
+    def open_file(self, rel: str, member: str) -> int:
+        """Open a new file for member `rel`, replacing an earlier member of the same name."""
+        path = self._parent(rel, member)
+        try:
+            return os.open(path, _OPEN_FLAGS, 0o600)
+        except FileExistsError:
+            self._clear(path, rel, member)
+        except OSError as exc:
+            raise self.disk_error(exc, member) from exc
+        try:
+            return os.open(path, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            raise self.disk_error(exc, member) from exc
+
+    def finish_file(self, fd: int, rel: str, size: int, mode: int, mtime, member: str) -> None:
+        """Set a safe mode and the member's mtime, close, and record (rel, size)."""
+        try:
+            os.fchmod(fd, (mode & 0o755) | 0o600)
+            if mtime is not None:
+                try:
+                    os.utime(fd, (mtime, mtime))
+                except (OverflowError, ValueError):
+                    pass  # an absurd timestamp is not worth failing an install for
+        except OSError as exc:
+            raise self.disk_error(exc, member) from exc
+        finally:
+            os.close(fd)
+        self.files[rel] = size
+
+    def symlink(self, rel: str, target: str, member: str) -> None:
+        """Create a symlink that must resolve inside the destination."""
+        bad = UnsafeArchiveError(
+            f"{self.label}: symlink {member!r} -> {target!r} points outside the destination; "
+            "refusing to extract it")
+        if not target or _bad_chars(target) or target.startswith("/"):
+            raise bad
+        lexical = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+        if lexical == ".." or lexical.startswith("../"):
+            raise bad
+        path = self._parent(rel, member)
+        self._check_real(os.path.dirname(path), member)
+        if not self._inside(os.path.realpath(os.path.join(os.path.dirname(path), target))):
+            raise bad
+        self._clear(path, rel, member)
+        try:
+            os.symlink(target, path)
+        except OSError as exc:
+            raise self.disk_error(exc, member) from exc
+        self._links.append(rel)
+        self._dirs = {self.dest}  # a new link may change where cached folders resolve
+
+    def hardlink(self, rel: str, target: str, member: str) -> None:
+        """Create a hard link to a regular file extracted earlier from the same archive."""
+        parts = [p for p in target.split("/") if p not in ("", ".")]
+        source = os.path.realpath(os.path.join(self.dest, *parts))
+        try:
+            st = os.lstat(source)
+        except OSError:
+            st = None
+        if (not parts or target.startswith("/") or ".." in parts or _bad_chars(target)
+                or not self._inside(source) or st is None or not stat.S_ISREG(st.st_mode)):
+            raise UnsafeArchiveError(
+                f"{self.label}: hard link {member!r} -> {target!r} does not point at a file extracted earlier "
+                "inside the destination; refusing to extract it")
+        path = self._parent(rel, member)
+        self._check_real(os.path.dirname(path), member)
+        self._clear(path, rel, member)
+        try:
+            os.link(source, path, follow_symlinks=False)
+        except OSError as exc:
+            raise self.disk_error(exc, member) from exc
+        self.files[rel] = st.st_size
+
+    def verify_links(self) -> None:
+        """Check again, once everything is out, that no symlink resolves outside the destination."""
+        for rel in self._links:
+            path = os.path.join(self.dest, rel)
+            if os.path.islink(path) and not self._inside(os.path.realpath(path)):
+                raise UnsafeArchiveError(
+                    f"{self.label}: symlink {rel!r} resolves outside the destination through other links in "
+                    "the archive; refusing it")
+
+    def drop_links(self) -> None:
+        """After a failure: remove every symlink made so far, so a half-extracted tree points nowhere outside."""
+        for rel in self._links:
+            try:
+                os.unlink(os.path.join(self.dest, rel))
+            except OSError:
+                pass  # already replaced by a later member, or gone with its folder
+        self._links.clear()
+
+    def file_list(self) -> list[tuple[str, int]]:
+        """(relative posix path, size) of every regular file written, in archive order."""
+        return list(self.files.items())
