@@ -1,0 +1,67 @@
+"""`mmf train ...` / `mmf_run ...` and `mmf plot`. No torch import at module level (keeps `mmf --help` fast)."""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: mmf train config=CONFIG.yaml datasets=textvqa model=m4c run_type=train_val [key=value ...]
+
+Options are MMF's: config= (relative to cwd, else to the project's configs/), datasets= (alias dataset=, comma
+separated), model=, run_type= (train, val, test, train_val, train_inference, inference), and any config key as
+a.b.c=value or a.b[0]=value (e.g. training.batch_size=32 env.save_dir=./save checkpoint.resume=true).
+Env: MMF_DATA_DIR, MMF_SAVE_DIR, MMF_CACHE_DIR. Multi-GPU: torchrun --nproc_per_node=N -m mmftrain.cli ...
+Example: mmf train config=projects/m4c/configs/textvqa/defaults.yaml datasets=textvqa model=m4c run_type=train_val
+"""
+
+
+def run_from_argv(argv: list[str]) -> int:
+    """Parse MMF-style options, run, and return the process exit code (1 with one line on a bad input)."""
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    from mmftrain.errors import TrainError
+
+    try:
+        from mmftrain.config import build_config
+
+        cfg = build_config(argv)
+        from mmftrain.run import run
+
+        summary = run(cfg)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    interrupted = summary.get("interrupted")
+    if interrupted:
+        return {"SIGINT": 130, "SIGTERM": 143}.get(interrupted, 1)
+    return 0
+
+
+def register_extra_commands(app) -> None:
+    """Add `mmf plot SAVE_DIR` to the main typer app."""
+    import typer
+
+    @app.command()
+    def plot(save_dir: str = typer.Argument(..., help="env.save_dir of a run (holds metrics.jsonl)"),
+             out: str = typer.Option(None, "--out", help="PNG path (default SAVE_DIR/training_curves.png)")) -> None:
+        """Plot training loss and val metrics over updates from SAVE_DIR/metrics.jsonl into a PNG."""
+        from mmftrain.errors import TrainError
+        from mmftrain.plot import plot_run
+
+        try:
+            path = plot_run(save_dir, out)
+        except TrainError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
+        typer.echo(str(path))
+
+
+def main() -> None:
+    """`python -m mmftrain.cli ...` (what torchrun launches)."""
+    sys.exit(run_from_argv(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

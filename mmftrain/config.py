@@ -1,0 +1,327 @@
+"""MMF-style configuration: YAML files with `includes:`, project defaults, `key=value` overrides.
+
+Build order (as MMF): `configs/defaults.yaml` -> `configs/models/<model>/defaults.yaml` -> each
+`configs/datasets/<name>/defaults.yaml` -> the user's `config=` file (with its includes) -> `key=value` overrides.
+The result is a plain nested dict. Overrides may only name keys that exist: a typo is an error naming the key and
+its nearest neighbours, never a silently ignored setting.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmftrain.errors import ConfigError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+SPECIAL_KEYS = ("config", "datasets", "model", "run_type")
+RUN_TYPES = ("train", "val", "test", "train_val", "train_test", "train_val_test", "train_inference", "inference",
+             "val_test", "predict")
+# Sections whose keys are all declared in defaults.yaml: a misspelt key there in a YAML file is an error too.
+STRICT_SECTIONS = ("training", "evaluation", "checkpoint", "env", "distributed")
+_ENV_DIRS = {"data_dir": "MMF_DATA_DIR", "save_dir": "MMF_SAVE_DIR", "cache_dir": "MMF_CACHE_DIR"}
+_INTERP = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.1 would make it a string, OmegaConf does not)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Parse one YAML file into a dict (no includes), with a clear error for a missing or malformed file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}; check the path") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level, not {type(data).__name__}")
+    return data
+
+
+def find_config_file(name: str | Path, base_dir: Path | None = None) -> Path:
+    """Resolve a config path: absolute, else relative to `base_dir` (the including file) or cwd, else `configs/`."""
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        if p.is_file():
+            return p
+        raise ConfigError(f"config file {p} does not exist")
+    candidates = [(base_dir or Path.cwd()) / p, CONFIGS_DIR / p]
+    if str(p).startswith("configs/"):
+        candidates.append(CONFIGS_DIR.parent / p)
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"config file {name} not found (tried {tried}); pass a path relative to the current "
+                      f"directory or to {CONFIGS_DIR}")
+
+
+def load_yaml(path: str | Path, _stack: tuple = ()) -> dict:
+    """Load a YAML file and merge its `includes:` (each resolved relative to the including file, then `configs/`).
+
+    Included files are merged in order and the including file wins. A cycle is an error.
+    """
+    path = Path(path).resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"config includes form a cycle: {chain}; remove one of the includes")
+    data = read_yaml(path)
+    includes = data.pop("includes", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    merged: dict = {}
+    for inc in includes:
+        merged = merge(merged, load_yaml(find_config_file(inc, path.parent), (*_stack, path)))
+    return merge(merged, data)
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge `over` into a copy of `base`; dicts merge key by key, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """Literal-parse an override value as MMF does (`ast.literal_eval`, raw string otherwise; YAML booleans too)."""
+    low = text.strip().lower()
+    if low in ("none", "null", "~"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def split_argv(argv: list[str]) -> tuple[dict, list[tuple[str, str]]]:
+    """Split `key=value` (or alternating `key value`) options into the special keys and the dotlist overrides."""
+    pairs: list[tuple[str, str]] = []
+    args = [a for a in argv if a != "--"]
+    if args and "=" not in args[0] and not args[0].startswith("-"):
+        if len(args) % 2:
+            raise ConfigError(f"option {args[-1]!r} has no value; write options as key=value")
+        pairs = [(args[i], args[i + 1]) for i in range(0, len(args), 2)]
+    else:
+        for a in args:
+            if "=" not in a:
+                raise ConfigError(f"option {a!r} is not key=value; write e.g. training.batch_size=32")
+            k, v = a.split("=", 1)
+            pairs.append((k.strip(), v))
+    special: dict = {}
+    overrides = []
+    for k, v in pairs:
+        k = k.lstrip("-")
+        if k == "dataset":  # MMF alias
+            k = "datasets"
+        if k in SPECIAL_KEYS:
+            special[k] = v.strip()
+        else:
+            overrides.append((k, v))
+    return special, overrides
+
+
+def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            key = f"{prefix}{k}"
+            out.append(key)
+            out.extend(_all_keys(v, key + "."))
+    return out
+
+
+def _unknown(key: str, cfg: dict) -> ConfigError:
+    near = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
+    hint = f"; nearest existing keys: {', '.join(near)}" if near else "; see configs/defaults.yaml for the keys"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+_INDEX = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
+
+
+def _path(key: str) -> list:
+    parts: list = []
+    for piece in key.split("."):
+        m = _INDEX.match(piece)
+        if not m:
+            raise ConfigError(f"malformed config key {key!r}; write a.b.c or a.b[0]")
+        parts.append(m.group(1))
+        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
+    return parts
+
+
+def _check_type(key: str, old: Any, new: Any) -> Any:
+    if old is None or new is None or isinstance(old, (dict, list)) and isinstance(new, type(old)):
+        return new
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+    elif isinstance(old, int):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+    elif isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+    elif isinstance(old, str):
+        return new if isinstance(new, str) else str(new)
+    else:
+        return new
+    raise ConfigError(f"config key {key!r} expects {type(old).__name__} (now {old!r}), got {new!r}")
+
+
+def apply_override(cfg: dict, key: str, raw: str) -> None:
+    """Set `key` (dotted, with optional `[i]` list indices) to the literal-parsed `raw`; the key must exist."""
+    parts = _path(key)
+    node: Any = cfg
+    for i, p in enumerate(parts[:-1]):
+        try:
+            node = node[p]
+        except (KeyError, IndexError, TypeError):
+            raise _unknown(key, cfg) from None
+    last = parts[-1]
+    if isinstance(node, dict) and last in node:
+        node[last] = _check_type(key, node[last], parse_value(raw))
+    elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+        node[last] = parse_value(raw)
+    else:
+        raise _unknown(key, cfg)
+
+
+def _check_sections(user: dict, defaults: dict, source: str) -> None:
+    def walk(u: dict, d: dict, prefix: str) -> None:
+        for k, v in u.items():
+            key = f"{prefix}{k}"
+            if k not in d:
+                near = difflib.get_close_matches(k, list(d), n=3, cutoff=0.6)
+                hint = f"; nearest: {', '.join(prefix + n for n in near)}" if near else ""
+                raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
+            if isinstance(v, dict) and isinstance(d[k], dict) and d[k]:
+                walk(v, d[k], key + ".")
+    for section in STRICT_SECTIONS:
+        if isinstance(user.get(section), dict):
+            walk(user[section], defaults.get(section) or {}, section + ".")
+
+
+def _resolve(cfg: dict) -> dict:
+    """Replace `${a.b}` references (MMF/OmegaConf interpolation of other keys) with their values."""
+    def lookup(key: str, depth: int) -> Any:
+        node: Any = cfg
+        for p in key.split("."):
+            if not isinstance(node, dict) or p not in node:
+                raise ConfigError(f"config interpolation ${{{key}}} names a key that does not exist")
+            node = node[p]
+        return sub(node, depth + 1)
+
+    def sub(v: Any, depth: int = 0) -> Any:
+        if depth > 20:
+            raise ConfigError("config interpolation nests too deep (a reference cycle?)")
+        if isinstance(v, dict):
+            return {k: sub(x, depth) for k, x in v.items()}
+        if isinstance(v, list):
+            return [sub(x, depth) for x in v]
+        if isinstance(v, str):
+            m = _INTERP.fullmatch(v)
+            if m:
+                return lookup(m.group(1), depth)
+            return _INTERP.sub(lambda mm: str(lookup(mm.group(1), depth)), v)
+        return v
+    return sub(cfg)
+
+
+def build_config(argv: list[str], environ: dict | None = None) -> dict:
+    """Build the resolved run config from MMF-style options (`config=... datasets=... model=... a.b=c`).
+
+    Raises:
+        ConfigError: unknown key, bad value, missing file, include cycle.
+    """
+    environ = os.environ if environ is None else environ
+    special, overrides = split_argv(argv)
+    defaults = load_yaml(CONFIGS_DIR / "defaults.yaml")
+    cfg = copy.deepcopy(defaults)
+    for key, var in _ENV_DIRS.items():
+        if environ.get(var):
+            cfg["env"][key] = environ[var]
+
+    user: dict = {}
+    if special.get("config"):
+        path = find_config_file(special["config"])
+        user = load_yaml(path)
+        _check_sections(user, defaults, str(path))
+        cfg["config"] = str(path)
+    model = special.get("model") or user.get("model") or cfg.get("model")
+    datasets = special.get("datasets") or user.get("datasets") or cfg.get("datasets")
+    if isinstance(datasets, str):
+        datasets = [d.strip() for d in datasets.split(",") if d.strip()]
+    if not model:
+        raise ConfigError("no model given; pass model=m4c")
+    if not datasets:
+        raise ConfigError("no dataset given; pass datasets=textvqa (or stvqa, or textvqa,stvqa)")
+    model_file = CONFIGS_DIR / "models" / model / "defaults.yaml"
+    if not model_file.is_file():
+        known = sorted(p.name for p in (CONFIGS_DIR / "models").iterdir() if p.is_dir())
+        raise ConfigError(f"unknown model {model!r}; known models: {', '.join(known)}")
+    cfg = merge(cfg, load_yaml(model_file))
+    for ds in datasets:
+        ds_file = CONFIGS_DIR / "datasets" / ds / "defaults.yaml"
+        if not ds_file.is_file():
+            known = sorted(p.name for p in (CONFIGS_DIR / "datasets").iterdir() if p.is_dir())
+            raise ConfigError(f"unknown dataset {ds!r}; known datasets: {', '.join(known)}")
+        cfg = merge(cfg, load_yaml(ds_file))
+    cfg = merge(cfg, user)
+    cfg["model"], cfg["datasets"] = model, list(datasets)
+    if special.get("run_type"):
+        cfg["run_type"] = special["run_type"]
+    for key, raw in overrides:
+        apply_override(cfg, key, raw)
+    cfg = _resolve(cfg)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    """Reject values the trainer cannot run with, naming the key and the allowed values."""
+    if cfg["run_type"] not in RUN_TYPES:
+        raise ConfigError(f"run_type={cfg['run_type']!r} is not one of {', '.join(RUN_TYPES)}")
+    if cfg["model"] not in cfg.get("model_config", {}):
+        raise ConfigError(f"model_config.{cfg['model']} is missing; the model defaults file must define it")
+    t = cfg["training"]
+    for key in ("batch_size", "update_frequency", "log_interval", "checkpoint_interval", "evaluation_interval"):
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise ConfigError(f"training.{key} must be a positive integer, got {t[key]!r}")
+    if t["fp16"] and t["bf16"]:
+        raise ConfigError("training.fp16 and training.bf16 are both true; pick one")
+    if cfg["evaluation"].get("predict_file_format") not in ("json", "csv"):
+        raise ConfigError("evaluation.predict_file_format must be json or csv")
+
+
+def dump_yaml(cfg: dict) -> str:
+    """The resolved config as YAML text (saved with every run and in every checkpoint)."""
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,112 @@
+"""Evaluation and prediction: greedy decoding over a whole split, answers assembled as MMF does, metrics once over
+the exact question set gathered from all ranks, and EvalAI prediction files."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from mmfdata.batch import expand_targets
+from mmftrain import distributed as D
+from mmftrain.checkpoint import atomic_write_bytes
+from mmftrain.data import Prefetcher, eval_shard, to_device
+from mmftrain.loss import m4c_decoding_bce_with_mask
+from mmftrain.metrics import compute_metrics, word_tokenize
+
+
+def assemble_answer(ids, ocr_tokens: list[str], vocab: list[str], eos_idx: int) -> tuple[str, list[str]]:
+    """MMF's answer assembly: ids >= |vocab| copy OCR token id-|vocab|; stop at the EOS word; join with spaces."""
+    words, sources = [], []
+    v = len(vocab)
+    for i in ids:
+        i = int(i)
+        if i >= v:
+            j = i - v
+            words.append(word_tokenize(ocr_tokens[j]) if j < len(ocr_tokens) else "")
+            sources.append("OCR")
+        else:
+            if i == eos_idx:
+                break
+            words.append(vocab[i])
+            sources.append("VOCAB")
+    return " ".join(words).replace(" 's", "'s"), sources
+
+
+def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, device, dist: D.DistInfo,
+             amp: contextlib.AbstractContextManager | None = None, metrics: list[str] | None = None,
+             pin: bool = False, early_exit: bool = True) -> tuple[dict, list[dict]]:
+    """Run greedy decoding on this rank's share of `dataset`, gather all ranks' records, score once.
+
+    Returns:
+        (metrics, records) on every rank: metrics keyed `<split>/<dataset>/<metric>` plus `<split>/total_loss`
+        when the split has answers; records are {question_id, image_id, answer, pred_source, gt_answers} for
+        every question of the split exactly once, in dataset order. `early_exit` stops decoding once every
+        answer has ended (same answers as MMF's 12 passes; the val loss then uses the scores at exit).
+    """
+    vocab = list(dataset.answer_vocab)
+    eos, bos = vocab.index("</s>"), vocab.index("<s>")
+    idx = eval_shard(len(dataset), dist.rank, dist.world)
+    chunks = [(i, idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+    was_training = model.training
+    model.eval()
+    records, loss_sum, loss_n = [], 0.0, 0
+    t0 = time.perf_counter()
+    loader = Prefetcher(dataset, chunks, pin=pin, depth=2)
+    try:
+        with torch.no_grad():
+            for _, cpu_batch, _ in loader:
+                batch = to_device(cpu_batch, device)
+                with amp or contextlib.nullcontext():
+                    scores = model.greedy_decode(batch, bos, eos if early_exit else None)
+                ids = scores.argmax(-1).cpu()
+                has_answers = any(len(g) for g in cpu_batch["gt_answers"])
+                if has_answers:
+                    targets = expand_targets(batch, scores.size(-1))
+                    loss_sum += float(m4c_decoding_bce_with_mask(scores, targets, batch["train_loss_mask"]))
+                    loss_n += 1
+                for b in range(ids.size(0)):
+                    answer, sources = assemble_answer(ids[b].tolist(), list(cpu_batch["ocr_tokens"][b]), vocab, eos)
+                    records.append({"question_id": int(cpu_batch["question_id"][b]),
+                                    "image_id": str(cpu_batch["image_id"][b]), "answer": answer,
+                                    "pred_source": sources, "gt_answers": list(cpu_batch["gt_answers"][b])})
+    finally:
+        loader.close()
+        model.train(was_training)
+    gathered = D.gather_objects((records, loss_sum, loss_n))
+    all_records = [r for part in gathered for r in part[0]]
+    scores_, n = compute_metrics(all_records, metrics or [])
+    out = {f"{split}/{dataset_name}/{k}": v for k, v in scores_.items()}
+    total_n = sum(p[2] for p in gathered)
+    if total_n:
+        out[f"{split}/{dataset_name}/m4c_decoding_bce_with_mask"] = sum(p[1] for p in gathered) / total_n
+        out[f"{split}/total_loss"] = out[f"{split}/{dataset_name}/m4c_decoding_bce_with_mask"]
+    out[f"{split}/{dataset_name}/num_questions"] = len({r["question_id"] for r in all_records})
+    out[f"{split}/{dataset_name}/scored_questions"] = n
+    out[f"{split}_time"] = time.perf_counter() - t0
+    return out, all_records
+
+
+def write_predictions(records: list[dict], report_dir: Path, dataset: str, experiment: str, split: str,
+                      fmt: str = "json") -> Path:
+    """EvalAI file `<dataset>_<experiment>_<split>_<YYYY-MM-DDTHH:MM:SS>.json`: a list of {question_id,
+    image_id, answer, pred_source} for every question of the split (answers un-normalised, as MMF)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    path = Path(report_dir) / f"{dataset}_{experiment}_{split}_{stamp}.{fmt}"
+    rows = [{"question_id": r["question_id"], "image_id": r["image_id"], "answer": r["answer"],
+             "pred_source": r["pred_source"]} for r in records]
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["question_id", "image_id", "answer", "pred_source"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "pred_source": " ".join(r["pred_source"])})
+        data = buf.getvalue().encode()
+    else:
+        data = json.dumps(rows).encode()
+    atomic_write_bytes(path, lambda f: f.write(data))
+    return path

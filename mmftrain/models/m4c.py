@@ -1,0 +1,236 @@
+"""M4C (Hu et al., CVPR 2020) with MMF's parameter names, so MMF zoo checkpoints (m4c.textvqa.*) load.
+
+Inputs follow the batch contract in `mmfdata/batch.py`. The model is split in `encode` (text BERT, object and OCR
+encoders: everything that does not depend on previous predictions) and `decode` (the multimodal transformer over
+[text | objects | OCR | decoder] with the prefix-LM mask, then the classifier and the OCR pointer network), so
+greedy decoding re-runs only the MMT each step; MMF re-runs everything, with identical results in eval mode.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmftrain.models.bert import BertConfig, BertEncoder, TextBert, init_bert_weights
+
+MASK_VALUE = -10000.0  # BERT/MMF additive mask value
+FASTTEXT_DIM, PHOC_DIM = 300, 604
+BOS_IDX = 1  # MMF sets the answer processor's BOS index to 1 (`<s>`)
+
+
+def _mask(nums: torch.Tensor, max_num: int) -> torch.Tensor:
+    return (torch.arange(max_num, device=nums.device)[None] < nums[:, None]).float()
+
+
+class FinetuneFasterRcnnFpnFc7(nn.Module):
+    """Detectron's fc7 layer (fine-tuned at lr x0.1), followed by ReLU as in MMF."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.lc = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.lc(x))
+
+
+class ClassifierLayer(nn.Module):
+    """MMF's `ClassifierLayer(type=linear)`: the weight doubles as the answer-word embedding for the decoder."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.module = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class PrevPredEmbeddings(nn.Module):
+    """Decoder inputs: embedding of the previous prediction (answer word or OCR token) + position + type."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(100, cfg.hidden_size)  # MMF: MAX_DEC_LENGTH
+        self.token_type_embeddings = nn.Embedding(5, cfg.hidden_size)  # MMF: MAX_TYPE_NUM
+        self.ans_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.ocr_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.emb_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.emb_dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, ans_emb: torch.Tensor, ocr_emb: torch.Tensor, prev_inds: torch.Tensor) -> torch.Tensor:
+        num_ans = ans_emb.size(0)
+        ans_emb = self.ans_layer_norm(ans_emb)
+        ocr_emb = self.ocr_layer_norm(ocr_emb)
+        # MMF concatenates [answers ; OCR] per sample and gathers; gathering from each side separately gives the
+        # same rows without materialising a [B, V+50, d] tensor (2 GB at batch 128).
+        is_ocr = prev_inds >= num_ans
+        from_ans = F.embedding(prev_inds.clamp(max=num_ans - 1), ans_emb)
+        ocr_idx = (prev_inds - num_ans).clamp(min=0)
+        from_ocr = torch.gather(ocr_emb, 1, ocr_idx[..., None].expand(-1, -1, ocr_emb.size(-1)))
+        raw = torch.where(is_ocr[..., None], from_ocr.to(from_ans.dtype), from_ans)
+        pos = self.position_embeddings.weight[: prev_inds.size(1)][None]
+        emb = self.emb_dropout(self.emb_layer_norm(pos + self.token_type_embeddings(is_ocr.long())))
+        return raw + emb
+
+
+class MMT(nn.Module):
+    """The multimodal transformer (randomly initialised BERT layers) plus the decoder input embeddings."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.config = cfg
+        self.prev_pred_embeddings = PrevPredEmbeddings(cfg)
+        self.encoder = BertEncoder(cfg)
+
+
+class OcrPtrNet(nn.Module):
+    """Pointer scores over OCR tokens: (Wq dec)(Wk ocr)^T / sqrt(d), blocked on padded OCR slots."""
+
+    def __init__(self, hidden_size: int, query_key_size: int | None = None):
+        super().__init__()
+        self.query_key_size = query_key_size or hidden_size
+        self.query = nn.Linear(hidden_size, self.query_key_size)
+        self.key = nn.Linear(hidden_size, self.query_key_size)
+
+    def forward(self, query_inputs, key_inputs, attention_mask):
+        scores = self.query(query_inputs) @ self.key(key_inputs).transpose(-1, -2)
+        scores = scores / math.sqrt(self.query_key_size)
+        return scores + ((1.0 - attention_mask) * MASK_VALUE)[:, None, :]
+
+
+class M4C(nn.Module):
+    """M4C: text BERT + object/OCR encoders + 4-layer MMT + classifier + OCR pointer net, greedy decoding."""
+
+    def __init__(self, config: dict, answer_vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.answer_vocab_size = answer_vocab_size
+        self.ocr_max_num = int(config["classifier"]["ocr_max_num"])
+        fc7_dim = int(config.get("fc7_out_dim", 2048))
+        self.text_bert_config = BertConfig.from_dict(dict(config.get("text_bert") or {}))
+        self.mmt_config = BertConfig.from_dict(dict(config.get("mmt") or {}))
+        hidden = self.mmt_config.hidden_size
+        obj_in, ocr_in = int(config["obj"]["mmt_in_dim"]), int(config["ocr"]["mmt_in_dim"])
+        if obj_in != fc7_dim:
+            raise ValueError(f"model_config.m4c.obj.mmt_in_dim={obj_in} must equal fc7_out_dim={fc7_dim}")
+        want = FASTTEXT_DIM + PHOC_DIM + fc7_dim + self.ocr_max_num
+        if ocr_in != want:
+            raise ValueError(f"model_config.m4c.ocr.mmt_in_dim={ocr_in} must be 300 + 604 + fc7_out_dim "
+                             f"({fc7_dim}) + ocr_max_num ({self.ocr_max_num}) = {want}")
+
+        self.text_bert = TextBert(self.text_bert_config)
+        init_bert_weights(self.text_bert, self.text_bert_config.initializer_range)
+        if self.text_bert_config.hidden_size != hidden:
+            self.text_bert_out_linear = nn.Linear(self.text_bert_config.hidden_size, hidden)
+        else:
+            self.text_bert_out_linear = nn.Identity()
+
+        self.obj_faster_rcnn_fc7 = FinetuneFasterRcnnFpnFc7(2048, fc7_dim)
+        self.linear_obj_feat_to_mmt_in = nn.Linear(obj_in, hidden)
+        self.linear_obj_bbox_to_mmt_in = nn.Linear(4, hidden)
+        self.obj_feat_layer_norm = nn.LayerNorm(hidden)
+        self.obj_bbox_layer_norm = nn.LayerNorm(hidden)
+        self.obj_drop = nn.Dropout(config["obj"]["dropout_prob"])
+
+        self.ocr_faster_rcnn_fc7 = FinetuneFasterRcnnFpnFc7(2048, fc7_dim)
+        self.linear_ocr_feat_to_mmt_in = nn.Linear(ocr_in, hidden)
+        self.linear_ocr_bbox_to_mmt_in = nn.Linear(4, hidden)
+        self.ocr_feat_layer_norm = nn.LayerNorm(hidden)
+        self.ocr_bbox_layer_norm = nn.LayerNorm(hidden)
+        self.ocr_drop = nn.Dropout(config["ocr"]["dropout_prob"])
+
+        self.mmt = MMT(self.mmt_config)
+        init_bert_weights(self.mmt, self.mmt_config.initializer_range)
+
+        ptr = config["classifier"]["ocr_ptr_net"]
+        self.ocr_ptr_net = OcrPtrNet(int(ptr["hidden_size"]), int(ptr.get("query_key_size") or ptr["hidden_size"]))
+        self.classifier = ClassifierLayer(hidden, answer_vocab_size)
+
+    # ---- parameter groups (MMF `get_optimizer_parameters`)
+    def optimizer_groups(self, base_lr: float) -> list[dict]:
+        """[remaining params at base lr, text_bert (if init from BERT), obj fc7, OCR fc7, MMT] with lr scales."""
+        c = self.config
+        finetune = []
+        if c.get("text_bert_init_from_bert_base", True):
+            finetune.append((self.text_bert, c.get("lr_scale_text_bert", 0.1)))
+        finetune += [(self.obj_faster_rcnn_fc7, c.get("lr_scale_frcn", 0.1)),
+                     (self.ocr_faster_rcnn_fc7, c.get("lr_scale_frcn", 0.1)),
+                     (self.mmt, c.get("lr_scale_mmt", 1.0))]
+        taken = {id(p) for m, _ in finetune for p in m.parameters()}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in taken], "lr": base_lr}]
+        groups += [{"params": list(m.parameters()), "lr": base_lr * float(s)} for m, s in finetune]
+        return groups
+
+    # ---- forward
+    def encode(self, batch: dict) -> dict:
+        """Embeddings of text, objects and OCR tokens plus the MMT attention mask (independent of predictions)."""
+        text = batch["text"]
+        txt_mask = _mask(batch["text_len"], text.size(1))
+        txt_emb = self.text_bert_out_linear(self.text_bert(text, txt_mask))
+
+        obj_fc7 = F.normalize(self.obj_faster_rcnn_fc7(batch["obj_feat"].float()), dim=-1)
+        obj_emb = self.obj_feat_layer_norm(self.linear_obj_feat_to_mmt_in(obj_fc7)) + \
+            self.obj_bbox_layer_norm(self.linear_obj_bbox_to_mmt_in(batch["obj_bbox"].float()))
+        obj_emb = self.obj_drop(obj_emb)
+        obj_mask = _mask(batch["obj_num"], obj_emb.size(1))
+
+        n_ocr = batch["ocr_fasttext"].size(1)
+        fasttext = F.normalize(batch["ocr_fasttext"].float(), dim=-1)
+        phoc = F.normalize(batch["ocr_phoc"].float(), dim=-1)
+        ocr_fc7 = F.normalize(self.ocr_faster_rcnn_fc7(batch["ocr_feat"][:, :n_ocr].float()), dim=-1)
+        # MMF appends the legacy LoRRA "order vectors", always zeroed; kept so 3002-wide checkpoints load
+        order = fasttext.new_zeros(fasttext.size(0), n_ocr, self.ocr_max_num)
+        ocr_feat = torch.cat([fasttext, phoc, ocr_fc7.to(fasttext.dtype), order], dim=-1)
+        ocr_emb = self.ocr_feat_layer_norm(self.linear_ocr_feat_to_mmt_in(ocr_feat)) + \
+            self.ocr_bbox_layer_norm(self.linear_ocr_bbox_to_mmt_in(batch["ocr_bbox"].float()))
+        ocr_emb = self.ocr_drop(ocr_emb)
+        ocr_mask = _mask(batch["ocr_num"], n_ocr)
+
+        steps = batch["train_prev_inds"].size(1)
+        enc_mask = torch.cat([txt_mask, obj_mask, ocr_mask], dim=1)
+        full = torch.cat([enc_mask, enc_mask.new_zeros(enc_mask.size(0), steps)], dim=1)
+        # prefix-LM: every row sees the valid encoder positions; decoder rows also see earlier decoder steps;
+        # encoder rows never see the decoder
+        allowed = full[:, None, None, :].repeat(1, 1, full.size(1), 1)
+        allowed[:, :, -steps:, -steps:] = torch.tril(full.new_ones(steps, steps))
+        attn_mask = (1.0 - allowed) * MASK_VALUE
+        return {"txt_emb": txt_emb, "obj_emb": obj_emb, "ocr_emb": ocr_emb, "ocr_mask": ocr_mask,
+                "attn_mask": attn_mask, "ocr_begin": text.size(1) + obj_emb.size(1)}
+
+    def decode(self, enc: dict, prev_inds: torch.Tensor) -> torch.Tensor:
+        """Scores [B, steps, V + 50] for the given previous-prediction indices (teacher forcing or greedy)."""
+        dec_emb = self.mmt.prev_pred_embeddings(self.classifier.module.weight, enc["ocr_emb"], prev_inds)
+        parts = [enc["txt_emb"], enc["obj_emb"], enc["ocr_emb"], dec_emb]
+        dtype = dec_emb.dtype
+        x = torch.cat([p.to(dtype) for p in parts], dim=1)
+        out = self.mmt.encoder(x, enc["attn_mask"])
+        b0, n_ocr, steps = enc["ocr_begin"], enc["ocr_emb"].size(1), prev_inds.size(1)
+        ocr_out, dec_out = out[:, b0:b0 + n_ocr], out[:, -steps:]
+        fixed = self.classifier(dec_out)
+        pointer = self.ocr_ptr_net(dec_out, ocr_out, enc["ocr_mask"])
+        return torch.cat([fixed, pointer.to(fixed.dtype)], dim=-1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Training forward with teacher forcing on `train_prev_inds`: scores [B, 12, V + 50]."""
+        return self.decode(self.encode(batch), batch["train_prev_inds"])
+
+    @torch.no_grad()
+    def greedy_decode(self, batch: dict, bos_idx: int = BOS_IDX, eos_idx: int | None = None) -> torch.Tensor:
+        """MMF's inference: start from BOS, run the MMT once per step feeding back the argmax.
+
+        Returns the last pass's scores [B, 12, V + 50]; their argmax is the predicted index sequence. With
+        `eos_idx`, stops once every answer has emitted EOS: the decoder is causal, so after pass k the
+        predictions of steps <= k are final, and nothing after EOS is part of an answer (the answers are
+        identical to MMF's 12 passes; only scores after EOS are left from an earlier pass).
+        """
+        enc = self.encode(batch)
+        prev = torch.zeros_like(batch["train_prev_inds"])
+        prev[:, 0] = bos_idx
+        for step in range(prev.size(1)):
+            scores = self.decode(enc, prev)
+            inds = scores.argmax(dim=-1)
+            prev[:, 1:] = inds[:, :-1]
+            if eos_idx is not None and bool((inds[:, : step + 1] == eos_idx).any(dim=1).all()):
+                break
+        return scores

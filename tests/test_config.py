@@ -1,0 +1,148 @@
+"""Config system: includes, MMF-style overrides, strict keys, env vars, shipped configs, CLI errors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmftrain.config import CONFIGS_DIR, build_config, load_yaml, parse_value
+from mmftrain.errors import ConfigError
+
+M4C = ["config=projects/m4c/configs/textvqa/defaults.yaml", "datasets=textvqa", "model=m4c"]
+
+
+def test_m4c_recipe_resolves_with_mmf_values():
+    cfg = build_config(M4C + ["run_type=train_val"], environ={})
+    t = cfg["training"]
+    assert cfg["optimizer"]["params"] == {"eps": 1e-8, "lr": 1e-4, "weight_decay": 0}  # "1e-4" read as a float
+    assert isinstance(cfg["optimizer"]["params"]["lr"], float)
+    assert (t["batch_size"], t["max_updates"], t["lr_steps"], t["warmup_iterations"]) == (128, 24000, [14000, 19000], 1000)
+    assert (t["max_grad_l2_norm"], t["clip_gradients"], t["early_stop"]["criteria"]) == \
+        (0.25, True, "textvqa/textvqa_accuracy")
+    assert cfg["model_config"]["m4c"]["text_bert"]["num_hidden_layers"] == 3
+    assert cfg["evaluation"]["metrics"] == ["textvqa_accuracy"]
+    assert cfg["run_type"] == "train_val"
+
+
+def test_blog_command_overrides_apply():
+    cfg = build_config(M4C + ["run_type=train_val", "training.batch_size=32", "training.max_updates=44000",
+                              "training.log_interval=10", "training.checkpoint_interval=100",
+                              "training.evaluation_interval=1000", "env.save_dir=/tmp/s",
+                              "checkpoint.resume_file=/tmp/x.ckpt", "training.lr_steps[1]=20000",
+                              "optimizer.params.lr=2e-4", "training.fp16=True"], environ={})
+    t = cfg["training"]
+    assert (t["batch_size"], t["max_updates"], t["log_interval"]) == (32, 44000, 10)
+    assert t["lr_steps"] == [14000, 20000] and t["fp16"] is True
+    assert cfg["optimizer"]["params"]["lr"] == pytest.approx(2e-4)
+    assert cfg["checkpoint"]["resume_file"] == "/tmp/x.ckpt" and cfg["env"]["save_dir"] == "/tmp/s"
+
+
+def test_alternating_key_value_and_dataset_alias():
+    cfg = build_config(["config", "projects/m4c/configs/textvqa/defaults.yaml", "dataset", "textvqa",
+                        "model", "m4c", "training.seed", "5"], environ={})
+    assert cfg["datasets"] == ["textvqa"] and cfg["training"]["seed"] == 5
+
+
+def test_unknown_key_names_nearest():
+    with pytest.raises(ConfigError, match=r"training\.batch_sizee.*training\.batch_size"):
+        build_config(M4C + ["training.batch_sizee=3"], environ={})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_config(M4C + ["training.lr_steps[5]=3"], environ={})
+
+
+def test_wrong_type_and_bad_values_are_errors():
+    with pytest.raises(ConfigError, match="expects int"):
+        build_config(M4C + ["training.batch_size=big"], environ={})
+    with pytest.raises(ConfigError, match="run_type"):
+        build_config(M4C + ["run_type=fly"], environ={})
+    with pytest.raises(ConfigError, match="pick one"):
+        build_config(M4C + ["training.fp16=true", "training.bf16=true"], environ={})
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        build_config(["config=projects/m4c/configs/textvqa/defaults.yaml", "datasets=vqa9", "model=m4c"], environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(["config=nope/missing.yaml", "datasets=textvqa", "model=m4c"], environ={})
+
+
+def test_includes_relative_then_project_and_cycle(tmp_path):
+    (tmp_path / "base.yaml").write_text("training:\n  batch_size: 7\n  max_updates: 9\n")
+    (tmp_path / "child.yaml").write_text(
+        "includes:\n- ./base.yaml\n- projects/m4c/configs/textvqa/defaults.yaml\ntraining:\n  max_updates: 11\n")
+    data = load_yaml(tmp_path / "child.yaml")
+    # later includes win over earlier ones, the including file over all
+    assert data["training"]["batch_size"] == 128 and data["training"]["max_updates"] == 11
+    (tmp_path / "a.yaml").write_text("includes: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("includes: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml(tmp_path / "a.yaml")
+
+
+def test_config_relative_to_cwd_wins(tmp_path, monkeypatch):
+    target = tmp_path / "projects/m4c/configs/textvqa"
+    target.mkdir(parents=True)
+    (target / "defaults.yaml").write_text("includes:\n- " + str(CONFIGS_DIR / "projects/m4c/configs/textvqa/defaults.yaml")
+                                          + "\ntraining:\n  batch_size: 3\n")
+    monkeypatch.chdir(tmp_path)
+    assert build_config(M4C, environ={})["training"]["batch_size"] == 3
+
+
+def test_misspelt_key_in_yaml_file_is_an_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text("training:\n  max_update: 5\n")
+    with pytest.raises(ConfigError, match=r"training\.max_update.*bad\.yaml.*training\.max_updates"):
+        build_config([f"config={tmp_path / 'bad.yaml'}", "datasets=textvqa", "model=m4c"], environ={})
+
+
+def test_env_vars_and_interpolation():
+    cfg = build_config(M4C, environ={"MMF_DATA_DIR": "/data/mmf", "MMF_SAVE_DIR": "/s", "MMF_CACHE_DIR": "/c"})
+    assert cfg["env"]["data_dir"] == "/data/mmf" and cfg["env"]["save_dir"] == "/s"
+    assert cfg["dataset_config"]["textvqa"]["data_dir"] == "/data/mmf/datasets"
+    assert cfg["model_config"]["m4c"]["model_data_dir"] == "/data/mmf"
+    assert build_config(M4C, environ={"MMF_CACHE_DIR": "/c"})["env"]["data_dir"] == "/c/data"
+
+
+def test_parse_value_literals():
+    assert parse_value("[1, 2]") == [1, 2] and parse_value("None") is None and parse_value("true") is True
+    assert parse_value("1e-4") == 1e-4 and parse_value("abc") == "abc" and parse_value("'3'") == "3"
+
+
+def test_dataset_defaults_agree_with_mmfdata():
+    from mmfdata.configs import default_dataset_config
+
+    for name, cfg_file in (("textvqa", "projects/m4c/configs/textvqa/defaults.yaml"),
+                           ("stvqa", "projects/m4c/configs/stvqa/defaults.yaml")):
+        cfg = build_config([f"config={cfg_file}", f"datasets={name}", "model=m4c"], environ={})
+        node = dict(cfg["dataset_config"][name])
+        node["data_dir"] = None
+        assert node == default_dataset_config(name)
+    joint = build_config(["config=projects/m4c/configs/textvqa/joint_with_stvqa.yaml", "datasets=textvqa",
+                          "model=m4c"], environ={})
+    node = dict(joint["dataset_config"]["textvqa"])
+    node["data_dir"] = None
+    assert node == default_dataset_config("textvqa", "joint_with_stvqa")
+
+
+def test_every_shipped_config_builds():
+    files = sorted((CONFIGS_DIR / "projects").rglob("*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        ds = "stvqa" if "/stvqa/" in str(f) else "textvqa"
+        cfg = build_config([f"config={f}", f"datasets={ds}", "model=m4c"], environ={})
+        assert cfg["model_config"]["m4c"]["mmt"]["num_hidden_layers"] >= 1
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mmftrain.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_cli_config_error_is_one_line_exit_1():
+    r = _cli(*M4C, "training.batch_sizee=3")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training.batch_size" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_cli_module_does_not_import_torch():
+    code = "import sys, mmftrain.cli, mmftrain.config; assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
