@@ -1,1 +1,32 @@
-"""zoo: fetch, verify and install MMF zoo resources (no torch import anywhere in this package)."""
+"""zoo: fetch, verify and install MMF zoo resources (no torch import anywhere in this package).
+
+One-shot API (the CLI is a thin layer over it)::
+
+    import zoo
+    zoo.fetch(["textvqa", "textvqa.ocr_en"], data_dir="/data/mmf")            # -> list of ResourceReport
+    zoo.fetch("m4c.textvqa.defaults", mirrors=["http://mirror.lab:8765/"])
+
+Errors are `zoo.errors.ZooError` subclasses with one-line messages that say what to do.
+"""
+from __future__ import annotations
+
+__all__ = ["fetch"]
+
+
+def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, from_path=None, **transfer):
+    """Install zoo `keys` (a key or a list) into `data_dir` (default: MMF's data dir); returns per-resource reports.
+
+    `transfer` takes TransferOptions fields (connections, chunk_size, stall_timeout, ...).
+    """
+    from pathlib import Path
+
+    from zoo.install import FetchOptions, fetch as _fetch
+    from zoo.layout import default_data_dir
+    from zoo.manifest import load_zoo
+    from zoo.transfer import TransferOptions
+
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    opts = FetchOptions(data_dir=Path(data_dir) if data_dir else default_data_dir(), mirrors=list(mirrors or []),
+                        transfer=TransferOptions(offline=offline, **transfer),
+                        from_path=Path(from_path) if from_path else None, say=lambda m: None)
+    return _fetch(load_zoo(zoo_paths or []), keys, opts)

@@ -94,7 +94,7 @@ def load_text_bert_weights(model, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"cannot load BERT weights {path}: {e}; re-fetch bert.base_uncased") from None
+        raise CheckpointError(f"cannot load BERT weights {path}: {e}; re-fetch it with `mmf zoo fetch bert-base-uncased`") from None
     mapped = bert_base_state_for_text_bert(state, model.text_bert_config.num_hidden_layers)
     missing, _ = model.text_bert.load_state_dict(mapped, strict=False)
     if missing:
@@ -123,7 +123,7 @@ def build_model(cfg: dict, answer_vocab_size: int):
             log.info("text BERT initialised from %s", p)
         else:
             log.warning("bert-base-uncased weights not found at %s: text BERT starts from random weights "
-                        "(fetch bert.base_uncased or set model_config.m4c.text_bert_weights=PATH)", p)
+                        "(`mmf zoo fetch bert-base-uncased` or set model_config.m4c.text_bert_weights=PATH)", p)
     if mc.get("fc7_weights_dir"):
         d = Path(str(mc["fc7_weights_dir"])).expanduser()
         d = d if d.is_absolute() else data_dir / d
