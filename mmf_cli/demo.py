@@ -46,7 +46,7 @@ def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[s
     from zoo.manifest import load_zoo
     from zoo.serve import FolderMirror
     from zoo.space import human
-    from zoo.cli import _Bars
+    from zoo.progress import Progress
 
     out = Path(out).resolve()
     source, data_dir, save_dir = out / "source", out / "data", out / "save"
@@ -63,11 +63,11 @@ def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[s
     with FolderMirror(synth["archive_root"]) as mirror:
         t = _step(2, total, f"mmf zoo fetch textvqa textvqa.ocr_en --zoo {manifest.name} --mirror {mirror.url} "
                             f"--mirror-only --data-dir {data_dir}")
-        bars = _Bars(enabled=True)
+        bars = Progress(enabled=True)
         try:
             reports = fetch(load_zoo([manifest], defaults=False), ["textvqa", "textvqa.ocr_en"],
                             FetchOptions(data_dir=data_dir, mirrors=[mirror.url], mirror_only=True,
-                                         progress=bars.bar, say=lambda m: print(f"  {m}")))
+                                         progress=bars, say=lambda m: print(f"  {m}")))
         finally:
             bars.close()
     fetched = sum(r.fetched for r in reports)

@@ -164,13 +164,15 @@ def fetch(
 
     def go():
         z = _zoo(zoo, from_path)
-        bars = _Bars(enabled=not (quiet or as_json))
+        from zoo.progress import Progress
+
+        bars = Progress(enabled=not (quiet or as_json))
         opts = FetchOptions(
             data_dir=_data_dir(data_dir), mirrors=mirror or [], mirror_only=mirror_only or None,
             transfer=TransferOptions(connections=connections, chunk_size=max(1, int(chunk_size * (1 << 20))),
                                      stall_timeout=stall_timeout, offline=offline),
             from_path=from_path, force=force, extract=not no_extract, delete_archives=delete_archives,
-            stream_extract=not no_stream, lock_timeout=lock_timeout, progress=bars.bar,
+            stream_extract=not no_stream, lock_timeout=lock_timeout, progress=bars,
             say=(lambda m: typer.echo(f"mmf zoo: {m}", err=True)) if not as_json else (lambda m: None))
         try:
             reports = do_fetch(z, keys, opts)
@@ -184,27 +186,6 @@ def fetch(
                 extra += f", resumed {_human(r.resumed)}" if r.resumed else ""
                 typer.echo(f"{r.key}: {r.file_name}: {r.status}{extra} -> {r.path}")
     _run(go)
-
-
-class _Bars:
-    """One tqdm bar per resource (bytes, rate, ETA) on stderr."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bars = enabled, []
-
-    def bar(self, label: str, total: int | None):
-        if not self.enabled:
-            return None
-        from tqdm import tqdm
-
-        b = tqdm(total=total, desc=label[-40:], unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                 dynamic_ncols=True, mininterval=0.5, leave=True)
-        self.bars.append(b)
-        return b.update
-
-    def close(self):
-        for b in self.bars:
-            b.close()
 
 
 @app.command()

@@ -39,7 +39,7 @@ class FetchOptions:
     delete_archives: bool = False
     stream_extract: bool = True
     lock_timeout: float | None = None
-    progress: Callable[[str, int | None], Callable[[int], None]] | None = None  # (label, total) -> advance(n)
+    progress: object | None = None  # zoo.progress.Progress: plan(total, n) and bar(label, total) -> advance
     say: Callable[[str], None] = print
 
 
@@ -83,6 +83,9 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions) -> list[ResourceReport]
     roots = mirror_roots(opts.mirrors, mirror_only=opts.mirror_only)
     todo = [(t, r) for t in targets for r in t.entry.resources if not _installed(t, r, opts)[0]]
     sizes = preflight(todo, opts, lambda res: _urls(res, roots, source))
+    if opts.progress is not None:
+        known = [sizes.get(id(r)) for _, r in todo]
+        opts.progress.plan(sum(known) if todo and None not in known else None, len(todo))
     reports = []
     for target in targets:
         for res in target.entry.resources:
@@ -177,7 +180,7 @@ def _obtain(target, res, opts, urls, size, archive: Path, report: ResourceReport
         opts.say(f"warning: {res.file_name} has no hashcode in the manifest; it is checked for size only")
     chunk_hashes = _chunk_hashes(res, urls, opts)
     streamer = _Streamer(res, state, opts, archive) if opts.stream_extract and opts.extract and res.compressed else None
-    advance = opts.progress(f"{target.entry.key}:{res.file_name}", size) if opts.progress else None
+    advance = opts.progress.bar(f"{target.entry.key}:{res.file_name}", size) if opts.progress else None
     tr = Transfer(f"{target.entry.key}:{res.file_name}", urls, state / f"{res.file_name}.part",
                   state / f"{res.file_name}.journal.json", size=res.size, sha256=res.hashcode,
                   chunk_hashes=chunk_hashes, chunk_size=(res.chunk_hashes or {}).get("chunk_size"),

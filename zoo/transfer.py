@@ -586,6 +586,9 @@ class Transfer:
             self.fetched += n
         if self.progress:
             self.progress(n)
+            if hasattr(self.progress, "note"):
+                busy = sorted({m.host for m in self.mirrors if m.active > 0})
+                self.progress.note(f"{len(busy)} mirror{'s' if len(busy) != 1 else ''}: {', '.join(busy)[:60]}")
 
     def _drop(self, m: Mirror, reason: str) -> None:
         if m.drop(reason):
