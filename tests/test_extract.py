@@ -148,6 +148,24 @@ def test_tar_round_trip(tmp_path, suffix, mode, fmt, external):
     check_content(tmp_path / "streamed", streamed)
 
 
+@pytest.mark.parametrize("inflate", ["zlib", "isal.isal_zlib"])
+def test_gzip_round_trip_with_each_inflate_backend(tmp_path, monkeypatch, inflate):
+    """isal is preferred when installed; the stdlib zlib fallback must give the same tree and catch truncation."""
+    import importlib
+
+    from zoo import decoders
+
+    monkeypatch.setattr(decoders, "INFLATE", importlib.import_module(inflate))
+    archive = content_tar(tmp_path / "a.tgz", "w:gz")
+    files = extract_archive(archive, tmp_path / "dest", external=False)
+    check_content(tmp_path / "dest", files)
+    assert stream(archive, tmp_path / "streamed", "gztar", external=False) == files
+    cut = tmp_path / "cut.tgz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(CorruptArchiveError):
+        extract_archive(cut, tmp_path / "cut", external=False)
+
+
 @pytest.mark.parametrize("external", [True, False], ids=["zstd-tool", "zstandard-module"])
 def test_zstd_round_trip(tmp_path, external):
     if not can_decode("zst", external):
