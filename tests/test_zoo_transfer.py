@@ -244,3 +244,18 @@ def test_flaky_mirror_failures_accumulate_until_dropped(tmp_path, blob):
             _run(tmp_path, [flaky.url_for("blob.bin")], blob, connections=1)
     journal = Journal.load(tmp_path / "out.journal")
     assert journal is not None  # the partial download stays resumable
+
+
+def test_journal_ignores_a_record_torn_by_a_crash(tmp_path):
+    j = Journal(tmp_path / "j", size=10 * CHUNK, chunk_size=CHUNK)
+    j.commit()
+    j.commit(0, "a" * 32, ["http://m1/"])
+    j.commit(3, "b" * 32, ["http://m1/", "http://m2/"])
+    j.close()
+    with open(tmp_path / "j", "a") as f:
+        f.write('[4, "cccccccc')  # the process died mid-append
+    loaded = Journal.load(tmp_path / "j")
+    assert loaded.chunks == {0: "a" * 32, 3: "b" * 32}
+    assert loaded.served_by[3] == ["http://m1/", "http://m2/"]
+    # appending is O(1): the header is not rewritten per chunk
+    assert (tmp_path / "j").read_text().count("journal_version") == 1

@@ -201,6 +201,7 @@ class Transfer:
             return digest
         finally:
             os.close(self.fd)
+            journal.close()
 
     def _cursor(self, journal: Journal) -> str:
         """Read chunks back in order: verify resumed ones, feed sha256 and the sink."""
@@ -329,6 +330,7 @@ class Transfer:
                         continue
                     if m.validator and m.url not in journal.validators:
                         journal.validators[m.url] = {"validator": m.validator}
+                        journal.commit()  # header rewrite: a later resume must know this mirror's validator
                 except http.Permanent as exc:
                     self._drop(m, str(exc))
                     continue
