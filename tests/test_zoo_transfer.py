@@ -259,3 +259,18 @@ def test_journal_ignores_a_record_torn_by_a_crash(tmp_path):
     assert loaded.served_by[3] == ["http://m1/", "http://m2/"]
     # appending is O(1): the header is not rewritten per chunk
     assert (tmp_path / "j").read_text().count("journal_version") == 1
+
+
+def test_idle_connections_split_the_last_chunks(tmp_path):
+    """Two 8 MiB chunks, four connections: the idle two take the upper halves of what is left (no refetch)."""
+    data = random.Random(3).randbytes(16 << 20)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "big.bin").write_bytes(data)
+    with FaultServer(tmp_path / "s", faults=Faults(rate_bps=6_000_000)) as srv:
+        part, journal = tmp_path / "big.part", tmp_path / "big.journal"
+        result = Transfer("big", [srv.url_for("big.bin")], part, journal, sha256=hashlib.sha256(data).hexdigest(),
+                          opts=_opts(connections=4, chunk_size=8 << 20, stall_timeout=5)).run()
+        starts = [a for a, _ in srv.stats.ranges["big.bin"]]
+    assert part.read_bytes() == data
+    assert any(a % (8 << 20) for a in starts)  # some request began inside a chunk: a split
+    assert result.fetched == len(data)

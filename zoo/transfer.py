@@ -68,6 +68,17 @@ class _Partial:  # progress inside a chunk kept across retries and mirrors, so a
     mirror: str = ""  # serving it right now
     since: float = 0.0  # when the current attempt started
     done_at_start: int = 0
+    limit: int | None = None  # absolute last byte this connection fetches when another one took the rest
+    tail: "_Tail | None" = None
+
+
+@dataclass
+class _Tail:  # the upper part of a chunk, fetched by an idle connection to shorten the end of a transfer
+    start: int
+    end: int
+    event: threading.Event = field(default_factory=threading.Event)
+    data: bytes | None = None
+    mirror: str = ""
 
 
 class Transfer:
@@ -275,11 +286,13 @@ class Transfer:
                     i = self.pending.pop(0)
                     self.inflight.add(i)
                 else:
-                    i, mirror = race
+                    kind, i, mirror = race
                     self.racing.add(i)
             try:
                 if race is None:
                     self._fetch_chunk(i)
+                elif kind == "split":
+                    self._split(i, mirror)
                 else:
                     self._race(i, mirror)
             except BaseException as exc:  # noqa: BLE001 - any failure here must stop the whole transfer
@@ -363,6 +376,12 @@ class Transfer:
                 with m.lock:
                     m.active -= 1
             m.record(partial.done - got0, time.monotonic() - t0, completed=True)
+            if start + partial.done <= end:  # stopped at the limit: another connection fetched the rest
+                try:
+                    if not self._join_tail(i, partial):
+                        continue
+                except _Lost:
+                    return
             digest = partial.hasher.hexdigest()
             if self.chunk_hashes is not None and digest != self.chunk_hashes[i]:
                 # which of its sources was bad is unknown: blame them all for this chunk, refetch it whole
@@ -379,13 +398,17 @@ class Transfer:
 
     def _copy(self, stream, pos: int, end: int, partial: _Partial, i: int, url: str) -> None:
         lock = self._chunk_lock(i)
-        while pos <= end:
+        while pos <= (end if partial.limit is None else partial.limit):
             data = stream.read(min(BLOCK, end - pos + 1))
             if not data:
                 raise http.Transient(f"connection closed after {partial.done} bytes of the chunk")
             with lock:  # a race winner may have finished the chunk: never write over its bytes
                 if i in self.done:
                     raise _Lost()
+                limit = end if partial.limit is None else partial.limit
+                if pos > limit:
+                    break
+                data = data[: limit - pos + 1]  # a split moved the limit while this block was in flight
                 try:
                     os.pwrite(self.fd, data, pos)
                 except OSError as exc:
@@ -428,7 +451,12 @@ class Transfer:
         less than half the time the current connection needs for the rest, and raced bytes stay under 5% of
         the file, so the tail gets shorter without refetching much.
         """
-        if not self.inflight or self.raced_bytes > 0.05 * self.journal.size:
+        if not self.inflight:
+            return None
+        split = self._split_candidate()
+        if split is not None:
+            return split
+        if self.raced_bytes > 0.05 * self.journal.size:
             return None
         now, best = time.monotonic(), None
         for i in self.inflight - self.racing - self.done:
@@ -453,7 +481,79 @@ class Transfer:
         if best is None:
             return None
         self.raced_bytes += self.journal.chunk_range(best[1])[1] - self.journal.chunk_range(best[1])[0] + 1
-        return best[1], best[2]
+        return "race", best[1], best[2]
+
+    def _split_candidate(self):
+        """An in-flight chunk with >= 2 MiB still to come: an idle connection takes its upper half."""
+        best = None
+        for i in self.inflight - self.racing - self.done:
+            p = self.partials.get(i)
+            if p is None or p.tail is not None or not p.mirror:
+                continue
+            start, end = self.journal.chunk_range(i)
+            left = (end if p.limit is None else p.limit) - (start + p.done) + 1
+            if left >= (2 << 20) and (best is None or left > best[0]):
+                best = (left, i)
+        if best is None:
+            return None
+        now = time.monotonic()
+        ready = [m for m in self.mirrors if m.alive and m.ranges and m.backoff_until <= now
+                 and m.url not in self.bad_for.get(best[1], ())]
+        if not ready:
+            return None
+        return "split", best[1], max(ready, key=lambda m: (m.score(), -self.mirrors.index(m)))
+
+    def _split(self, i: int, m: Mirror) -> None:
+        """Fetch the upper half of what chunk i still lacks into memory; its owner appends it in order."""
+        p = self.partials.get(i)
+        start, end = self.journal.chunk_range(i)
+        with self._chunk_lock(i):
+            if p is None or i in self.done or p.tail is not None:
+                return
+            limit = end if p.limit is None else p.limit
+            pos = start + p.done
+            if limit - pos + 1 < (2 << 20):
+                return
+            cut = pos + (limit - pos + 1) // 2
+            tail = _Tail(cut, limit)
+            p.tail, p.limit = tail, cut - 1
+        with m.lock:
+            m.active += 1
+        try:
+            t0 = time.monotonic()
+            tail.data = self._read_range(m, cut, limit)
+            tail.mirror = m.url
+            if tail.data is not None:
+                m.record(len(tail.data), time.monotonic() - t0, completed=True)
+        finally:
+            with m.lock:
+                m.active -= 1
+            tail.event.set()
+
+    def _join_tail(self, i: int, partial: _Partial) -> bool:
+        """Append the tail another connection fetched; False (and no limit) when it failed: fetch it yourself."""
+        tail = partial.tail
+        if tail is None:
+            partial.limit = None
+            return False
+        while not tail.event.wait(0.5):
+            if self.error is not None or self.finished:
+                raise _Fatal("stopped")
+        start, _ = self.journal.chunk_range(i)
+        with self._chunk_lock(i):
+            partial.tail, partial.limit = None, None
+            if i in self.done:
+                raise _Lost()
+            if tail.data is None or start + partial.done != tail.start or len(tail.data) != tail.end - tail.start + 1:
+                return False
+            try:
+                os.pwrite(self.fd, tail.data, tail.start)
+            except OSError as exc:
+                raise self._disk_error(exc, "writing") from None
+            partial.hasher.update(tail.data)
+            partial.done += len(tail.data)
+            partial.mirrors.add(tail.mirror)
+        return True
 
     def _race(self, i: int, m: Mirror) -> None:
         """Fetch chunk i whole into memory from m; if it verifies and nobody finished first, it wins."""
