@@ -41,6 +41,27 @@ def _zoo_checkpoint(key: str, data_dir: Path, dist: D.DistInfo) -> Path:
     return files[0]
 
 
+def _fetch_requirements(cfg: dict) -> None:
+    """Install the datasets' missing zoo_requirements (MMF's builder does this); the zoo's locks make one process
+    download while the other ranks and jobs wait, so no barrier can time out during a 34 GB download."""
+    if not cfg["env"].get("fetch_missing_data", True):
+        return
+    import zoo
+    from zoo.errors import ZooError
+
+    data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
+    for name in cfg["datasets"]:
+        for key in cfg["dataset_config"].get(name, {}).get("zoo_requirements") or []:
+            try:
+                if zoo.is_installed(key, data_dir):
+                    continue
+                log.info("%s: zoo data %s is not installed in %s: fetching it (env.fetch_missing_data=false "
+                         "to turn this off)", name, key, data_dir)
+                zoo.fetch(key, data_dir=data_dir)
+            except ZooError as e:
+                raise DataError(f"{name} needs zoo data {key} in {data_dir}: {e}") from None
+
+
 def _resume_source(cfg: dict, save_dir: Path, dist: D.DistInfo):
     """(path, trusted, model_only) of the checkpoint to start from, MMF's priority order; None for a fresh run."""
     ck = cfg["checkpoint"]
@@ -95,6 +116,7 @@ def _run(cfg: dict, dist: D.DistInfo) -> dict:
     log.info("run_type=%s datasets=%s model=%s seed=%d world=%d device=%s save_dir=%s", rt,
              ",".join(cfg["datasets"]), cfg["model"], seed, dist.world, dist.device, save_dir)
 
+    _fetch_requirements(cfg)
     train_ds = None
     if do_train:
         train_ds = concat(build_datasets(cfg, "train", seed))

@@ -10,7 +10,7 @@ Errors are `zoo.errors.ZooError` subclasses with one-line messages that say what
 """
 from __future__ import annotations
 
-__all__ = ["fetch"]
+__all__ = ["fetch", "is_installed"]
 
 
 def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, from_path=None, **transfer):
@@ -30,3 +30,15 @@ def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, f
                         transfer=TransferOptions(offline=offline, **transfer),
                         from_path=Path(from_path) if from_path else None, say=lambda m: None)
     return _fetch(load_zoo(zoo_paths or []), keys, opts)
+
+
+def is_installed(key, data_dir=None, zoo_paths=None) -> bool:
+    """True when every folder of `key` carries MMF's `.built.json` for the manifest's version."""
+    from pathlib import Path
+
+    from zoo.layout import default_data_dir, is_built, target_for
+    from zoo.manifest import load_zoo
+
+    target = target_for(load_zoo(zoo_paths or []), key)
+    root = Path(data_dir) if data_dir else default_data_dir()
+    return all(is_built(folder, target.entry.version) for folder in target.marker_folders(root))
