@@ -80,7 +80,8 @@ def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[s
 
     chance, top = majority_baseline(data_dir)
     args = [f"config={TINY}", "datasets=textvqa", "model=m4c", "run_type=train_val_test",
-            f"env.data_dir={data_dir}", f"env.save_dir={save_dir}", f"training.max_updates={updates}",
+            f"env.data_dir={data_dir}", f"env.save_dir={save_dir}", f"env.dataset_zoo={manifest}",
+            f"training.max_updates={updates}",
             *(extra or [])]
     t = _step(4, total, "mmf train " + " ".join(args))
     code = run_from_argv(args)

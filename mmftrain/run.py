@@ -49,17 +49,28 @@ def _fetch_requirements(cfg: dict) -> None:
     import zoo
     from zoo.errors import ZooError
 
+    from zoo.manifest import CONFIG_DIR, default_manifest_paths
+
     data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
+    shipped = {p.resolve() for _, p in default_manifest_paths()}  # already loaded (MMF_DATASET_ZOO honoured)
+    shipped |= {(CONFIG_DIR / n).resolve() for n in ("datasets.yaml", "models.yaml")}  # the config's defaults
+    manifests = []  # env.dataset_zoo / env.model_zoo (MMF's keys) when they name other manifests
+    for key in ("dataset_zoo", "model_zoo"):
+        path = Path(str(cfg["env"].get(key) or "")).expanduser()
+        path = path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
+        if path.is_file() and path.resolve() not in shipped:
+            manifests.append(path)
     for name in cfg["datasets"]:
         for key in cfg["dataset_config"].get(name, {}).get("zoo_requirements") or []:
             try:
-                if zoo.is_installed(key, data_dir):
+                if zoo.is_installed(key, data_dir, manifests):
                     continue
                 log.info("%s: zoo data %s is not installed in %s: fetching it (env.fetch_missing_data=false "
                          "to turn this off)", name, key, data_dir)
-                zoo.fetch(key, data_dir=data_dir)
+                zoo.fetch(key, data_dir=data_dir, zoo_paths=manifests)
             except ZooError as e:
-                raise DataError(f"{name} needs zoo data {key} in {data_dir}: {e}") from None
+                raise DataError(f"{name} needs zoo data {key} in {data_dir}: {e} (for data not installed by the "
+                                "zoo, set env.fetch_missing_data=false)") from None
 
 
 def _resume_source(cfg: dict, save_dir: Path, dist: D.DistInfo):

@@ -22,7 +22,7 @@ import torch
 from mmfdata.batch import expand_targets
 from mmftrain import checkpoint as C
 from mmftrain import distributed as D
-from mmftrain.data import Prefetcher, TrainSampler, to_device
+from mmftrain.data import Prefetcher, TrainSampler, loader_workers, to_device
 from mmftrain.errors import CheckpointError, ConfigError, TrainError
 from mmftrain.evaluate import evaluate
 from mmftrain.logs import MetricsWriter, format_line, log
@@ -184,7 +184,8 @@ class Trainer:
                 yield (epoch, index), idx
 
         loader = Prefetcher(train_ds, keyed(), pin=self.cuda, depth=int(t["prefetch_batches"]),
-                            epoch_of=lambda key: key[0])
+                            epoch_of=lambda key: key[0], workers=loader_workers(t["num_workers"]),
+                            device=self.device if self.cuda else None)
         batches = iter(loader)
         per_update = int(t["batch_size"]) * uf
         bar = None

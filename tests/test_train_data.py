@@ -1,0 +1,221 @@
+"""The trainer's loader: several prefetch workers and the staging ring must not change a single batch.
+
+Reference = the plain path: `set_epoch(epoch)` then `get_batch(indices)` for each sampler batch, one at a time.
+The synthetic packed store has questions whose teacher-forcing sequence changes with the epoch, so a worker that
+read a batch under the wrong epoch would be caught.
+"""
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mmftrain.data import Prefetcher, TrainSampler, loader_workers, takes_out
+from mmftrain.errors import DataError
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    from mmfdata.build import pack_dataset
+    from mmfdata.configs import default_dataset_config
+    from mmfdata.packed import PackedDataset
+    from mmfdata.synth import write_synthetic
+
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic(str(out), questions=64, seed=3, val_questions=8, test_questions=8)
+    (pack_dir,) = pack_dataset("textvqa", default_dataset_config("textvqa"), str(out), ["train"])
+    return PackedDataset(pack_dir, seed=5)
+
+
+class GatherDataset:
+    """A dataset that supports `get_batch(indices, out=...)`: every field gathered with np.take from whole-split
+    arrays, into the caller's arrays when given (and it remembers which ones it wrote into)."""
+
+    def __init__(self, packed):
+        self.packed, self.epoch = packed, 0
+        self.name, self.split, self.answer_vocab = packed.name, packed.split, packed.answer_vocab
+        self.wrote_into: list[int] = []
+
+    def __len__(self):
+        return len(self.packed)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def get_batch(self, indices, out=None):
+        # concurrent calls all set the same epoch: the Prefetcher switches epochs only while no batch is read
+        self.packed.set_epoch(self.epoch)
+        full = self.packed.get_batch(np.arange(len(self.packed)))
+        batch = {}
+        for k, v in full.items():
+            dst = (out or {}).get(k)
+            if dst is not None and v.dtype != object:
+                np.take(v, indices, axis=0, out=dst)
+                self.wrote_into.append(dst.__array_interface__["data"][0])
+                batch[k] = dst
+            else:
+                batch[k] = v[indices]
+        return batch
+
+
+def sampler_keyed(n, seed, epoch=0, start=0, count=20):
+    sampler = TrainSampler(n, BATCH, seed=seed)
+    it = sampler.iterate(epoch, start)
+    return [((e, i), idx) for (e, i, idx), _ in zip(it, range(count))]
+
+
+def reference(ds, keyed):
+    out = []
+    for (epoch, _), idx in keyed:
+        ds.set_epoch(epoch)
+        out.append({k: (np.array(v) if v.dtype != object else list(v)) for k, v in ds.get_batch(idx).items()})
+    return out
+
+
+def collect(ds, keyed, **kw):
+    loader = Prefetcher(ds, iter(keyed), pin=False, epoch_of=lambda key: key[0], **kw)
+    try:
+        return [(key, batch) for key, batch, _ in loader]
+    finally:
+        loader.close()
+
+
+def assert_same(got, keyed, ref):
+    assert [k for k, _ in got] == [k for k, _ in keyed]
+    for (key, batch), want in zip(got, ref):
+        assert set(batch) == set(want), key
+        for name, value in want.items():
+            if isinstance(value, list):
+                assert batch[name] == value, (key, name)
+            else:
+                np.testing.assert_array_equal(batch[name].numpy(), value, err_msg=f"{key} {name}")
+
+
+def test_epochs_change_teacher_forcing(packed):
+    # guards the tests below: without this, reading under the wrong epoch would go unnoticed
+    keyed = sampler_keyed(len(packed), seed=1, count=24)
+    ref = reference(packed, keyed)
+    by_epoch = {}
+    for ((epoch, _), idx), batch in zip(keyed, ref):
+        for q, prev in zip(idx, batch["train_prev_inds"]):
+            by_epoch.setdefault(int(q), {})[epoch] = tuple(prev)
+    assert any(len(set(v.values())) > 1 for v in by_epoch.values())
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+@pytest.mark.parametrize("staged", [False, True])
+def test_workers_give_the_plain_batches_in_order(packed, workers, staged):
+    keyed = sampler_keyed(len(packed), seed=1, count=24)  # 8 batches per epoch: crosses two epoch boundaries
+    ref = reference(packed, keyed)
+    got = collect(packed, keyed, workers=workers, depth=1, device=torch.device("cpu") if staged else None)
+    # the staged batches are kept until here: a reused ring slot showing through would corrupt earlier ones
+    assert_same(got, keyed, ref)
+
+
+class SlowEpochDataset(GatherDataset):
+    """Reads its epoch at the start and the end of a slow get_batch and remembers whether it moved."""
+
+    moved = False
+
+    def get_batch(self, indices, out=None):
+        epoch = self.epoch
+        time.sleep(0.01)
+        self.moved |= epoch != self.epoch
+        return super().get_batch(indices, out)
+
+
+def test_the_epoch_never_changes_while_a_batch_is_read(packed):
+    ds = SlowEpochDataset(packed)
+    keyed = sampler_keyed(len(packed), seed=4, count=24)
+    got = collect(ds, keyed, workers=4, depth=4, device=torch.device("cpu"))
+    assert not ds.moved
+    assert_same(got, keyed, reference(packed, keyed))
+
+
+def test_resume_mid_epoch_gives_the_same_next_batches(packed):
+    full = sampler_keyed(len(packed), seed=7, count=20)
+    resumed = sampler_keyed(len(packed), seed=7, epoch=1, start=3, count=9)
+    assert [k for k, _ in resumed] == [k for k, _ in full[11:20]]
+    ref = reference(packed, full)[11:20]
+    packed.set_epoch(0)  # a fresh process starts at epoch 0; the loader must switch to the resumed epoch
+    assert_same(collect(packed, resumed, workers=3, device=torch.device("cpu")), resumed, ref)
+
+
+def test_gathers_straight_into_reused_staging_buffers(packed):
+    ds = GatherDataset(packed)
+    assert takes_out(ds) and not takes_out(packed)
+    keyed = sampler_keyed(len(packed), seed=2, count=12)
+    ref = reference(packed, keyed)
+    got = collect(ds, keyed, workers=2, device=torch.device("cpu"))
+    assert_same(got, keyed, ref)
+    # a slot's first batch teaches it the shapes (3 slots for 2 workers); after that every array field of every
+    # batch is gathered in place, into one of the slots' buffers
+    fields = sum(1 for v in ref[0].values() if not isinstance(v, list))
+    assert len(ds.wrote_into) >= fields * (len(keyed) - 3)
+    assert len(set(ds.wrote_into)) <= fields * 3
+
+
+class FailingDataset(GatherDataset):
+    def get_batch(self, indices, out=None):
+        if 13 in indices:
+            raise ValueError("feature row 13 is corrupt")
+        return super().get_batch(indices)
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_failing_batch_raises_in_order_after_the_good_ones(packed, staged):
+    keyed = [((0, i), np.arange(i * 4, i * 4 + 4)) for i in range(8)]  # batch 3 holds question 13
+    loader = Prefetcher(FailingDataset(packed), iter(keyed), pin=False, workers=3,
+                        device=torch.device("cpu") if staged else None)
+    seen = []
+    with pytest.raises(DataError, match="reading a batch failed: ValueError: feature row 13 is corrupt"):
+        for key, _, _ in loader:
+            seen.append(key)
+    loader.close()
+    assert seen == [(0, 0), (0, 1), (0, 2)]
+
+
+def test_a_failing_sampler_raises_after_its_batches(packed):
+    def keyed():
+        yield (0, 0), np.arange(4)
+        yield (0, 1), np.arange(4, 8)
+        raise RuntimeError("sampler broke")
+
+    loader = Prefetcher(packed, keyed(), pin=False, workers=2)
+    seen = []
+    with pytest.raises(DataError, match="RuntimeError: sampler broke"):
+        for key, _, _ in loader:
+            seen.append(key)
+    loader.close()
+    assert seen == [(0, 0), (0, 1)]
+
+
+def test_close_mid_stream_stops_the_workers(packed):
+    def forever():
+        i = 0
+        while True:
+            yield (0, i), np.arange(i % 8 * 8, i % 8 * 8 + 8)
+            i += 1
+
+    loader = Prefetcher(packed, forever(), pin=False, workers=3, depth=2, device=torch.device("cpu"))
+    for n, _ in enumerate(loader):
+        if n == 4:
+            break
+    time.sleep(0.05)  # let the workers fill the window ahead; they must then wait, not run away
+    assert loader.taken <= loader.consumed + loader.ahead
+    t0 = time.perf_counter()
+    loader.close()
+    assert time.perf_counter() - t0 < 5
+    assert not any(t.is_alive() for t in loader.threads)
+
+
+def test_loader_workers_bounds():
+    import os
+
+    cores = os.cpu_count() or 2
+    assert loader_workers(0) == 1
+    assert loader_workers(None) == 1
+    assert loader_workers(4) == max(1, min(4, cores // 2))
+    assert loader_workers(1000) == max(1, cores // 2)
