@@ -111,14 +111,26 @@ class PackedDataset:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def get_batch(self, indices) -> dict:
-        """Batch of `indices` as in `mmfdata.batch`: one gather per field, no per-sample loop for arrays."""
+    def get_batch(self, indices, out: dict | None = None) -> dict:
+        """Batch of `indices` as in `mmfdata.batch`: one gather per field, no per-sample loop for arrays.
+
+        `out` may hold caller-owned arrays (e.g. pinned staging buffers) for the four feature fields; a field
+        whose shape and dtype match is gathered straight into it, saving a copy of ~80 MB per batch of 128.
+        """
         a = self.a
         idx = np.asarray(indices, dtype=np.int64)
         img = a["image_row"][idx]
         tok = a["tok_row"][idx]
-        out = {key: self.buffers.get(key, (len(idx),) + a[key].shape[1:], a[key].dtype)
-               for key in ("obj_feat", "ocr_feat", "ocr_fasttext", "ocr_phoc")}
+        given = out or {}
+
+        def target(key):
+            shape, dtype = (len(idx),) + a[key].shape[1:], a[key].dtype
+            arr = given.get(key)
+            if isinstance(arr, np.ndarray) and arr.shape == shape and arr.dtype == dtype:
+                return arr
+            return self.buffers.get(key, shape, dtype)
+
+        out = {key: target(key) for key in ("obj_feat", "ocr_feat", "ocr_fasttext", "ocr_phoc")}
         half = len(idx) // 2
         jobs = [_pool().submit(_take, a[key], img[sl], out[key][sl])
                 for key in ("obj_feat", "ocr_feat") for sl in (slice(0, half), slice(half, None))]

@@ -145,7 +145,7 @@ def test_resume_mid_epoch_gives_the_same_next_batches(packed):
 
 def test_gathers_straight_into_reused_staging_buffers(packed):
     ds = GatherDataset(packed)
-    assert takes_out(ds) and not takes_out(packed)
+    assert takes_out(ds) and takes_out(packed)  # the packed store gathers in place too (mmfdata.packed)
     keyed = sampler_keyed(len(packed), seed=2, count=12)
     ref = reference(packed, keyed)
     got = collect(ds, keyed, workers=2, device=torch.device("cpu"))
@@ -219,3 +219,22 @@ def test_loader_workers_bounds():
     assert loader_workers(None) == 1
     assert loader_workers(4) == max(1, min(4, cores // 2))
     assert loader_workers(1000) == max(1, cores // 2)
+
+
+def test_packed_store_gathers_straight_into_caller_buffers(tmp_path):
+    import numpy as np
+
+    from mmfdata.build import build_dataset, pack_dataset
+    from mmfdata.configs import default_dataset_config
+    from mmfdata.synth import write_synthetic
+
+    write_synthetic(str(tmp_path), questions=24, seed=5)
+    cfg = default_dataset_config("textvqa")
+    pack_dataset("textvqa", cfg, str(tmp_path))
+    ds = build_dataset("textvqa", cfg, "train", str(tmp_path))
+    idx = np.array([3, 0, 7, 5])
+    plain = {k: v.copy() for k, v in ds.get_batch(idx).items() if k in ("obj_feat", "ocr_feat", "ocr_phoc")}
+    bufs = {k: np.zeros_like(v) for k, v in plain.items()}
+    got = ds.get_batch(idx, out=bufs)
+    for k, v in plain.items():
+        assert got[k] is bufs[k] and np.array_equal(bufs[k], v)
