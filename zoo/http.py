@@ -158,6 +158,12 @@ class _HttpStream:
         self.resp.close()
 
 
+def _same_file(m: Mirror, resp) -> None:
+    new = _validator(resp)
+    if m.validator and new and new != m.validator:
+        raise Permanent(f"file changed on this mirror during the transfer (validator {m.validator} -> {new})")
+
+
 @contextmanager
 def open_range(m: Mirror, start: int, end: int, opts):
     """A stream of exactly bytes start..end (inclusive) of the mirror's file."""
@@ -186,9 +192,7 @@ def open_range(m: Mirror, start: int, end: int, opts):
         if not match or (int(match.group(1)), int(match.group(2))) != (start, end) or \
                 (match.group(3) != "*" and m.size is not None and int(match.group(3)) != m.size):
             raise Permanent(f"wrong Content-Range {cr!r} for bytes={start}-{end}/{m.size}")
-        new = _validator(resp)
-        if m.validator and new and new != m.validator:
-            raise Permanent(f"file changed on this mirror during the transfer (validator {m.validator} -> {new})")
+        _same_file(m, resp)
         yield _HttpStream(resp)
     finally:
         resp.close()
@@ -206,9 +210,7 @@ def open_full(m: Mirror, opts):
         _check_status(resp, m)
         if int(resp.headers.get("Content-Length", -1)) != m.size:
             raise Permanent(f"Content-Length {resp.headers.get('Content-Length')} differs from {m.size}")
-        new = _validator(resp)
-        if m.validator and new and new != m.validator:
-            raise Permanent(f"file changed on this mirror during the transfer (validator {m.validator} -> {new})")
+        _same_file(m, resp)
         yield _HttpStream(resp)
     finally:
         resp.close()

@@ -148,13 +148,7 @@ class Transfer:
             for m in alive:
                 if m.backoff_until > time.monotonic():
                     continue
-                try:
-                    http.probe(m, self.opts)
-                except http.Permanent as exc:
-                    self._drop(m, str(exc))
-                    continue
-                except http.Transient as exc:
-                    self._transient(m, exc)
+                if not self._probe(m):
                     continue
                 if self.expected_size is not None and m.size != self.expected_size:
                     self._drop(m, f"serves {m.size} bytes, the manifest says {self.expected_size}")
@@ -163,6 +157,17 @@ class Transfer:
             wait = min((m.backoff_until for m in self.mirrors if m.alive), default=0) - time.monotonic()
             if wait > 0:
                 time.sleep(min(wait, 5))
+
+    def _probe(self, m: Mirror) -> bool:
+        """Learn a mirror's size and validator; False (and the mirror dropped or backed off) when it fails."""
+        try:
+            http.probe(m, self.opts)
+            return True
+        except http.Permanent as exc:
+            self._drop(m, str(exc))
+        except http.Transient as exc:
+            self._transient(m, exc)
+        return False
 
     def _changed_since(self, journal: Journal) -> bool:
         """Drop mirrors whose validator differs from the one recorded when the partial file began."""
@@ -332,24 +337,18 @@ class Transfer:
                 time.sleep(0.05)
                 continue
             if m.ranges is None:
-                try:
-                    http.probe(m, self.opts)
-                    if m.size != journal.size:
-                        self._drop(m, f"serves {m.size} bytes, expected {journal.size}")
-                        continue
-                    known = journal.validators.get(m.url, {}).get("validator")
-                    if known and m.validator and known != m.validator:
-                        self._drop(m, f"changed since the partial download began ({known} -> {m.validator})")
-                        continue
-                    if m.validator and m.url not in journal.validators:
-                        journal.validators[m.url] = {"validator": m.validator}
-                        journal.commit()  # header rewrite: a later resume must know this mirror's validator
-                except http.Permanent as exc:
-                    self._drop(m, str(exc))
+                if not self._probe(m):
                     continue
-                except http.Transient as exc:
-                    self._transient(m, exc)
+                if m.size != journal.size:
+                    self._drop(m, f"serves {m.size} bytes, expected {journal.size}")
                     continue
+                known = journal.validators.get(m.url, {}).get("validator")
+                if known and m.validator and known != m.validator:
+                    self._drop(m, f"changed since the partial download began ({known} -> {m.validator})")
+                    continue
+                if m.validator and m.url not in journal.validators:
+                    journal.validators[m.url] = {"validator": m.validator}
+                    journal.commit()  # header rewrite: a later resume must know this mirror's validator
             if m.ranges is False:
                 self._sequential(m)
                 return
