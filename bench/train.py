@@ -166,20 +166,39 @@ def bench_data(loader: str, ds, device: torch.device, batch: int, steps: int, wa
     return steps * batch / (time.perf_counter() - t0)
 
 
-def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warmup: int, workers: int) -> dict:
+def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warmup: int, workers: int,
+               profile: bool = False) -> dict:
+    """One mode; with `profile`, the last 5 timed steps run under torch.profiler and its top kernels print."""
     cuda = device.type == "cuda"
+    prof = None
     mode, _, loader = mode.partition("@")
     loader = loader or ("device" if cuda else "host")
     torch.manual_seed(0)
     model = build_m4c(len(ds.answer_vocab)).to(device).train()
     opt = torch.optim.Adam(model.optimizer_groups(1e-4), lr=1e-4, eps=1e-8, **({"fused": True} if cuda else {}))
-    run_model = model
+    dtype = torch.bfloat16 if "bf16" in mode else None
+
+    def step_loss(b):
+        with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
+            scores = model(b)
+        return m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)), b["train_loss_mask"])
+
+    run_loss = step_loss
     if "compile" in mode:
-        try:
-            run_model = torch.compile(model)
+        try:  # "compilestep": forward, target expansion and loss in one graph; "compile": the model alone
+            if "compilestep" in mode:
+                run_loss = torch.compile(step_loss)
+            else:
+                compiled = torch.compile(model)
+
+                def run_loss(b):
+                    with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type,
+                                                                                                enabled=False):
+                        scores = compiled(b)
+                    return m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)),
+                                                      b["train_loss_mask"])
         except Exception as e:  # noqa: BLE001
             print(f"  compile unavailable: {e}")
-    dtype = torch.bfloat16 if "bf16" in mode else None
     rng = np.random.default_rng(1)
     keyed = ((i, rng.choice(len(ds), batch, replace=False)) for i in range(warmup + steps))
     pf = make_loader(loader, ds, keyed, device, workers)
@@ -193,9 +212,11 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
                 t0, wait = time.perf_counter(), 0.0
             wait += w
             b = to_device(cpu_batch, device)
-            with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
-                scores = run_model(b)
-            loss = m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)), b["train_loss_mask"])
+            if profile and i == warmup + steps - 6:
+                prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                          torch.profiler.ProfilerActivity.CUDA])
+                prof.__enter__()
+            loss = run_loss(b)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
             opt.step()
@@ -205,6 +226,10 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
     finally:
         pf.close()
     elapsed = time.perf_counter() - t0
+    if profile and prof is not None:
+        prof.__exit__(None, None, None)
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60), flush=True)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
     return {"samples_per_s": steps * batch / elapsed, "data_wait_share": wait / elapsed, "loss": float(loss.detach()),
             "max_mem_gib": mem, "loader": loader}
@@ -221,6 +246,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=loader_workers(4),
                    help="loader threads for copy/device (default: the trainer's for num_workers=4)")
     p.add_argument("--data-only", action="store_true", help="time the loaders alone (no model)")
+    p.add_argument("--profile", default="", help="comma list of modes whose last steps are profiled")
     p.add_argument("--loaders", default="host,copy,device", help="loaders timed by --data-only")
     p.add_argument("--check", action="store_true", help="first verify the loaders' batches against get_batch")
     p.add_argument("--questions", type=int, default=4096)
@@ -259,7 +285,7 @@ def main() -> None:
         return
     base = None
     for mode in modes:
-        r = bench_mode(mode, ds, device, batch, steps, warmup, a.workers)
+        r = bench_mode(mode, ds, device, batch, steps, warmup, a.workers, profile=mode in a.profile.split(","))
         base = base or r["samples_per_s"]
         print(f"{mode:>20}: {r['samples_per_s']:9.1f} samples/s  x{r['samples_per_s'] / base:5.2f} vs {modes[0]}  "
               f"data wait {100 * r['data_wait_share']:5.1f}%  loader {r['loader']}  max mem {r['max_mem_gib']:.1f} "
