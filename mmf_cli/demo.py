@@ -120,7 +120,9 @@ def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[s
     print("next:")
     print(f"  mmf train {' '.join(args[:-1])} training.max_updates={updates + 200} checkpoint.resume=true"
           "   # resume and train longer")
-    print(f"  mmf train {' '.join(args)} model_config.m4c.mmt.num_hidden_layers=4   # another override")
+    other = [a if not a.startswith("env.save_dir=") else f"env.save_dir={out / 'save-mmt4'}" for a in args]
+    print(f"  mmf train {' '.join(other)} model_config.m4c.mmt.num_hidden_layers=4   # another override, new save dir")
+    print(f"  mmf plot {save_dir}   # the training curve again")
     print("  mmf zoo fetch textvqa textvqa.ocr_en   # the real ~40 GB of TextVQA features (resumable)")
     (out / "demo.json").write_text(json.dumps({"val_accuracy": acc, "majority_baseline": chance,
                                                "fetched_bytes": fetched, "save_dir": str(save_dir),
