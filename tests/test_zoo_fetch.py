@@ -363,3 +363,41 @@ def test_folder_mirror_of_zoo_serve_is_a_working_mirror(tmp_path):
         resp = requests.get(srv.url + "datasets/toyset/defaults/extras.tar.gz", headers={"Range": "bytes=2-5"})
         assert resp.status_code == 206 and resp.content == zoo.archives["datasets/toyset/defaults/extras.tar.gz"].read_bytes()[2:6]
     assert_tree(tmp_path / "data", zoo)
+
+
+def test_chunk_hash_sidecar_url_is_used_and_catches_a_corrupt_mirror(tmp_path):
+    from tests.zoo_helpers import chunk_hashes
+
+    zoo = make_zoo(tmp_path, feature_bytes=3 << 20)
+    rel = "datasets/toyset/defaults/features/features.tar.gz"
+    archive = zoo.archives[rel]
+    (zoo.mirror / "features.chunks.json").write_text(json.dumps({"xxh3_128": chunk_hashes(archive, 1 << 19)}))
+    size = archive.stat().st_size
+    with FaultServer(zoo.mirror, faults=Faults(glob="*features.tar.gz", corrupt=list(range(50, size, 1 << 19)))) as bad, \
+            FaultServer(zoo.mirror) as good:
+        _manifest_with(zoo, chunk_hashes={"chunk_size": 1 << 19, "url": good.url_for("features.chunks.json")})
+        r = run_mmf("zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(tmp_path / "data"),
+                    "--mirror", bad.url, "--mirror", good.url, "--json")
+        assert r.returncode == 0, r.stderr
+        feats = next(x for x in json.loads(r.stdout) if x["file_name"] == "features.tar.gz")
+        assert "xxh3" in feats["mirrors"][bad.url + rel]  # caught per chunk by the sidecar's hashes
+    assert_tree(tmp_path / "data", zoo)
+
+
+def test_interrupted_extraction_is_redone_from_the_kept_archive_offline(tmp_path):
+    import shutil
+
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    assert fetch(zoo, data, mirror=str(zoo.mirror)).returncode == 0
+    feats = data / "datasets/toyset/defaults/features"
+    # as if killed after the verified archive was placed, halfway through publishing its tree
+    shutil.rmtree(feats / "open_images/detectron.lmdb")
+    (feats / ".mmfzoo/features.tar.gz.installed.json").unlink()
+    (feats / ".built.json").unlink()
+    r = fetch(zoo, data, "--offline", "--json", mirror="http://127.0.0.1:9/")
+    assert r.returncode == 0, r.stderr
+    statuses = {x["file_name"]: x["status"] for x in json.loads(r.stdout)}
+    assert statuses["features.tar.gz"] == "installed (kept archive)"
+    assert_tree(data, zoo)
+    assert (feats / ".built.json").is_file()
