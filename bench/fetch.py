@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from zoo.sources import sha256_file  # noqa: E402  (the archive's hash for the manifest)
+
 KEY = "benchset"
 REL = f"datasets/{KEY}/defaults/features/features.tar.gz"  # MMF's layout under a mirror root
 MB = 1e6
@@ -95,14 +97,6 @@ def build_archive(cache: Path, size_mib: float) -> Archive:
     meta = {"size": path.stat().st_size, "sha256": sha256_file(path), "tree_bytes": total, "files": files}
     meta_path.write_text(json.dumps(meta))
     return Archive(path, meta["size"], meta["sha256"], total, files)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_tree(root: Path, archive: Archive) -> str | None:

@@ -8,11 +8,12 @@ Archives are reproducible (sorted members, zero mtimes/owners, gzip mtime 0), so
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import tarfile
 
 import yaml
+
+from zoo.sources import sha256_file
 
 # (variation, category, folder extracted into (relative to the variation), archive path under the mirror root)
 _LAYOUT = [
@@ -47,14 +48,6 @@ def _tar(folder: str, members: list[str], dest: str) -> None:
     os.replace(tmp, dest)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_archives(datasets: str, out_dir: str, names: list[str], version: str) -> tuple[str, str]:
     """Archive `datasets/<name>/...` into `out_dir/archives/datasets/...`; write `out_dir/manifest.yaml`."""
     archive_root = os.path.join(out_dir, "archives")
@@ -72,7 +65,7 @@ def write_archives(datasets: str, out_dir: str, names: list[str], version: str) 
             dest = os.path.join(archive_root, "datasets", rel)
             _tar(folder, members, dest)
             entry = {"url": f"mmf://datasets/{rel}", "file_name": os.path.basename(rel),
-                     "hashcode": _sha256(dest), "size": os.path.getsize(dest)}
+                     "hashcode": sha256_file(dest), "size": os.path.getsize(dest)}
             node = manifest.setdefault(name, {}).setdefault(variation, {"version": version, "resources": {}})
             node["resources"].setdefault(category, []).append(entry)
     path = os.path.join(out_dir, "manifest.yaml")
