@@ -33,7 +33,7 @@ METHODS = {
 CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from zoo.extract import StreamExtractor, extract_archive
+from zoo.archive import StreamExtractor, extract_archive
 archive, dest, how, external = sys.argv[1], sys.argv[2], sys.argv[3], eval(sys.argv[4])
 t0 = time.perf_counter()
 if how == "archive":

@@ -45,7 +45,7 @@ def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[s
     from zoo.install import FetchOptions, fetch
     from zoo.manifest import load_zoo
     from zoo.serve import FolderMirror
-    from zoo.space import human
+    from zoo.fsutil import human
     from zoo.progress import Progress
 
     out = Path(out).resolve()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import typer
@@ -12,11 +11,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 
 def default_data_dir() -> str:
-    """MMF's env.data_dir: $MMF_DATA_DIR, else <$MMF_CACHE_DIR or ~/.cache/torch/mmf>/data."""
-    if os.environ.get("MMF_DATA_DIR"):
-        return os.environ["MMF_DATA_DIR"]
-    cache = os.environ.get("MMF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch", "mmf")
-    return os.path.join(cache, "data")
+    """MMF's env.data_dir, the one definition shared with `mmf zoo` and `mmf train` (honours TORCH_HOME)."""
+    from zoo.datadir import default_data_dir as _default
+
+    return str(_default())
 
 
 def _fail(err: Exception) -> None:

@@ -17,6 +17,7 @@ import struct
 import numpy as np
 
 from .errors import DataFileError
+from .trust import REPAIR_HINT
 
 log = logging.getLogger(__name__)
 FASTTEXT_MAGIC = 793712314  # first int32 of every fastText .bin model
@@ -59,7 +60,7 @@ def _check_bin(path: str, expected_size: int | None) -> None:
     if expected_size is not None and size != expected_size:
         raise DataFileError(
             f"fastText model {path} is {size} bytes but the zoo recorded {expected_size}: it is truncated or a "
-            "different file. Delete it and run `mmf zoo fetch` again."
+            "different file; " + REPAIR_HINT
         )
     with open(path, "rb") as f:
         head = f.read(8)

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 
 from .errors import DataFileError, ImdbFormatError
-from .trust import require_trusted
+from .trust import REPAIR_HINT, require_trusted
 
 REQUIRED = ("question_id", "image_id")
 
@@ -26,7 +26,7 @@ def load_imdb(path: str, trust_pickle: bool = False) -> list[dict]:
         db = np.load(path, allow_pickle=True)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, Exception) as e:  # pickle errors vary widely
         raise DataFileError(f"imdb file {path} cannot be read ({type(e).__name__}: {e}): it is truncated or "
-                            "corrupt; re-install it with `mmf zoo fetch`") from e
+                            f"corrupt; {REPAIR_HINT}") from e
     if isinstance(db, np.ndarray) and db.shape == () and db.dtype == object:
         db = db.item()
     if isinstance(db, dict):

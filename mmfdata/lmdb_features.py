@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import DataFileError, FeatureKeyError
 from .imdb import feature_keys
-from .trust import require_trusted
+from .trust import REPAIR_HINT, require_trusted
 
 
 # py-lmdb refuses to open one environment twice in a process, so readers of the same store share it.
@@ -49,7 +49,7 @@ class LmdbFeatureReader:
             _ENVS[real] = (self.env, self.keys)
         except lmdb.Error as e:
             raise DataFileError(f"feature store {self.path} cannot be opened ({e}): it is truncated or corrupt; "
-                                "re-install it with `mmf zoo fetch`") from e
+                                f"{REPAIR_HINT}") from e
 
     def key_for(self, feature_path: str) -> bytes:
         """The LMDB key MMF would read for `feature_path`."""
@@ -75,7 +75,7 @@ class LmdbFeatureReader:
                 info = pickle.loads(bytes(raw))
         except (lmdb.Error, pickle.UnpicklingError, EOFError) as e:
             raise DataFileError(f"feature store {self.path}: record {key.decode()!r} is unreadable ({e}); "
-                                "re-install it with `mmf zoo fetch`") from e
+                                f"{REPAIR_HINT}") from e
         feats = np.asarray(info.pop("features"), dtype=np.float32)
         return feats, info
 

@@ -49,8 +49,11 @@ def _word_pool(rng: np.random.Generator, n: int) -> list[str]:
     return words
 
 
-def _mark(folder: str) -> None:
+def _mark(folder: str, skip=()) -> None:
+    from zoo.records import write_local_record  # what makes the files trusted (a marker alone grants nothing)
+
     os.makedirs(folder, exist_ok=True)
+    write_local_record(folder, "synthetic", VERSION, "mmf data synth", skip)
     with open(os.path.join(folder, ".built.json"), "w") as f:
         json.dump({"created_at": str(datetime.datetime.today()), "version": VERSION}, f)
 
@@ -260,7 +263,7 @@ def write_synthetic(out_dir: str, questions: int = 200, seed: int = 0, archive: 
         return result
     for name in names:
         for folder in ("defaults", "defaults/features", "defaults/annotations", "ocr_en/features"):
-            _mark(os.path.join(datasets, name, folder))
+            _mark(os.path.join(datasets, name, folder), ("features", "annotations") if folder == "defaults" else ())
     result.update({"data_dir": out_dir, "datasets": datasets, "manifest": None, "archive_root": None,
                    **{k: os.path.join(datasets, v) for k, v in rel.items()}})
     return result

@@ -6,36 +6,14 @@ of the best model, written at the end), `config.yaml`.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mmftrain.errors import CheckpointError
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(fileobj)` on a temp file next to `path`, fsync it, rename over `path`, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+from zoo.fsutil import atomic_write_bytes  # noqa: F401 - the one definition; run/evaluate/logs use it from here
 
 
 def save(path: Path, state: dict) -> None:

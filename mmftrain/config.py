@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mmftrain.errors import ConfigError
+from zoo.datadir import default_cache_dir
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 SPECIAL_KEYS = ("config", "datasets", "model", "run_type")
@@ -266,6 +267,7 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
     special, overrides = split_argv(argv)
     defaults = load_yaml(CONFIGS_DIR / "defaults.yaml")
     cfg = copy.deepcopy(defaults)
+    cfg["env"]["cache_dir"] = str(default_cache_dir(environ))  # MMF's rule, shared with `mmf zoo` / `mmf data`
     for key, var in _ENV_DIRS.items():
         if environ.get(var):
             cfg["env"][key] = environ[var]

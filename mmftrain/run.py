@@ -84,7 +84,10 @@ def _resume_source(cfg: dict, save_dir: Path, dist: D.DistInfo):
         return Path(str(ck["resume_file"])).expanduser(), False, False
     if ck["resume_zoo"]:
         data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
-        return _zoo_checkpoint(str(ck["resume_zoo"]), data_dir, dist), True, True
+        path = _zoo_checkpoint(str(ck["resume_zoo"]), data_dir, dist)
+        from zoo.trust import untrusted_reason  # full unpickling only for bytes the zoo verified
+
+        return path, untrusted_reason(path) is None, True
     return None
 
 

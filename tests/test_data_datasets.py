@@ -164,9 +164,12 @@ def test_interrupted_pack_resumes_to_the_same_store(tmp_path, caplog):
 
 def test_pickles_need_a_zoo_marker_or_explicit_trust(tmp_path):
     data = copy_synth(str(tmp_path / "data"))
-    for dirpath, _, files in os.walk(data):
+    for dirpath, dirs, files in os.walk(data):
         if ".built.json" in files:
             os.remove(os.path.join(dirpath, ".built.json"))
+        if ".mmfzoo" in dirs:  # the install records are what grants trust
+            shutil.rmtree(os.path.join(dirpath, ".mmfzoo"))
+            dirs.remove(".mmfzoo")
     cfg = default_dataset_config("textvqa")
     with pytest.raises(UntrustedPickleError, match="imdb_val_ocr_en.npy.*trust_pickle=True"):
         build_dataset("textvqa", cfg, "val", data)
@@ -191,8 +194,8 @@ def test_missing_feature_key_names_the_key(tmp_path):
         txn.put(b"keys", pickle.dumps(keys[1:]))
     env.close()
     cfg = default_dataset_config("textvqa")
-    with pytest.raises(FeatureKeyError, match=victim.decode()):
-        pack_dataset("textvqa", cfg, data, ["train", "val", "test"])
+    with pytest.raises(FeatureKeyError, match=victim.decode()):  # edited by hand: no longer zoo-verified
+        pack_dataset("textvqa", cfg, data, ["train", "val", "test"], trust_pickle=True)
 
 
 def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
@@ -201,8 +204,10 @@ def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
     imdb = os.path.join(data, TV, "annotations/imdb_val_ocr_en.npy")
     raw = open(imdb, "rb").read()
     open(imdb, "wb").write(raw[: len(raw) // 2])
-    with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy cannot be read"):
-        build_dataset("textvqa", cfg, "val", data)
+    with pytest.raises(UntrustedPickleError, match="imdb_val_ocr_en.npy is damaged or changed since install"):
+        build_dataset("textvqa", cfg, "val", data)  # the trust check sees the damage before any unpickling
+    with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy cannot be read.*mmf zoo verify --repair"):
+        build_dataset("textvqa", cfg, "val", data, trust_pickle=True)
     os.remove(imdb)
     with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy does not exist"):
         build_dataset("textvqa", cfg, "val", data)
@@ -218,7 +223,7 @@ def test_corrupt_lmdb_is_reported(tmp_path):
     data = copy_synth(str(tmp_path / "data"))
     mdb = os.path.join(data, TV, "features/open_images/detectron.lmdb/data.mdb")
     open(mdb, "wb").write(b"\0" * 4096)
-    ds = build_dataset("textvqa", default_dataset_config("textvqa"), "train", data)
+    ds = build_dataset("textvqa", default_dataset_config("textvqa"), "train", data, trust_pickle=True)
     with pytest.raises(DataFileError, match="detectron.lmdb"):
         ds.get_batch(np.arange(2))
 

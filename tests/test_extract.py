@@ -17,10 +17,11 @@ import threading
 import zipfile
 
 import pytest
+import xxhash
 
-from zoo.decoders import TAR_FORMATS, ByteQueue, Stopped, can_decode, external_command
-from zoo.errors import CorruptArchiveError, UnsafeArchiveError
-from zoo.extract import StreamExtractor, detect_format, extract_archive
+from zoo.archive.decoders import TAR_FORMATS, ByteQueue, Stopped, can_decode, external_command
+from zoo.errors import CorruptArchiveError, UnsafeArchiveError, ZooError
+from zoo.archive import StreamExtractor, detect_format, extract_archive
 
 HAS_PIGZ = external_command("gz") is not None
 # both gzip decoders: pigz in another process (external=True) and zlib in this one (the default)
@@ -73,10 +74,15 @@ def content_tar(path, mode="w"):
     return make_tar(path, members, mode)
 
 
+def sized(files):
+    return [(rel, size) for rel, size, _ in files]
+
+
 def check_content(dest, files):
     expected = dict(CONTENT)
     expected["data/hard"] = CONTENT["data/features.bin"]
-    assert sorted(files) == sorted((k, len(v)) for k, v in expected.items())
+    # each file comes with the xxh3-128 of what was written: the install record's content hash
+    assert sorted(files) == sorted((k, len(v), xxhash.xxh3_128_hexdigest(v)) for k, v in expected.items())
     for name, data in expected.items():
         assert (dest / name).read_bytes() == data
     assert os.readlink(dest / "data/link") == "features.bin"
@@ -153,7 +159,7 @@ def test_gzip_round_trip_with_each_inflate_backend(tmp_path, monkeypatch, inflat
     """isal is preferred when installed; the stdlib zlib fallback must give the same tree and catch truncation."""
     import importlib
 
-    from zoo import decoders
+    from zoo.archive import decoders
 
     monkeypatch.setattr(decoders, "INFLATE", importlib.import_module(inflate))
     archive = content_tar(tmp_path / "a.tgz", "w:gz")
@@ -202,7 +208,7 @@ def test_zip_round_trip_keeps_modes_and_links(tmp_path):
     assert detect_format(archive) == "zip"
     assert not StreamExtractor.supports("zip")
     files = extract_archive(archive, tmp_path / "dest")
-    assert dict(files) == {**{k: len(v) for k, v in CONTENT.items()}, "bin/run.sh": 10}
+    assert {k: n for k, n, _ in files} == {**{k: len(v) for k, v in CONTENT.items()}, "bin/run.sh": 10}
     assert os.readlink(tmp_path / "dest/data/link") == "features.bin"
     assert stat.S_IMODE(os.stat(tmp_path / "dest/bin/run.sh").st_mode) == 0o755
 
@@ -213,7 +219,7 @@ def test_single_gzip_file(tmp_path, external):
     archive.write_bytes(gzip.compress(b"word\n" * 5000))
     assert detect_format(archive) == "gz"
     files = extract_archive(archive, tmp_path / "dest", external=external)
-    assert files == [("vocab.txt", 25000)]
+    assert sized(files) == [("vocab.txt", 25000)]
     assert (tmp_path / "dest/vocab.txt").read_bytes() == b"word\n" * 5000
 
 
@@ -222,7 +228,7 @@ def test_single_bz2_xz_file(tmp_path, compress, kind):
     archive = tmp_path / f"notes.{kind}"
     archive.write_bytes(compress(b"x" * 1000))
     assert detect_format(archive) == kind
-    assert extract_archive(archive, tmp_path / "dest") == [("notes", 1000)]
+    assert sized(extract_archive(archive, tmp_path / "dest")) == [("notes", 1000)]
 
 
 def test_multi_member_gzip_and_padding(tmp_path):
@@ -245,7 +251,7 @@ def test_detection_by_content_when_the_extension_lies(tmp_path):
     with zipfile.ZipFile(zliar, "w") as zf:
         zf.writestr("a.txt", b"a")
     assert detect_format(zliar) == "zip"
-    assert extract_archive(zliar, tmp_path / "d2") == [("a.txt", 1)]
+    assert sized(extract_archive(zliar, tmp_path / "d2")) == [("a.txt", 1)]
     plain = tmp_path / "data.tar.xz"
     shutil.copy(content_tar(tmp_path / "p.tar"), plain)
     assert detect_format(plain) == "tar"
@@ -258,7 +264,7 @@ def test_duplicates_and_root_entry(tmp_path):
     archive = make_tar(tmp_path / "a.tar", [_tarinfo("./", type=tarfile.DIRTYPE, mode=0o755),
                                             ("./x", b"old"), ("x", b"newer"),
                                             _tarinfo("d", type=tarfile.DIRTYPE, mode=0o2777)])
-    assert extract_archive(archive, tmp_path / "dest") == [("x", 5)]
+    assert sized(extract_archive(archive, tmp_path / "dest")) == [("x", 5)]
     assert (tmp_path / "dest/x").read_bytes() == b"newer"
     assert stat.S_IMODE(os.stat(tmp_path / "dest/d").st_mode) == 0o755  # setgid and g+w/o+w stripped
 
@@ -276,7 +282,7 @@ def test_sparse_member_from_gnu_tar(tmp_path, tar_format):
     archive = tmp_path / "s.tgz"
     subprocess.run(["tar", "-S", f"--format={tar_format}", "-czf", str(archive), "-C", str(tmp_path / "src"), "."],
                    check=True)
-    assert extract_archive(archive, tmp_path / "dest") == [("data.mdb", 3_000_004)]
+    assert sized(extract_archive(archive, tmp_path / "dest")) == [("data.mdb", 3_000_004)]
     assert (tmp_path / "dest/data.mdb").read_bytes() == (tmp_path / "src/data.mdb").read_bytes()
 
 
@@ -389,12 +395,49 @@ def test_bomb_over_max_bytes(tmp_path, external):
 def test_bomb_default_limits(tmp_path):
     archive = zeros_tgz(tmp_path / "bomb.tar.gz", 100 << 20)  # ~100 KB compressed
     assert os.path.getsize(archive) < 1 << 20
-    msg = fail_extract(tmp_path, archive, UnsafeArchiveError, "20x the archive size")
+    msg = fail_extract(tmp_path, archive, UnsafeArchiveError, "50x the archive size")
     assert "MMF_ZOO_MAX_EXTRACT_BYTES" in msg
-    with pytest.raises(UnsafeArchiveError, match="20x the bytes received"):
+    with pytest.raises(UnsafeArchiveError, match="50x the bytes received"):
         stream(archive, tmp_path / "s", "gztar")  # the limit grows with the bytes fed: still far below
     with pytest.raises(UnsafeArchiveError, match="declared size"):
         extract_archive(archive, tmp_path / "d2", declared_size=10 << 20)
+
+
+def test_bomb_limit_env_override_wins(tmp_path, monkeypatch):
+    """The override the bomb error suggests works for files and streams, even over a declared size."""
+    archive = zeros_tgz(tmp_path / "bomb.tar.gz", 100 << 20)
+    monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_BYTES", str(200 << 20))
+    assert sized(extract_archive(archive, tmp_path / "d1", declared_size=1 << 20)) == [("zeros.bin", 100 << 20)]
+    assert sized(stream(archive, tmp_path / "s1", "gztar")) == [("zeros.bin", 100 << 20)]
+    monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_BYTES", str(1 << 20))
+    with pytest.raises(UnsafeArchiveError, match="MMF_ZOO_MAX_EXTRACT_BYTES"):
+        stream(archive, tmp_path / "s2", "gztar")
+    monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_BYTES", "lots")
+    with pytest.raises(ZooError, match="not a byte count"):
+        extract_archive(archive, tmp_path / "d3")
+
+
+@pytest.mark.parametrize("name", [".built.json", "features/.built.json", ".mmfzoo/features.tar.gz.installed.json",
+                                  "a/.mmfzoo/x"])
+def test_members_named_like_zoo_records_refused(tmp_path, name):
+    """An archive must not mark its data as installed (MMF's marker) or forge our install records."""
+    archive = tmp_path / "forged.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for member, data in (("ok.txt", b"fine"), (name, b'{"version": "1"}')):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(UnsafeArchiveError, match="zoo's own records"):
+        extract_archive(archive, tmp_path / "dest")
+    with pytest.raises(UnsafeArchiveError, match="zoo's own records"):
+        stream(archive, tmp_path / "s", "gztar")
+    link = tmp_path / "link.tar"
+    with tarfile.open(link, "w") as tf:
+        info = tarfile.TarInfo("records")
+        info.type, info.linkname = tarfile.SYMTYPE, ".mmfzoo"
+        tf.addfile(info)
+    with pytest.raises(UnsafeArchiveError, match="points outside"):
+        extract_archive(link, tmp_path / "d2")
 
 
 def test_zip_bomb_refused_from_the_central_directory(tmp_path):
@@ -475,7 +518,7 @@ def test_not_an_archive(tmp_path, data, phrase):
 
 DISK_FULL_CHILD = textwrap.dedent("""
     import resource, signal, sys
-    from zoo.extract import extract_archive
+    from zoo.archive import extract_archive
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing us
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
     try:
@@ -514,7 +557,7 @@ def test_stream_random_pieces_equal_extract_archive(tmp_path, external, seed):
     files = extract_archive(archive, tmp_path / "ref", external=external)
     got = stream(archive, tmp_path / "s", "gztar", external=external, pieces=5000, seed=seed)
     assert got == files
-    for name, _ in files:
+    for name, *_ in files:
         assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
 
 
@@ -596,5 +639,5 @@ def test_stream_queue_stays_within_its_capacity(tmp_path):
         sx.feed(data[i:i + (1 << 20)])
         if sx._queue is not None:
             peak = max(peak, sx._queue._size)
-    assert sx.close() == [("blob", len(blob))]
+    assert sized(sx.close()) == [("blob", len(blob))]
     assert 0 < peak <= (16 << 20) + (1 << 20)

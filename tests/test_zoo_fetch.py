@@ -337,16 +337,30 @@ def test_resource_without_hashcode_is_fetched_with_a_warning(tmp_path):
     assert_tree(tmp_path / "d", zoo)
 
 
-def test_hash_command_prints_a_manifest_snippet(tmp_path):
+def test_hash_command_prints_a_resource_ready_to_paste(tmp_path):
+    """`mmf zoo hash` output, pasted as-is under a category list, is a valid resource that fetches."""
+    import textwrap
+
+    from tests.zoo_helpers import chunk_hashes
+    from zoo.manifest import parse_manifest
+
     zoo = make_zoo(tmp_path)
     path = zoo.archives["datasets/toyset/defaults/features/features.tar.gz"]
-    r = run_mmf("zoo", "hash", str(path), "--chunk-size", "1")
-    assert r.returncode == 0
-    snippet = yaml.safe_load(r.stdout)
-    from tests.zoo_helpers import chunk_hashes
-
-    assert snippet["hashcode"] == sha256(path) and snippet["size"] == path.stat().st_size
-    assert snippet["chunk_hashes"]["xxh3_128"] == chunk_hashes(path, 1 << 20)
+    r = run_mmf("zoo", "hash", str(path), "--chunk-size", "1",
+                "--url", "mmf://datasets/toyset/defaults/features/features.tar.gz")
+    assert r.returncode == 0, r.stderr
+    manifest = tmp_path / "pasted.yaml"
+    manifest.write_text("toyset:\n  defaults:\n    version: '2'\n    resources:\n      features:\n"
+                        + textwrap.indent(r.stdout, "      "))
+    entry = parse_manifest(manifest, "datasets").entries["toyset.defaults"]
+    assert entry.invalid is None, entry.invalid
+    (res,) = entry.resources
+    assert res.hashcode == sha256(path) and res.size == path.stat().st_size and res.category == "features"
+    assert res.chunk_hashes["xxh3_128"] == chunk_hashes(path, 1 << 20)
+    got = run_mmf("zoo", "fetch", "toyset", "--zoo", str(manifest), "--data-dir", str(tmp_path / "d"),
+                  "--mirror", str(zoo.mirror), "--mirror-only", "--quiet")
+    assert got.returncode == 0, got.stderr
+    assert_tree(tmp_path / "d", zoo, cats=("features",))
 
 
 def test_folder_mirror_of_zoo_serve_is_a_working_mirror(tmp_path):

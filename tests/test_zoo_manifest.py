@@ -71,11 +71,19 @@ def test_unknown_key_lists_closest():
 
 
 def _bad(tmp_path, text):
+    """The error for a malformed file, or the reasons its malformed entries carry (refused when fetched)."""
     p = tmp_path / "datasets.yaml"
     p.write_text(textwrap.dedent(text))
-    with pytest.raises(ManifestError) as info:
-        parse_manifest(p, "datasets")
-    return str(info.value)
+    try:
+        zoo = parse_manifest(p, "datasets")
+    except ManifestError as exc:
+        return str(exc)
+    bad = [e for e in zoo.entries.values() if e.invalid]
+    assert bad, "a malformed entry must be marked invalid"
+    for e in bad:
+        with pytest.raises(ManifestError, match="cannot be fetched"):
+            plan(zoo, [e.key])
+    return "; ".join(e.invalid for e in bad)
 
 
 H = "a" * 64

@@ -66,9 +66,9 @@ def _data_dir(data_dir: Optional[Path]) -> Path:
 
 
 def _human(n):
-    from zoo.space import human
+    from zoo.fsutil import human
 
-    return human(n) if n is not None else "?"
+    return human(n)
 
 
 @app.command("list")
@@ -82,14 +82,19 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
         rows = []
         for key in sorted(z.entries):
             e = z.entries[key]
-            target = layout.target_for(z, key)
             sizes = [r.size for r in e.resources]
             size = sum(sizes) if all(s is not None for s in sizes) else None
-            built = all(layout.is_built(f, e.version) for f in target.marker_folders(dd))
             aliases = sorted(a for a, t in z.aliases.items() if t == key)
-            state = "conflict" if e.conflict else ("installed" if built else "-")
-            rows.append({"key": key, "kind": e.kind, "version": e.version, "resources": len(e.resources),
-                         "size": size, "state": state, "aliases": aliases, "conflict": e.conflict})
+            state = "invalid" if e.invalid else "conflict" if e.conflict else "-"
+            if state == "-":
+                # a model installs under the key the user typed (MMF's rule): an alias folder counts too
+                names = [key] + (aliases if e.kind == "models" else [])
+                built = [n for n in names if _built(layout.target_for(z, n), dd)]
+                if built:
+                    state = "installed" + (f" (as {', '.join(built)})" if built != [key] else "")
+            rows.append({"key": key, "kind": e.kind, "version": e.version_str, "resources": len(e.resources),
+                         "size": size, "state": state, "aliases": aliases, "conflict": e.conflict,
+                         "invalid": e.invalid})
         if as_json:
             typer.echo(json.dumps(rows, indent=1))
             return
@@ -101,7 +106,15 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
         for r in rows:
             if r["conflict"]:
                 typer.echo(f"conflict: {r['key']}: {r['conflict']}", err=True)
+            if r["invalid"]:
+                typer.echo(f"invalid: {r['key']}: {r['invalid']} (refused if fetched)", err=True)
     _run(go)
+
+
+def _built(target, data_dir: Path) -> bool:
+    from zoo import layout
+
+    return all(layout.is_built(f, target.entry.version) for f in target.marker_folders(data_dir))
 
 
 @app.command()
@@ -117,11 +130,13 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
         target = layout.target_for(z, key)
         e = target.entry
         roots = mirror_roots(mirror or [], mirror_only=mirror_only or None)
-        typer.echo(f"{e.key} ({e.kind}, version {e.version}, from {e.source})")
+        typer.echo(f"{e.key} ({e.kind}, version {e.version_str}, from {e.source})")
         if e.zoo_requirements:
             typer.echo(f"  requires: {', '.join(e.zoo_requirements)}")
         if e.conflict:
             typer.echo(f"  CONFLICT: {e.conflict}")
+        if e.invalid:
+            typer.echo(f"  INVALID (refused if fetched): {e.invalid}")
         for res in e.resources:
             folder = target.folder(dd, res)
             rec = layout.read_record(folder, res)
@@ -189,16 +204,41 @@ def fetch(
 
 
 @app.command()
-def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
-    """Re-hash kept archives and check extracted files against the list recorded at extraction."""
-    from zoo.install import verify_installed
+def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
+           repair: bool = typer.Option(False, "--repair", help="Re-install just the damaged resources (kept archive "
+                                       "first, else the mirrors)."),
+           mirror: Optional[List[str]] = typer.Option(None, "--mirror", help="Mirror for --repair (as for fetch)."),
+           offline: bool = typer.Option(False, "--offline", help="--repair from kept archives only."),
+           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Re-hash every installed file (xxh3-128) and kept archive (sha256) against the install records; report
+    damaged, missing and extra files. --repair mends the damaged resources and leaves the others untouched."""
+    from zoo.install import FetchOptions, repair as do_repair, verify_installed
+    from zoo.transfer import TransferOptions
+
+    _setup_logging(quiet)
+
+    def show(checks):
+        for c in checks:
+            typer.echo(f"{'ok ' if c.ok else 'BAD'} {c.key}: {c.file_name}: {c.detail}")
 
     def go():
-        rows = verify_installed(_zoo(zoo), keys, _data_dir(data_dir))
-        for key, fname, ok, detail in rows:
-            typer.echo(f"{'ok ' if ok else 'BAD'} {key}: {fname}: {detail}")
-        if not all(ok for *_, ok, _d in rows):
-            typer.echo("error: verification failed; run `mmf zoo fetch KEY --force` to reinstall", err=True)
+        z, dd = _zoo(zoo), _data_dir(data_dir)
+        if repair:
+            opts = FetchOptions(data_dir=dd, mirrors=mirror or [],
+                                transfer=TransferOptions(offline=offline or os.environ.get("MMF_ZOO_OFFLINE", "")
+                                                         not in ("", "0")),
+                                say=lambda m: typer.echo(f"mmf zoo: {m}", err=True))
+            before, reports = do_repair(z, keys, opts)
+            for r in reports:
+                typer.echo(f"repaired {r.key}: {r.file_name}: {r.status} -> {r.path}")
+        checks = verify_installed(z, keys, dd)
+        show(checks)
+        if any(c.extra for c in checks):
+            typer.echo("note: extra files are not the zoo's; they are never unpickled without trust and never "
+                       "deleted by the zoo: remove them if they are not yours", err=True)
+        if not all(c.ok for c in checks):
+            typer.echo(f"error: verification failed; run `mmf zoo verify --repair {' '.join(keys)}` to re-install "
+                       "the damaged resources", err=True)
             raise typer.Exit(2)
     _run(go)
 
@@ -217,11 +257,16 @@ def pack_cmd(keys: List[str], out: Path = typer.Option(..., "-o", "--output", he
 
 
 @app.command("hash")
-def hash_cmd(file: Path, chunk_size: float = typer.Option(8.0, "--chunk-size", help="MiB per chunk hash.")) -> None:
-    """Size, sha256 and xxh3-128 chunk hashes of FILE, ready to paste into a manifest."""
+def hash_cmd(file: Path, chunk_size: float = typer.Option(8.0, "--chunk-size", help="MiB per chunk hash."),
+             url: str = typer.Option(None, "--url", help="The resource's URL (mmf://... or https://...)."),
+             compressed: bool = typer.Option(True, "--compressed/--not-compressed",
+                                             help="Whether the file is an archive to extract.")) -> None:
+    """Print FILE as one manifest resource (YAML list item: url, file_name, hashcode, size, chunk hashes), ready to
+    paste under a resource list (`resources:` or a category such as `features:`)."""
     import hashlib
 
     import xxhash
+    import yaml
 
     def go():
         if not file.is_file():
@@ -233,10 +278,12 @@ def hash_cmd(file: Path, chunk_size: float = typer.Option(8.0, "--chunk-size", h
             while block := f.read(cs):
                 sha.update(block)
                 chunks.append(xxhash.xxh3_128_hexdigest(block))
-        typer.echo(f"file_name: {file.name}\nhashcode: {sha.hexdigest()}\nsize: {file.stat().st_size}")
-        typer.echo(f"chunk_hashes:\n  chunk_size: {cs}\n  xxh3_128:")
-        for h in chunks:
-            typer.echo(f"  - {h}")
+        item = {"url": url or f"https://CHANGE-ME/{file.name}", "file_name": file.name, "hashcode": sha.hexdigest(),
+                "compressed": compressed, "size": file.stat().st_size,
+                "chunk_hashes": {"chunk_size": cs, "xxh3_128": chunks}}
+        if not url:
+            typer.echo("# set url: below (mmf://... or https://...), then paste under a resource list", err=True)
+        typer.echo(yaml.safe_dump([item], sort_keys=False, default_flow_style=False).rstrip())
     _run(go)
 
 

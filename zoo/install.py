@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo import layout
-from zoo.errors import DiskError, ManifestError, OfflineError
+from zoo import layout, records
+from zoo.errors import DiskError, ManifestError, OfflineError, UnsafeArchiveError
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.mirrors import mirror_roots, resource_urls
-from zoo.sources import LocalSource, sha256_file
+from zoo.fsutil import sha256_file
+from zoo.sources import LocalSource
 from zoo.space import preflight
 from zoo.transfer import Transfer, TransferOptions
 
@@ -62,6 +63,8 @@ def plan(zoo: Zoo, keys: list[str]) -> list[layout.Target]:
     targets: list[layout.Target] = []
     for entry in zoo.with_requirements(keys):
         requested = next((k for k in keys if _same(zoo, k, entry)), entry.key)
+        if entry.invalid:
+            raise ManifestError(f"'{entry.key}' in {entry.source} cannot be fetched: {entry.invalid}")
         if entry.conflict:
             raise ManifestError(f"'{entry.key}' cannot be fetched: {entry.conflict}")
         targets.append(layout.target_for(zoo, requested))
@@ -75,13 +78,16 @@ def _same(zoo: Zoo, key: str, entry: Entry) -> bool:
         return False
 
 
-def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions) -> list[ResourceReport]:
+def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None) -> list[ResourceReport]:
+    """Install keys; `redo` = {(entry key, file_name)} re-installs those resources even if they look installed."""
+    redo = redo or set()
     targets = plan(zoo, keys)
     source = LocalSource(opts.from_path) if opts.from_path else None
     if source is not None:
         opts.transfer.offline = True  # --from never touches the network
     roots = mirror_roots(opts.mirrors, mirror_only=opts.mirror_only)
-    todo = [(t, r) for t in targets for r in t.entry.resources if not _installed(t, r, opts)[0]]
+    todo = [(t, r) for t in targets for r in t.entry.resources
+            if (t.entry.key, r.file_name) in redo or not _installed(t, r, opts)[0]]
     sizes = preflight(todo, opts, lambda res: _urls(res, roots, source))
     if opts.progress is not None:
         known = [sizes.get(id(r)) for _, r in todo]
@@ -89,7 +95,8 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions) -> list[ResourceReport]
     reports = []
     for target in targets:
         for res in target.entry.resources:
-            reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res))))
+            reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res)),
+                                        redo=(target.entry.key, res.file_name) in redo))
         if not opts.extract:
             continue  # archives only: MMF must not see the data as built
         for folder in target.marker_folders(opts.data_dir):
@@ -117,7 +124,9 @@ def _installed(target: layout.Target, res: Resource, opts: FetchOptions, quick: 
     if rec and rec.get("version") == target.entry.version and (not res.hashcode or rec.get("sha256") == res.hashcode):
         wanted_tree = res.compressed and opts.extract
         if rec.get("extracted") or not wanted_tree:
-            if all((folder / p).exists() for p in rec.get("top_level", [])):
+            # damaged or missing files mean not installed: fetch mends them (stamp check, hashing only changed files)
+            if all((folder / p).exists() for p in rec.get("top_level", [])) and \
+                    not records.check_record(folder, rec, full=False, limit=1):
                 return True, "already installed"
     if not rec and layout.is_built(target.marker_folder(opts.data_dir, res), target.entry.version):
         return True, "built by MMF"
@@ -125,7 +134,7 @@ def _installed(target: layout.Target, res: Resource, opts: FetchOptions, quick: 
 
 
 def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls: list[str],
-                 size: int | None) -> ResourceReport:
+                 size: int | None, redo: bool = False) -> ResourceReport:
     label = f"{target.entry.key}:{res.file_name}"
     folder = target.folder(opts.data_dir, res)
     state = layout.state_dir(folder)
@@ -134,29 +143,35 @@ def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls:
     except OSError as exc:
         raise DiskError(f"cannot create {state}: {exc.strerror}; choose a writable --data-dir or MMF_DATA_DIR") from None
     t0 = time.monotonic()
-    with resource_lock(state / f"{res.file_name}.lock", label, opts.lock_timeout, opts.say):
-        done, why = _installed(target, res, opts)
+    with resource_lock(state / f"{res.file_name}.lock", label, opts.lock_timeout):
+        done, why = (False, "") if redo else _installed(target, res, opts)
         if done:  # maybe another process finished it while we waited
             return ResourceReport(target.entry.key, res.file_name, why, str(folder))
         for stale in state.glob(f"extract-{res.file_name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed extraction; we hold the lock
         archive = folder / res.file_name
         report = ResourceReport(target.entry.key, res.file_name, "installed", str(folder))
+        previous = layout.read_record(folder, res) or {}
         tree, files = _obtain(target, res, opts, urls, size, archive, report)
         if opts.extract and res.compressed:
             if tree is None:
-                tree, files = _extract(res, archive, state, report.size)
+                tree, files = _extract(res, archive, state)
             # an interrupted publish must not look installed: drop the record and MMF's marker first
             layout.record_path(folder, res).unlink(missing_ok=True)
             layout.unmark(target.marker_folder(opts.data_dir, res))
-            top = _publish(tree, folder)
+            top = _publish(tree, folder, _owned(previous), label)
+            rows = records.file_rows(folder, files)
         else:
             top = [res.file_name]
             report.status = "installed" if not res.compressed else "downloaded (not extracted)"
+            rows = records.file_rows(folder, [(res.file_name, archive.stat().st_size, None)]) \
+                if not res.compressed else []
         layout.write_record(folder, res, {
-            "version": target.entry.version, "url": res.url, "sha256": report.sha256, "size": report.size,
-            "extracted": bool(opts.extract and res.compressed), "top_level": top, "files": files,
-            "archive_kept": True, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "format": records.RECORD_FORMAT, "key": target.name.replace("/", "."),
+            "version": target.entry.version, "url": res.url,
+            "sha256": report.sha256, "verified": bool(res.hashcode) and report.sha256 == res.hashcode,
+            "size": report.size, "extracted": bool(opts.extract and res.compressed), "top_level": top,
+            "files": rows, "archive_kept": True, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
         if res.compressed and opts.extract and (opts.delete_archives or res.delete_original):
             archive.unlink(missing_ok=True)
@@ -237,14 +252,15 @@ class _Streamer:
         if self.off:
             return
         if self.ex is None:
-            from zoo import extract
+            from zoo.archive import StreamExtractor, detect_format
 
-            fmt = extract.detect_format(self.part)
-            if fmt is None or not extract.StreamExtractor.supports(fmt):
+            fmt = detect_format(self.part)
+            if fmt is None or not StreamExtractor.supports(fmt):
                 self.off = True
                 return
             self.dest = _fresh_tmp(self.state, self.res)
-            self.ex = extract.StreamExtractor(self.dest, fmt, max_bytes=_max_bytes(self.res, self.res.size))
+            self.ex = StreamExtractor(self.dest, fmt, archive_size=self.res.size,
+                                      declared_size=self.res.extracted_size, name=self.res.file_name)
         self.ex.feed(view)
 
     def abort(self) -> None:
@@ -266,39 +282,63 @@ class _Streamer:
             return None, None
 
 
-def _max_bytes(res: Resource, size: int | None) -> int | None:
-    if res.extracted_size:
-        return int(res.extracted_size * 1.5) + (1 << 20)
-    return max(size * 50, 1 << 30) if size else None
-
-
 def _fresh_tmp(state: Path, res: Resource) -> Path:
     path = state / f"extract-{res.file_name}-{os.getpid()}-{time.monotonic_ns()}"
     path.mkdir(parents=True)
     return path
 
 
-def _extract(res: Resource, archive: Path, state: Path, size: int | None):
-    from zoo import extract
+def _extract(res: Resource, archive: Path, state: Path):
+    from zoo.archive import extract_archive
 
     tmp = _fresh_tmp(state, res)
     try:
-        files = extract.extract_archive(archive, tmp, declared_size=res.extracted_size,
-                                        max_bytes=_max_bytes(res, size or archive.stat().st_size))
+        files = extract_archive(archive, tmp, declared_size=res.extracted_size)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp, files
 
 
-def _publish(tree: Path, folder: Path) -> list[str]:
-    """Move the extracted tree into folder by renames (same filesystem), merging into existing folders."""
+def _owned(previous: dict) -> set[str]:
+    """Paths this resource installed last time (files and their folders): a new version may replace them."""
+    owned = set(previous.get("top_level") or [])
+    for row in previous.get("files") or []:
+        parts = row[0].split("/")
+        owned.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return owned
+
+
+def _publish(tree: Path, folder: Path, owned: set[str], label: str) -> list[str]:
+    """Move the extracted tree into folder by renames (same filesystem), merging into existing folders.
+
+    A file where a folder is (or a folder where a file or link is) is replaced only when this resource put it
+    there; anything else is the user's, and the install stops before the first rename.
+    """
     top = sorted(p.name for p in tree.iterdir())
     try:
+        _check_clashes(tree, folder, owned, label)
         _merge(tree, folder)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     return top
+
+
+def _check_clashes(src: Path, dst: Path, owned: set[str], label: str, prefix: str = "") -> None:
+    for item in src.iterdir():
+        rel = f"{prefix}{item.name}"
+        target = dst / item.name
+        if not (target.exists() or target.is_symlink()):
+            continue
+        new_dir = item.is_dir() and not item.is_symlink()
+        old_dir = target.is_dir() and not target.is_symlink()
+        if new_dir and old_dir:
+            _check_clashes(item, target, owned, label, rel + "/")
+        elif (new_dir or old_dir or target.is_symlink() and target.is_dir()) and rel not in owned:
+            what = "folder" if old_dir else ("link to a folder" if target.is_dir() else "file")
+            raise UnsafeArchiveError(
+                f"{label}: installing {rel!r} would replace the existing {what} {target}, which this resource did "
+                "not install; move it away (or delete it if it is not yours) and run the command again")
 
 
 def _merge(src: Path, dst: Path) -> None:
@@ -308,42 +348,77 @@ def _merge(src: Path, dst: Path) -> None:
         if item.is_dir() and not item.is_symlink() and target.is_dir() and not target.is_symlink():
             _merge(item, target)
         elif item.is_dir() and not item.is_symlink() and (target.exists() or target.is_symlink()):
-            target.unlink()  # a file where the new tree has a folder
+            target.unlink()  # a file (or link) this resource installed where the new tree has a folder
             os.rename(item, target)
         else:
             if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
+                shutil.rmtree(target)  # a folder this resource installed where the new tree has a file
             os.replace(item, target)
 
 
-def verify_installed(zoo: Zoo, keys: list[str], data_dir: Path) -> list[tuple[str, str, bool, str]]:
-    """Re-hash kept archives and check extracted files against the recorded list: (key, file, ok, detail)."""
+@dataclass
+class Check:
+    """What `mmf zoo verify` found for one resource."""
+
+    key: str
+    file_name: str
+    ok: bool
+    detail: str
+    problems: list[str] = field(default_factory=list)  # damaged / missing files, bad archive: repair mends these
+    extra: list[str] = field(default_factory=list)  # files nobody installed: reported, never deleted
+
+
+def verify_installed(zoo: Zoo, keys: list[str], data_dir: Path, limit: int = 20) -> list[Check]:
+    """Re-hash every installed file (xxh3-128) and kept archive (sha256) against the install records."""
     out = []
     for target in plan(zoo, keys):
         for res in target.entry.resources:
-            folder = target.folder(data_dir, res)
-            rec = layout.read_record(folder, res)
-            if not rec:
-                built = any(layout.is_built(f, target.entry.version) for f in target.marker_folders(data_dir))
-                out.append((target.entry.key, res.file_name, False,
-                            "built by MMF, no file list to check" if built else "not installed"))
-                continue
-            problems = []
-            archive = folder / res.file_name
-            if archive.exists():
-                digest = sha256_file(archive)
-                if res.hashcode and digest != res.hashcode:
-                    problems.append(f"archive sha256 {digest[:12]}… != manifest {res.hashcode[:12]}…")
-            elif rec.get("archive_kept"):
-                problems.append("archive missing")
-            for rel, size in rec.get("files") or []:
-                p = folder / rel
-                if not p.is_file():
-                    problems.append(f"missing {rel}")
-                elif p.stat().st_size != size:
-                    problems.append(f"{rel} is {p.stat().st_size} bytes, extracted {size}")
-                if len(problems) > 5:
-                    break
-            out.append((target.entry.key, res.file_name, not problems, "; ".join(problems) or
-                        f"ok ({len(rec.get('files') or [])} files{', archive re-hashed' if archive.exists() else ''})"))
+            out.append(_check_one(target, res, data_dir, limit))
     return out
+
+
+def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int) -> Check:
+    folder = target.folder(data_dir, res)
+    rec = layout.read_record(folder, res)
+    key = target.entry.key
+    if not rec:
+        built = layout.is_built(target.marker_folder(data_dir, res), target.entry.version)
+        why = "built by MMF, no file list to check" if built else "not installed"
+        return Check(key, res.file_name, False, why, [why])
+    problems = []
+    archive = folder / res.file_name
+    if rec.get("extracted") and archive.exists():
+        digest = sha256_file(archive)
+        if res.hashcode and digest != res.hashcode:
+            problems.append(f"kept archive: sha256 {digest[:12]}… != manifest {res.hashcode[:12]}…")
+    elif rec.get("extracted") and rec.get("archive_kept"):
+        problems.append("kept archive missing")
+    if rec.get("version") != target.entry.version:
+        problems.append(f"installed version {rec.get('version')!r}, manifest has {target.entry.version!r}")
+    if not records.has_hashes(rec):
+        problems.append("record has no content hashes (written by an older version)")
+    problems += [f"{d.rel}: {d.problem}" for d in records.check_record(folder, rec, full=True, limit=limit)]
+    siblings = [r for r in (_read_json(p) for p in layout.state_dir(folder).glob("*.installed.json")) if r]
+    extra = records.extra_files(folder, siblings) if rec.get("extracted") else []
+    n = len(rec.get("files") or [])
+    detail = "; ".join(problems[:6] + [f"extra file {e}" for e in extra[:4]]) or \
+        f"ok ({n} files re-hashed{', archive re-hashed' if archive.exists() and rec.get('extracted') else ''})"
+    return Check(key, res.file_name, not problems and not extra, detail, problems, extra)
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def repair(zoo: Zoo, keys: list[str], opts: FetchOptions) -> tuple[list[Check], list[ResourceReport]]:
+    """Re-install just the resources whose files are damaged or missing: from the kept archive when it verifies,
+    else from the mirrors. Other resources are not touched. Returns (checks before, install reports)."""
+    before = verify_installed(zoo, keys, opts.data_dir)
+    redo = {(c.key, c.file_name) for c in before if c.problems}
+    reports = fetch(zoo, keys, opts, redo=redo) if redo else []
+    return before, [r for r in reports if (r.key, r.file_name) in redo]

@@ -13,23 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from zoo.journal import atomic_write_text
+from zoo.datadir import default_data_dir  # noqa: F401 - the one definition, re-exported
+from zoo.errors import ManifestError
+from zoo.fsutil import atomic_write_text, is_inside
 from zoo.manifest import Entry, Resource
 
 MARKER = ".built.json"
 STATE_DIR = ".mmfzoo"
-
-
-def default_data_dir(env: dict | None = None) -> Path:
-    """MMF's default: $MMF_DATA_DIR, else <cache_dir>/data with cache_dir = $MMF_CACHE_DIR or $TORCH_HOME/mmf."""
-    env = os.environ if env is None else env
-    if env.get("MMF_DATA_DIR"):
-        return Path(env["MMF_DATA_DIR"]).expanduser()
-    cache = env.get("MMF_CACHE_DIR")
-    if not cache:
-        torch_home = env.get("TORCH_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "torch")
-        cache = os.path.join(torch_home, "mmf")
-    return Path(cache).expanduser() / "data"
 
 
 @dataclass(frozen=True)
@@ -40,14 +30,14 @@ class Target:
     name: str  # folder name under models/, or "<name>/<variation>" under datasets/
 
     def root(self, data_dir: Path) -> Path:
-        return data_dir / self.entry.kind / self.name
+        return _inside(data_dir, Path(data_dir) / self.entry.kind / self.name)
 
     def folder(self, data_dir: Path, res: Resource) -> Path:
         """Where the archive lands and is extracted (MMF's download_path for its category)."""
         base = self.root(data_dir)
         if res.category and res.category != "extras":
             base = base / res.category
-        return base / res.dest_folder if res.dest_folder else base
+        return _inside(data_dir, base / res.dest_folder if res.dest_folder else base)
 
     def marker_folder(self, data_dir: Path, res: Resource) -> Path:
         """MMF writes one marker per category folder (extras and flat lists: the entry's own folder)."""
@@ -57,6 +47,14 @@ class Target:
     def marker_folders(self, data_dir: Path) -> list[Path]:
         folders = list(dict.fromkeys(self.marker_folder(data_dir, r) for r in self.entry.resources))
         return folders or [self.root(data_dir)]
+
+
+def _inside(data_dir: Path, path: Path) -> Path:
+    """Second line of defence behind manifest validation: nothing a manifest names may leave the data dir."""
+    if not is_inside(path, data_dir) or os.path.normpath(path) == os.path.normpath(data_dir):
+        raise ManifestError(f"refusing to install into {path}: it is not inside the data dir {data_dir} "
+                            "(a manifest key or folder is not a plain name)")
+    return path
 
 
 def target_for(zoo, key: str) -> Target:

@@ -49,8 +49,9 @@ def _pid_gone(info: dict) -> bool:
 
 @contextmanager
 def resource_lock(path: Path, what: str, timeout: float | None = None, say=None):
-    """Hold the lock at `path` for the block; waiters print who holds it every 30 s."""
-    say = say or (lambda msg: log.warning(msg))
+    """Hold the lock at `path` for the block; waiters say who holds it every 30 s (an info message: --quiet
+    silences it; a lock timeout is still an error)."""
+    say = say or (lambda msg: log.info(msg))
     path.parent.mkdir(parents=True, exist_ok=True)
     info_path = path.with_name(path.name + ".holder")
     soft = os.environ.get("MMF_ZOO_SOFT_LOCK", "") not in ("", "0")

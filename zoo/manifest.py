@@ -2,7 +2,13 @@
 
 A manifest is MMF's `datasets.yaml` / `models.yaml` as-is, plus optional fields MMF-format readers can ignore:
 `size` and `extracted_size` (bytes), `chunk_hashes` ({chunk_size, xxh3_128: [...]} or {chunk_size, url}) and
-`mirrors` (extra full URLs). Everything is validated at load time, all problems at once.
+`mirrors` (extra full URLs). Validation is per entry: a malformed entry is kept with the reason (`Entry.invalid`),
+listed by `mmf zoo list` / `info` and refused only when fetched, so one bad entry (MMF 1.0.0rc10's models.yaml has
+a 63-digit hashcode) does not take the whole file down. Only a file that is not YAML, or not a mapping, fails whole.
+
+Every key (entry, variation, category) becomes a folder name, so each must be a single path component: no
+separator, no `..`, nothing absolute. URLs must be http(s):// or mmf://; local folders come only from the user
+(`--mirror`, `--from`), never from a manifest.
 """
 from __future__ import annotations
 
@@ -11,9 +17,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
-import yaml
-
+from zoo import safeyaml
 from zoo.errors import ManifestError, UnknownKeyError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "zoo"
@@ -21,6 +27,7 @@ RESOURCE_FIELDS = {"url", "file_name", "hashcode", "compressed", "dest_folder", 
 EXTENSION_FIELDS = {"size", "extracted_size", "chunk_hashes", "mirrors"}
 _HEX64 = re.compile(r"^[A-Fa-f0-9]{64}$")
 _ALIAS = re.compile(r"^\$\{([^}]+)\}$")
+URL_SCHEMES = ("mmf://", "http://", "https://")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,12 @@ class Entry:
     zoo_requirements: tuple[str, ...] = ()
     conflict: str | None = None  # why this entry cannot be fetched (e.g. textvqa.caffe2)
     source: str = ""  # manifest file
+    invalid: str | None = None  # what is malformed in this entry (it is listed, and refused when fetched)
+    version_text: str = ""  # the version as written in the manifest, for people
+
+    @property
+    def version_str(self) -> str:
+        return self.version_text or str(self.version)
 
 
 @dataclass
@@ -125,53 +138,93 @@ def merge(into: Zoo, other: Zoo) -> None:
 
 
 def parse_manifest(path: Path, kind: str) -> Zoo:
-    """Parse one manifest file; raise one ManifestError listing every problem found."""
+    """Parse one manifest file. A file that is not YAML (or not a mapping) raises ManifestError; a malformed entry
+    becomes an Entry whose `invalid` says why."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise ManifestError(f"manifest {path} not found (check --zoo / MMF_DATASET_ZOO / MMF_MODEL_ZOO)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest {path} cannot be read ({exc}); check the file") from None
     try:
-        tree = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ManifestError(f"manifest {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        tree = safeyaml.load(text)
+    except safeyaml.YamlError as exc:
+        raise ManifestError(f"manifest {path}: {exc}") from None
+    tree = tree if tree is not None else {}
     if not isinstance(tree, dict):
         raise ManifestError(f"manifest {path}: top level must be a mapping of keys, got {type(tree).__name__}")
-    problems: list[str] = []
     zoo = Zoo()
-    _walk(tree, (), tree, kind, str(path), zoo, problems)
-    _check_duplicate_targets(zoo, problems)
+    _walk(tree, (), tree, kind, str(path), zoo)
+    _check_duplicate_targets(zoo)
     _mark_conflicts(zoo)
-    if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise ManifestError(f"manifest {path}: {shown}")
     return zoo
 
 
-def _walk(node, path: tuple[str, ...], root, kind, source, zoo: Zoo, problems: list[str]) -> None:
+def bad_component(part) -> str | None:
+    """Why `part` cannot be one folder name (None when it can)."""
+    if not isinstance(part, str) or not part.strip():
+        return "is empty"
+    if part in (".", ".."):
+        return f"is {part!r}"
+    if "/" in part or "\\" in part:
+        return "contains a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in part):
+        return "contains a control character"
+    return None
+
+
+def bad_url(url) -> str | None:
+    """Why a manifest may not use `url`: only http(s):// and mmf:// (local folders come from the user), no `..`."""
+    if not isinstance(url, str) or not url.lower().startswith(URL_SCHEMES):
+        return ("is not http(s):// or mmf://; a manifest cannot point at local files "
+                "(use --mirror FOLDER or --from PATH for those)")
+    path = unquote(url.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0])
+    if any(p == ".." for p in path.replace("\\", "/").split("/")):
+        return "has a '..' component (it would leave a mirror's folder)"
+    return None
+
+
+def _invalid(zoo: Zoo, key: str, kind: str, source: str, why: str) -> None:
+    zoo.entries[key] = Entry(key, kind, "", (), (), None, source, why)
+
+
+def _walk(node, path: tuple[str, ...], root, kind, source, zoo: Zoo) -> None:
     key = ".".join(path)
+    if path:
+        why = bad_component(path[-1])
+        if why:
+            _invalid(zoo, key, kind, source, f"'{key}': key {path[-1]!r} {why}; every key must be a plain folder name")
+            return
     if isinstance(node, str) and _ALIAS.match(node.strip()):
+        problems: list[str] = []
         target = _follow_alias(node.strip(), root, key, problems)
         if target is not None:
             zoo.aliases[key] = target
+        else:
+            _invalid(zoo, key, kind, source, "; ".join(problems))
         return
     if not isinstance(node, dict):
-        problems.append(f"'{key}' must be a mapping, got {type(node).__name__} {node!r:.40}")
+        _invalid(zoo, key, kind, source, f"'{key}' must be a mapping, got {type(node).__name__} {node!r:.40}")
         return
     has_v, has_r = "version" in node, "resources" in node
     if has_v or has_r:
+        problems = []
         if not has_v:
             problems.append(f"'{key}' has resources but no version")
         elif not has_r:
             problems.append(f"'{key}' has a version but no resources")
-        else:
-            entry = _entry(node, key, kind, source, problems)
-            if entry:
-                zoo.entries[key] = entry
+        entry = _entry(node, key, kind, source, problems) if has_v and has_r else None
+        if problems:
+            entry = Entry(**{**(entry.__dict__ if entry else _invalid_fields(key, kind, source)),
+                             "invalid": "; ".join(problems[:6])})
+        zoo.entries[key] = entry
         return
     for child, value in node.items():
-        _walk(value, path + (str(child),), root, kind, source, zoo, problems)
+        _walk(value, path + (str(child) if not isinstance(child, str) else child,), root, kind, source, zoo)
+
+
+def _invalid_fields(key: str, kind: str, source: str) -> dict:
+    return Entry(key, kind, "", (), (), None, source).__dict__
 
 
 def _follow_alias(ref: str, root, key: str, problems: list[str]) -> str | None:
@@ -207,6 +260,10 @@ def _entry(node: dict, key: str, kind: str, source: str, problems: list[str]) ->
         items = [(None, r) for r in raw]
     elif isinstance(raw, dict):
         for cat, lst in raw.items():
+            why = bad_component(cat if isinstance(cat, str) else str(cat))
+            if why:
+                problems.append(f"category {cat!r} {why}; a category is a folder name like features or extras")
+                continue
             if not isinstance(lst, list):
                 problems.append(f"'{key}.resources.{cat}' must be a list of resources")
                 continue
@@ -223,10 +280,19 @@ def _entry(node: dict, key: str, kind: str, source: str, problems: list[str]) ->
     reqs = node.get("zoo_requirements") or ()
     if isinstance(reqs, str):
         reqs = (reqs,)
+    if not isinstance(reqs, (list, tuple)):
+        problems.append(f"'{key}.zoo_requirements' must be a key or a list of keys")
+        reqs = ()
+    for req in reqs:
+        bad = [p for p in str(req).split(".") if bad_component(p)]
+        if not isinstance(req, str) or bad:
+            problems.append(f"zoo_requirements entry {req!r} is not a zoo key (dot-separated plain names)")
+    reqs = tuple(r for r in reqs if isinstance(r, str) and not any(bad_component(p) for p in r.split(".")))
     version = node["version"]
     if not isinstance(version, (str, int, float)) or isinstance(version, bool):
         problems.append(f"'{key}.version' must be a string, got {version!r}")
-    return Entry(key, kind, version, tuple(resources), tuple(str(r) for r in reqs), None, source)
+    text = getattr(version, "text", "") or str(version)
+    return Entry(key, kind, version, tuple(resources), reqs, None, source, version_text=text)
 
 
 def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
@@ -243,11 +309,19 @@ def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
     if problems and (not r.get("url") or not r.get("file_name")):
         return None
     fname = r["file_name"]
-    if "/" in fname or "\\" in fname or fname in (".", ".."):
+    if bad_component(fname) or fname in (".built.json", ".mmfzoo"):
         problems.append(f"'{where}.file_name' must be a plain file name, got {fname!r}")
     dest = r.get("dest_folder")
-    if dest is not None and (Path(str(dest)).is_absolute() or ".." in Path(str(dest)).parts):
-        problems.append(f"'{where}.dest_folder' must be a relative folder without '..', got {dest!r}")
+    if dest is not None and (not isinstance(dest, str) or str(dest).startswith(("/", "~"))
+                             or any(bad_component(p) or p == ".mmfzoo" for p in str(dest).split("/"))):
+        problems.append(f"'{where}.dest_folder' must be a relative folder of plain names (no '..'), got {dest!r}")
+    mirrors = r.get("mirrors") or ()
+    if isinstance(mirrors, str):
+        mirrors = (mirrors,)
+    for url in (r["url"], *mirrors):
+        why = bad_url(url)
+        if why:
+            problems.append(f"'{where}' URL {str(url)!r:.60} {why}")
     h = r.get("hashcode")
     if h is not None and not (isinstance(h, str) and _HEX64.match(h)):
         problems.append(f"'{where}.hashcode' must be a sha256 of 64 hex digits, got {str(h)!r:.70}")
@@ -260,9 +334,8 @@ def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
         ok = ok and (isinstance(ch.get("xxh3_128"), list) or isinstance(ch.get("url"), str))
         if not ok:
             problems.append(f"'{where}.chunk_hashes' needs chunk_size and xxh3_128 (a list) or url (a sidecar)")
-    mirrors = r.get("mirrors") or ()
-    if isinstance(mirrors, str):
-        mirrors = (mirrors,)
+        elif isinstance(ch.get("url"), str) and not ch["url"].lower().startswith(("http://", "https://")):
+            problems.append(f"'{where}.chunk_hashes.url' must be http(s)://")
     return Resource(
         url=r["url"], file_name=fname, category=cat, hashcode=h.lower() if isinstance(h, str) else None,
         compressed=bool(r.get("compressed", True)), dest_folder=dest, delete_original=bool(r.get("delete_original", False)),
@@ -270,14 +343,15 @@ def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
     )
 
 
-def _check_duplicate_targets(zoo: Zoo, problems: list[str]) -> None:
+def _check_duplicate_targets(zoo: Zoo) -> None:
     """Two resources of one version writing the same archive path would overwrite each other."""
-    for entry in zoo.entries.values():
+    for key, entry in list(zoo.entries.items()):
         seen: dict[tuple, str] = {}
         for res in entry.resources:
             target = (res.category if res.category != "extras" else None, res.dest_folder, res.file_name)
-            if target in seen:
-                problems.append(f"'{entry.key}': two resources write the same file {res.file_name!r} ({seen[target]} and {res.url})")
+            if target in seen and not entry.invalid:
+                why = f"'{key}': two resources write the same file {res.file_name!r} ({seen[target]} and {res.url})"
+                zoo.entries[key] = Entry(**{**entry.__dict__, "invalid": why})
             seen[target] = res.url
 
 

@@ -7,13 +7,13 @@ download: journal, sha256, streaming extraction. A pack is an uncompressed tar w
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from pathlib import Path
 from urllib.parse import quote
 
 from zoo.errors import ManifestError, OfflineError
+from zoo.fsutil import sha256_file  # noqa: F401 - one definition, imported by callers of zoo.sources
 from zoo.manifest import Resource
 
 PACK_INDEX = "mmfzoo-pack.json"
@@ -24,23 +24,6 @@ def file_url(path: Path, start: int | None = None, length: int | None = None) ->
     if start is not None:
         url += f"#bytes={start}-{start + length - 1}"
     return url
-
-
-def sha256_file(path: Path, start: int = 0, length: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = length
-        while True:
-            block = f.read(8 << 20 if left is None else min(8 << 20, left))
-            if not block:
-                break
-            h.update(block)
-            if left is not None:
-                left -= len(block)
-                if left <= 0:
-                    break
-    return h.hexdigest()
 
 
 def is_pack(path: Path) -> bool:

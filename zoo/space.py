@@ -3,29 +3,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 from zoo import http, layout
 from zoo.errors import DiskError
+from zoo.fsutil import existing_ancestor, human
 from zoo.journal import Journal
 from zoo.mirrors import Mirror
 
 log = logging.getLogger("zoo")
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def existing_ancestor(path: Path) -> Path:
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def discover_size(urls: list[str], opts) -> int | None:

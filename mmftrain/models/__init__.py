@@ -1,7 +1,6 @@
 """Model builders. One explicit table maps MMF model names to builders (no registry)."""
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from pathlib import Path
@@ -44,30 +43,20 @@ def build_m4c(answer_vocab_size: int = 5000, **overrides):
     return M4C(_merge(default_m4c_config(), overrides), answer_vocab_size)
 
 
-def _trusted(folder: Path, trust_pickle: bool) -> bool:
-    if trust_pickle:
-        return True
-    for d in (folder, *folder.parents):
-        marker = d / ".built.json"
-        if marker.is_file():
-            try:
-                return "version" in json.loads(marker.read_text())
-            except (OSError, ValueError):
-                return False
-    return False
-
-
 def load_fc7_weights(model, folder: Path, trust_pickle: bool = False) -> None:
     """Copy detectron's `fc7_w.pkl`/`fc7_b.pkl` (pickled numpy arrays) into both fc7 layers.
 
-    Pickles are only read from a zoo-verified install (a `.built.json` marker) or with `trust_pickle`.
+    Pickles are only read from a zoo-verified install (`zoo.trust`) or with `trust_pickle`.
     """
     import numpy as np
     import torch
 
     w_file, b_file = folder / "fc7_w.pkl", folder / "fc7_b.pkl"
-    if not _trusted(folder, trust_pickle):
-        raise CheckpointError(f"refusing to unpickle {w_file}: no zoo .built.json marker above it; fetch it with "
+    from zoo.trust import untrusted_reason
+
+    reason = None if trust_pickle else untrusted_reason(w_file) or untrusted_reason(b_file)
+    if reason:
+        raise CheckpointError(f"refusing to unpickle {w_file}: {reason}; fetch it with "
                               f"`mmf zoo fetch detectron.vmb_weights` or set training.trust_pickle=true")
     try:
         with open(w_file, "rb") as f:

@@ -18,17 +18,16 @@ import time
 import zipfile
 import zlib
 
-from zoo.decoders import (CHUNK, SINGLE_FORMATS, TAR_FORMATS, SourceError, can_decode, describe, is_tar_block,
+from zoo.archive.decoders import (CHUNK, SINGLE_FORMATS, TAR_FORMATS, SourceError, can_decode, describe, is_tar_block,
                           open_decoder, sniff, zstandard_module, zstd_missing)
-from zoo.errors import CorruptArchiveError, UnsafeArchiveError, ZooError
-from zoo.safetree import LIMIT_ENV, SafeTree, human, safe_relpath
-from zoo.streamextract import StreamExtractor, extract_tar
+from zoo.archive.limits import extract_limit
+from zoo.archive.safetree import SafeTree, safe_relpath
+from zoo.archive.stream import StreamExtractor, extract_tar
+from zoo.errors import CorruptArchiveError, UnsafeArchiveError
+from zoo.fsutil import human
 
-__all__ = ["detect_format", "extract_archive", "StreamExtractor", "default_limit"]
+__all__ = ["detect_format", "extract_archive", "StreamExtractor"]
 
-RATIO = 20             # default cap: 20x the archive size ...
-DECLARED_SLACK = 1.5   # ... or 1.5x a declared extracted size ...
-FLOOR = 64 << 20       # ... never below 64 MiB (tiny archives of padding-heavy files are fine)
 _PEEK_MAX = 8 << 20    # compressed bytes read to find the first 512 plain bytes (bzip2 blocks are ~900 kB)
 
 
@@ -82,33 +81,13 @@ def _peek(path, kind: str) -> bytes:
             decoder.close()
 
 
-def default_limit(archive_size: int, declared_size: int | None = None, max_bytes: int | None = None):
-    """(limit in bytes, where it comes from) for extracting an archive of `archive_size` bytes.
-
-    Order: max_bytes, then the MMF_ZOO_MAX_EXTRACT_BYTES environment variable, then 1.5x `declared_size`
-    (the manifest's extracted size), else 20x the archive size; never below 64 MiB unless max_bytes is given.
-    """
-    if max_bytes is not None:
-        return int(max_bytes), "max_bytes"
-    env = os.environ.get(LIMIT_ENV)
-    if env:
-        try:
-            return int(env), LIMIT_ENV
-        except ValueError:
-            raise ZooError(f"{LIMIT_ENV}={env!r} is not a byte count; set it to an integer or unset it") from None
-    if declared_size:
-        desc = f"{DECLARED_SLACK}x the declared size {human(declared_size)}"
-        return max(int(declared_size * DECLARED_SLACK), FLOOR), desc
-    return max(RATIO * archive_size, FLOOR), f"{RATIO}x the archive size {human(archive_size)}"
-
-
 def extract_archive(archive, dest, *, declared_size: int | None = None, max_bytes: int | None = None,
                     progress=None, external: bool | None = None) -> list[tuple[str, int]]:
     """Extract `archive` into `dest` (a fresh private folder) and return [(relative posix path, size)].
 
     The list holds every regular file written (hard links included), in archive order; the caller records
     it to verify the tree later. `progress(n)` is called with each number of bytes written. `max_bytes`
-    caps the extracted size (see `default_limit`). `external`: None = the fastest decoder measured here
+    caps the extracted size (see `zoo.archive.limits`). `external`: None = the fastest decoder measured here
 (zlib/lzma in-process; lbzip2, or zstd without the zstandard package); True = pigz/xz/zstd tools.
 
     Raises CorruptArchiveError (not an archive, truncated, corrupt), UnsafeArchiveError (a member that
@@ -122,7 +101,7 @@ def extract_archive(archive, dest, *, declared_size: int | None = None, max_byte
             head = f.read(4096)
         raise CorruptArchiveError(
             f"{archive} is not an archive: {describe(head)}; delete it and download it again")
-    limit, desc = default_limit(os.path.getsize(archive), declared_size, max_bytes)
+    limit, desc = extract_limit(os.path.getsize(archive), declared_size, max_bytes)
     tree = SafeTree(dest, label, limit, desc, progress)
     f = open(archive, "rb")
     if fmt == "zip":

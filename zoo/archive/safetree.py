@@ -10,7 +10,10 @@ place and hold on every Python version (we do not rely on 3.12's `tarfile` filte
 - every write goes through a parent whose real path is inside the folder, into a file opened with
   O_NOFOLLOW | O_EXCL, so a link planted by the archive is never written through;
 - modes lose setuid/setgid/sticky and group/other write; nothing is chowned, so files belong to the user;
-- the total of extracted bytes is capped (decompression bombs).
+- the total of extracted bytes is capped (decompression bombs);
+- nothing may be named like the zoo's own records (`.built.json`, `.mmfzoo/`): an archive must not mark data
+  as installed or forge an install record;
+- every file's xxh3-128 is computed as it is written, for the install record (content-level verify and trust).
 """
 from __future__ import annotations
 
@@ -18,22 +21,17 @@ import errno
 import os
 import stat
 
+import xxhash
+
+from zoo.archive.limits import override_hint
 from zoo.errors import CorruptArchiveError, DiskError, UnsafeArchiveError
+from zoo.fsutil import human
 
 COPY_CHUNK = 1 << 20  # 1 MiB copies: few syscalls, small enough to keep memory flat
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-LIMIT_ENV = "MMF_ZOO_MAX_EXTRACT_BYTES"
-
-
-def human(n: float) -> str:
-    """Format a byte count as '1.5 GiB' for messages."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # unreachable; keeps type checkers quiet
+RESERVED = {".built.json", ".mmfzoo"}  # MMF's marker and our state folder (zoo.layout.MARKER / STATE_DIR)
 
 
 def _bad_chars(text: str) -> bool:
@@ -54,6 +52,10 @@ def safe_relpath(name: str, label: str) -> str | None:
             f"{label}: member {name!r} has an absolute path; refusing to extract it "
             "(a safe archive only holds relative paths)")
     parts = [p for p in name.split("/") if p not in ("", ".")]
+    if any(p in RESERVED for p in parts):
+        raise UnsafeArchiveError(
+            f"{label}: member {name!r} is named like the zoo's own records ({', '.join(sorted(RESERVED))}); "
+            "refusing to extract it (an archive must not mark data as installed)")
     # a backslash is a literal character on POSIX, but '..\\x' must not sneak past on other tools either
     if any(p == ".." or ".." in p.split("\\") for p in parts):
         raise UnsafeArchiveError(
@@ -81,12 +83,14 @@ class SafeTree:
         self.precheck = precheck
         self.written = 0
         self.files: dict[str, int] = {}  # insertion order = archive order
+        self.hashes: dict[str, str] = {}  # rel -> xxh3-128 of the content written
+        self._hashers: dict[int, object] = {}  # open fd -> running xxh3
         self._links: list[str] = []
         self._dirs: set[str] = {self.dest}  # folders known to exist and to resolve inside dest
 
     # ----------------------------------------------------------------------------------------- budget
     def _over(self, total: int, member: str):
-        override = f"pass a larger max_bytes or set {LIMIT_ENV}=<bytes>"
+        override = override_hint()
         return UnsafeArchiveError(
             f"{self.label}: extracting {member!r} would bring the extracted size to {human(total)}, over the "
             f"limit of {human(self.limit)} ({self.limit_desc}); this looks like a decompression bomb. If the "
@@ -103,6 +107,9 @@ class SafeTree:
         if self.limit is not None and self.written + n > self.limit:
             raise self._over(self.written + n, member)
         view = memoryview(data)
+        hasher = self._hashers.get(fd)
+        if hasher is not None:
+            hasher.update(view)
         try:
             while view:
                 done = os.write(fd, view)
@@ -163,6 +170,7 @@ class SafeTree:
                 "inconsistent, download it again or report it")
         os.unlink(path)
         self.files.pop(rel, None)
+        self.hashes.pop(rel, None)
 
     # -------------------------------------------------------------------------------------- writers
     def make_dir(self, rel: str, mode: int, member: str) -> None:
@@ -187,15 +195,17 @@ class SafeTree:
         """Open a new file for member `rel`, replacing an earlier member of the same name."""
         path = self._parent(rel, member)
         try:
-            return os.open(path, _OPEN_FLAGS, 0o600)
+            fd = os.open(path, _OPEN_FLAGS, 0o600)
         except FileExistsError:
             self._clear(path, rel, member)
+            try:
+                fd = os.open(path, _OPEN_FLAGS, 0o600)
+            except OSError as exc:
+                raise self.disk_error(exc, member) from exc
         except OSError as exc:
             raise self.disk_error(exc, member) from exc
-        try:
-            return os.open(path, _OPEN_FLAGS, 0o600)
-        except OSError as exc:
-            raise self.disk_error(exc, member) from exc
+        self._hashers[fd] = xxhash.xxh3_128()
+        return fd
 
     def finish_file(self, fd: int, rel: str, size: int, mode: int, mtime, member: str) -> None:
         """Set a safe mode and the member's mtime, close, and record (rel, size)."""
@@ -210,14 +220,16 @@ class SafeTree:
             raise self.disk_error(exc, member) from exc
         finally:
             os.close(fd)
+            hasher = self._hashers.pop(fd, None)
         self.files[rel] = size
+        self.hashes[rel] = hasher.hexdigest() if hasher is not None else None
 
     def symlink(self, rel: str, target: str, member: str) -> None:
         """Create a symlink that must resolve inside the destination."""
         bad = UnsafeArchiveError(
             f"{self.label}: symlink {member!r} -> {target!r} points outside the destination; "
             "refusing to extract it")
-        if not target or _bad_chars(target) or target.startswith("/"):
+        if not target or _bad_chars(target) or target.startswith("/") or RESERVED & set(target.split("/")):
             raise bad
         lexical = os.path.normpath(os.path.join(os.path.dirname(rel), target))
         if lexical == ".." or lexical.startswith("../"):
@@ -255,6 +267,7 @@ class SafeTree:
         except OSError as exc:
             raise self.disk_error(exc, member) from exc
         self.files[rel] = st.st_size
+        self.hashes[rel] = self.hashes.get(os.path.relpath(source, self.dest).replace(os.sep, "/"))
 
     def verify_links(self) -> None:
         """Check again, once everything is out, that no symlink resolves outside the destination."""
@@ -274,6 +287,6 @@ class SafeTree:
                 pass  # already replaced by a later member, or gone with its folder
         self._links.clear()
 
-    def file_list(self) -> list[tuple[str, int]]:
-        """(relative posix path, size) of every regular file written, in archive order."""
-        return list(self.files.items())
+    def file_list(self) -> list[tuple[str, int, str]]:
+        """(relative posix path, size, xxh3-128) of every regular file written, in archive order."""
+        return [(rel, size, self.hashes.get(rel)) for rel, size in self.files.items()]

@@ -11,10 +11,12 @@ import os
 import tarfile
 import threading
 
-from zoo.decoders import (CHUNK, TAR_FORMATS, ByteQueue, ProcessDecoder, SourceError, Stopped, can_decode,
+from zoo.archive.decoders import (CHUNK, TAR_FORMATS, ByteQueue, ProcessDecoder, SourceError, Stopped, can_decode,
                           check_head, open_decoder, zstd_missing)
+from zoo.archive.limits import FLOOR, RATIO, extract_limit
+from zoo.archive.safetree import SafeTree, safe_relpath
 from zoo.errors import CorruptArchiveError, UnsafeArchiveError
-from zoo.safetree import SafeTree, human, safe_relpath
+from zoo.fsutil import human
 
 _TRAILER_MAX = 64 << 20  # bytes tolerated after the end-of-archive marker (GNU tar pads to 10 KiB)
 _HEADER_MAX = 16 << 20   # pax / GNU long-name headers are read whole by tarfile: refuse absurd sizes
@@ -172,13 +174,13 @@ class StreamExtractor:
     a fresh `dest`. `feed` blocks while extraction is behind, so memory stays bounded (about 20 MB) whatever
     the archive size. `close` raises the errors of `extract_archive`; `feed` raises them early when it can.
 
-    max_bytes: cap on extracted bytes; by default 20x the bytes fed so far plus 64 MiB.
+    max_bytes / archive_size / declared_size: the cap on extracted bytes, by the policy of `zoo.archive.limits`
+    (with none of them known, and MMF_ZOO_MAX_EXTRACT_BYTES unset, it grows with the bytes fed).
     name: what messages call the archive. external: as for `extract_archive` (True = pigz/xz/zstd tools).
     """
 
-    RATIO, FLOOR = 20, 64 << 20
-
-    def __init__(self, dest, fmt: str, *, max_bytes: int | None = None, name: str | None = None,
+    def __init__(self, dest, fmt: str, *, max_bytes: int | None = None, archive_size: int | None = None,
+                 declared_size: int | None = None, name: str | None = None,
                  external: bool | None = None):
         if fmt not in TAR_FORMATS:
             raise ValueError(f"StreamExtractor cannot stream {fmt!r} archives; use extract_archive() on the "
@@ -187,11 +189,10 @@ class StreamExtractor:
         if not can_decode(TAR_FORMATS[fmt], external):
             raise zstd_missing(label)
         self._fmt, self._external = fmt, external
-        self._dynamic = max_bytes is None
+        limit, desc = extract_limit(archive_size, declared_size, max_bytes)
+        self._dynamic = limit is None
         if self._dynamic:
-            limit, desc = self.FLOOR, f"{self.RATIO}x the bytes received plus 64 MiB"
-        else:
-            limit, desc = max_bytes, "max_bytes"
+            limit = FLOOR
         # a growing limit cannot judge a member by its declared size before its bytes arrive
         self._tree = SafeTree(dest, label, limit, desc, precheck=not self._dynamic)
         self._head: bytearray | None = bytearray()
@@ -221,7 +222,7 @@ class StreamExtractor:
         self._raise_error()
         self._fed += len(data)
         if self._dynamic:
-            self._tree.limit = self.RATIO * self._fed + self.FLOOR
+            self._tree.limit = RATIO * self._fed + FLOOR
         if self._head is not None:
             self._head += data
             if len(self._head) < _HEAD:

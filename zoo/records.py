@@ -1,0 +1,127 @@
+"""Install records: what one resource put on disk, file by file, with sizes and content hashes.
+
+`<folder>/.mmfzoo/<file_name>.installed.json` holds, besides the archive's sha256, one row per extracted file:
+`[relative path, size, xxh3-128, [inode, mtime_ns, ctime_ns]]`. The hash is computed while the file is written;
+the stat stamp is taken after publishing, so a later check can skip re-hashing a file the filesystem says nobody
+touched (any write changes mtime/ctime). `mmf zoo verify` always re-hashes; `fetch` and the pickle trust check use
+the stamp first and hash only on a mismatch. `verified` is true only when the archive's sha256 matched the
+manifest's hashcode: a resource without one is installed, not verified.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoo.fsutil import atomic_write_text, xxh3_file
+
+RECORD_FORMAT = 2
+# LMDB rewrites its lock file when opened with locking; it holds no data, so its content is not compared
+VOLATILE = {"lock.mdb"}
+
+
+def stamp(path) -> list[int]:
+    st = os.lstat(path)
+    return [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def file_rows(folder: Path, files) -> list[list]:
+    """Rows for freshly published files: (rel, size, xxh3) from the extractor plus each file's stamp now."""
+    rows = []
+    for rel, size, digest in files:
+        path = folder / rel
+        if digest is None:  # a hard link whose source was replaced later in the archive: hash what is there
+            digest = xxh3_file(path)
+        rows.append([rel, size, digest, stamp(path)])
+    return rows
+
+
+def has_hashes(rec: dict) -> bool:
+    return rec.get("format") == RECORD_FORMAT and all(len(row) >= 3 and row[2] for row in rec.get("files") or [])
+
+
+def check_file(folder: Path, row, full: bool) -> str | None:
+    """None when the file still holds what was installed; else what is wrong with it."""
+    rel, size = row[0], row[1]
+    path = folder / rel
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if not os.path.isfile(path) or os.path.islink(path):
+        return "not a regular file any more"
+    if st.st_size != size:
+        return f"{st.st_size} bytes, installed {size}"
+    if len(row) < 3 or not row[2] or os.path.basename(rel) in VOLATILE:
+        return None  # an old record without hashes: size is all we know
+    if not full and len(row) >= 4 and list(row[3]) == [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]:
+        return None
+    try:
+        return None if xxh3_file(path) == row[2] else "content differs from what was installed"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+
+
+@dataclass
+class Damage:
+    rel: str
+    problem: str
+
+
+def check_record(folder: Path, rec: dict, full: bool, limit: int | None = None) -> list[Damage]:
+    out = []
+    for row in rec.get("files") or []:
+        problem = check_file(folder, row, full)
+        if problem:
+            out.append(Damage(row[0], problem))
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def extra_files(folder: Path, records: list[dict]) -> list[str]:
+    """Files inside the folders these records installed that none of them lists (dropped in afterwards)."""
+    listed = {row[0] for rec in records for row in rec.get("files") or []}
+    tops = {t for rec in records if rec.get("extracted") for t in rec.get("top_level") or []}
+    extras = []
+    for top in sorted(tops):
+        base = folder / top
+        if not base.is_dir() or base.is_symlink():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if d != ".mmfzoo"]
+            for name in filenames:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    continue  # links the archive made; their targets are checked as files
+                rel = os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/")
+                if rel not in listed:
+                    extras.append(rel)
+    return sorted(extras)
+
+
+def write_local_record(folder, name: str, version, origin: str, skip=()) -> None:
+    """A record for files a local command generated (`mmf data synth`): nothing was downloaded, this machine
+    wrote every byte, so they count as verified. Lists every file under `folder` except the `skip` subfolders
+    (which carry their own record), hashed now."""
+    folder = Path(folder)
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel_dir = os.path.relpath(dirpath, folder)
+        dirnames[:] = sorted(d for d in dirnames if d != ".mmfzoo" and not (rel_dir == "." and d in skip))
+        for fn in sorted(filenames):
+            path = os.path.join(dirpath, fn)
+            if fn == ".built.json" or os.path.islink(path):
+                continue
+            rel = os.path.relpath(path, folder).replace(os.sep, "/")
+            files.append((rel, os.path.getsize(path), xxh3_file(path)))
+    record = {"format": RECORD_FORMAT, "key": origin, "version": version, "url": origin, "sha256": None,
+              "verified": True, "local": origin, "extracted": True,
+              "top_level": sorted({rel.split("/")[0] for rel, *_ in files}), "files": file_rows(folder, files),
+              "archive_kept": False, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    state = folder / ".mmfzoo"
+    state.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state / f"{name}.installed.json", json.dumps(record, indent=1))
