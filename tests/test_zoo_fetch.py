@@ -5,6 +5,7 @@ import json
 import os
 import tarfile
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,136 @@ def test_verify_detects_a_damaged_extracted_file(tmp_path):
     victim = data / "datasets/toyset/defaults/annotations/imdb_val.npy"
     victim.write_bytes(victim.read_bytes()[:100])
     v = run_mmf("zoo", "verify", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(data))
-    assert v.returncode == 2 and "imdb_val.npy" in v.stdout
+    assert v.returncode == 2 and "imdb_val.npy" in v.stdout and "mmf zoo verify --repair toyset" in v.stderr
+
+
+def _verify(zoo, data, *extra):
+    return run_mmf("zoo", "verify", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(data), *extra)
+
+
+def _stamps(root: Path) -> dict:
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_byte_flip_is_caught_by_verify_and_mended_by_repair_alone(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    assert fetch(zoo, data, mirror=str(zoo.mirror)).returncode == 0
+    victim = data / "datasets/toyset/defaults/features/open_images/detectron.lmdb/data.mdb"
+    st = victim.stat()
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, same mtime: only the content tells
+    victim.write_bytes(bytes(raw))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (data / "datasets/toyset/defaults/annotations/dropped.npy").write_bytes(b"not ours")
+    (data / "datasets/toyset/defaults/annotations/imdb_val.npy").unlink()
+    v = _verify(zoo, data)
+    assert v.returncode == 2
+    assert "BAD toyset.defaults: features.tar.gz: open_images/detectron.lmdb/data.mdb: content differs" in v.stdout
+    assert "imdb_val.npy: missing" in v.stdout and "extra file dropped.npy" in v.stdout
+    assert "ok  toyset.defaults: extras.tar.gz" in v.stdout
+    extras = data / "datasets/toyset/defaults/extras"
+    untouched = _stamps(extras)
+    rep = _verify(zoo, data, "--repair", "--offline")  # offline: the kept archives are enough
+    assert rep.returncode == 2 and "extra file dropped.npy" in rep.stdout, rep.stdout + rep.stderr  # still reported
+    assert "repaired toyset.defaults: features.tar.gz" in rep.stdout
+    assert "repaired toyset.defaults: annotations.tar.gz" in rep.stdout and "repaired toyset.defaults: extras" not in rep.stdout
+    assert_tree(data, zoo)
+    assert _stamps(extras) == untouched  # the healthy resource was not re-extracted
+    assert (data / "datasets/toyset/defaults/annotations/dropped.npy").exists()  # never deletes the user's files
+
+
+def test_repair_without_kept_archive_fetches_again_and_reports_extra_files(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    with FaultServer(zoo.mirror) as srv:
+        assert fetch(zoo, data, "--delete-archives", mirror=srv.url).returncode == 0
+        (data / "datasets/toyset/defaults/features/open_images/planted.lmdb").mkdir()
+        (data / "datasets/toyset/defaults/features/open_images/planted.lmdb/data.mdb").write_bytes(b"x")
+        v = _verify(zoo, data)
+        assert v.returncode == 2 and "extra file open_images/planted.lmdb/data.mdb" in v.stdout
+        victim = data / "datasets/toyset/defaults/annotations/imdb_train.npy"
+        victim.write_bytes(b"damaged")
+        srv.stats.reset()
+        rep = _verify(zoo, data, "--repair", "--mirror", srv.url)
+        assert "repaired toyset.defaults: annotations.tar.gz" in rep.stdout, rep.stdout + rep.stderr
+        sent = dict(srv.stats.bytes_sent)
+    assert set(sent) == {"datasets/toyset/defaults/annotations/annotations.tar.gz"}  # only the damaged resource
+    assert_tree(data, zoo)
+    assert rep.returncode == 2 and "extra file open_images/planted.lmdb/data.mdb" in rep.stdout  # reported, kept
+
+
+def test_fetch_mends_a_deleted_file_instead_of_saying_installed(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    assert fetch(zoo, data, mirror=str(zoo.mirror)).returncode == 0
+    (data / "datasets/toyset/defaults/annotations/imdb_val.npy").unlink()
+    r = fetch(zoo, data, "--json", "--offline")
+    assert r.returncode == 0, r.stderr
+    status = {x["file_name"]: x["status"] for x in json.loads(r.stdout)}
+    assert status["annotations.tar.gz"].startswith("installed") and status["extras.tar.gz"] == "already installed"
+    assert_tree(data, zoo)
+
+
+def test_archive_member_never_replaces_a_users_folder(tmp_path):
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    mine = data / "datasets/toyset/defaults/annotations/imdb_val.npy"
+    mine.mkdir(parents=True)  # the user's folder where the archive has a file
+    (mine / "notes.txt").write_text("mine")
+    r = fetch(zoo, data, mirror=str(zoo.mirror))
+    assert r.returncode == 2 and "would replace the existing folder" in r.stderr and "imdb_val.npy" in r.stderr
+    assert (mine / "notes.txt").read_text() == "mine"
+    assert not (data / "datasets/toyset/defaults/annotations/imdb_train.npy").exists()  # stopped before any rename
+    shutil.rmtree(mine)
+    mine.write_text("a file where the archive has one: replaced, as MMF's unpack does")
+    (data / "datasets/toyset/defaults/extras").write_text("the user's file where the archive has a folder")
+    r = fetch(zoo, data, mirror=str(zoo.mirror))
+    assert r.returncode == 2 and "would replace the existing file" in r.stderr
+    assert (data / "datasets/toyset/defaults/extras").is_file()
+
+
+def test_quiet_is_quiet_while_waiting_for_a_lock(tmp_path):
+    from zoo.lock import resource_lock
+
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    state = data / "datasets/toyset/defaults/features/.mmfzoo"
+    with resource_lock(state / "features.tar.gz.lock", "test holder"):
+        quiet = fetch(zoo, data, "--lock-timeout", "1", mirror=str(zoo.mirror))
+        loud = run_mmf("zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(data),
+                       "--mirror", str(zoo.mirror), "--lock-timeout", "1")
+    assert quiet.returncode == 5 and loud.returncode == 5
+    assert "waiting for" in loud.stderr  # the note exists ...
+    assert "waiting for" not in quiet.stderr and quiet.stderr.count("\n") == 1  # ... and --quiet drops it
+
+
+def test_torch_home_gives_one_data_dir_for_every_command(tmp_path):
+    from mmfdata.cli import default_data_dir as data_default
+    from mmftrain.config import build_config
+    from zoo.datadir import default_data_dir
+
+    env = {"TORCH_HOME": str(tmp_path / "th"), "HOME": str(tmp_path / "home")}
+    expected = tmp_path / "th/mmf/data"
+    assert default_data_dir(env) == expected
+    cfg = build_config(["datasets=textvqa", "model=m4c"], environ=env)
+    assert Path(cfg["env"]["data_dir"]).expanduser() == expected  # mmf train
+    probe = ("import sys, json; from mmfdata.cli import default_data_dir as d; from zoo.layout import default_data_dir "
+             "as z; print(json.dumps([str(d()), str(z())]))")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "MMF_DATA_DIR": "", "MMF_CACHE_DIR": "", **env}, check=True)
+    assert json.loads(out.stdout) == [str(expected)] * 2  # mmf data pack and mmf zoo
+    assert data_default is not None
+    r = run_mmf("zoo", "fetch", "toyset", "--zoo", str(make_zoo(tmp_path).manifest), "--mirror",
+                str(tmp_path / "mirror"), "--quiet", env={"MMF_DATA_DIR": "", "MMF_CACHE_DIR": "", **env})
+    assert r.returncode == 0, r.stderr
+    assert (expected / "datasets/toyset/defaults/annotations/imdb_train.npy").is_file()
+    with_mmf = {**env, "MMF_DATA_DIR": str(tmp_path / "explicit")}
+    assert default_data_dir(with_mmf) == tmp_path / "explicit"
+    assert build_config(["datasets=textvqa", "model=m4c"], environ=with_mmf)["env"]["data_dir"] == str(tmp_path / "explicit")
 
 
 def test_delete_archives_and_no_extract(tmp_path):

@@ -1,7 +1,9 @@
 """Manifests in MMF's schema: the real entries load, aliases resolve, every malformed input names its key."""
 from __future__ import annotations
 
+import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +122,154 @@ def test_unmodified_mmf_manifest_loads_via_flag_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MMF_MODEL_ZOO", str(tmp_path / "missing.yaml"))
     with pytest.raises(ManifestError, match="missing.yaml not found.*MMF_MODEL_ZOO"):
         load_zoo()
+
+
+# ---------------------------------------------------------------------------------------- hostile manifests
+def _hostile(tmp_path, outside: Path, mirror: Path) -> dict[str, str]:
+    """key -> manifest text: each tries to make the zoo write outside the data dir or read a local file."""
+    H64 = "b" * 64
+    res = "{url: 'mmf://datasets/x/a.tar.gz', file_name: a.tar.gz, hashcode: " + H64 + "}"
+    return {
+        "cat_abs": f"cat_abs:\n  defaults:\n    version: '1'\n    resources:\n      {outside}/cron.d: [{res}]\n",
+        "cat_up": f"cat_up:\n  defaults:\n    version: '1'\n    resources:\n      '../../..': [{res}]\n",
+        "key_up": f"'..':\n  defaults:\n    version: '1'\n    resources: [{res}]\n",
+        "abs_key": f"'{outside}/m':\n  version: '1'\n  resources: [{res}]\n",
+        "req_abs": f"req_abs:\n  version: '1'\n  zoo_requirements: '{outside}/r'\n  resources: [{res}]\n"
+                   f"'{outside}/r':\n  version: '1'\n  resources: [{res}]\n",
+        "dest_up": f"dest_up:\n  defaults:\n    version: '1'\n    resources:\n      features:\n"
+                   f"      - {{url: 'mmf://x/a.bin', file_name: a.bin, compressed: false, dest_folder: '../../../..{outside}'}}\n",
+        "fname_up": "fname_up:\n  defaults:\n    version: '1'\n    resources:\n      features:\n"
+                    "      - {url: 'mmf://x/a.bin', file_name: '../../a.bin', compressed: false}\n",
+        "file_url": "file_url:\n  defaults:\n    version: '1'\n    resources:\n      extras:\n"
+                    f"      - {{url: 'file://{mirror}/secret.txt', file_name: secret.txt, compressed: false}}\n",
+        "mirror_url": "mirror_url:\n  defaults:\n    version: '1'\n    resources:\n      extras:\n"
+                      f"      - {{url: 'mmf://x/s.txt', file_name: s.txt, compressed: false, mirrors: ['file://{mirror}/secret.txt']}}\n",
+        "dotdot_url": "dotdot_url:\n  defaults:\n    version: '1'\n    resources:\n      extras:\n"
+                      "      - {url: 'mmf://../../secret.txt', file_name: secret.txt, compressed: false}\n",
+    }
+
+
+def test_no_manifest_writes_outside_the_data_dir_or_reads_local_files(tmp_path):
+    outside, mirror = tmp_path / "outside", tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "secret.txt").write_text("secret")  # what a file:// or ../ URL would copy in
+    cases = _hostile(tmp_path, outside, mirror)
+    manifest = tmp_path / "hostile.yaml"
+    manifest.write_text("".join(cases.values()) + "good:\n  defaults:\n    version: '1'\n    resources:\n      extras:\n"
+                        "      - {url: 'mmf://datasets/good/defaults/g.txt', file_name: g.txt, compressed: false}\n")
+    zoo = parse_manifest(manifest, "datasets")  # the file loads: only the hostile entries are invalid
+    assert zoo.entries["good.defaults"].invalid is None
+    data = tmp_path / "data"
+    keys = {"key_up": "..", "abs_key": f"{outside}/m"}
+    for label in cases:
+        key = keys.get(label, label)
+        r = run_mmf("zoo", "fetch", key, "--zoo", str(manifest), "--data-dir", str(data), "--offline",
+                    "--mirror", str(mirror), "--quiet")
+        assert r.returncode == 1, (label, r.stdout, r.stderr)
+        assert r.stderr.count("\n") == 1 and "cannot be fetched" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not outside.exists() and not (tmp_path / "a.bin").exists()
+    leaked = [p for p in data.rglob("*") if p.is_file() and "secret" in p.name] if data.exists() else []
+    assert leaked == []
+    everything = {p for p in tmp_path.rglob("*")} - {p for p in (data, mirror, manifest)}
+    assert all(p.is_relative_to(data) or p.is_relative_to(mirror) for p in everything), sorted(everything)
+    # a --mirror folder (the user's choice) still works for a good entry
+    (mirror / "datasets/good/defaults").mkdir(parents=True)
+    (mirror / "datasets/good/defaults/g.txt").write_text("good")
+    r = run_mmf("zoo", "fetch", "good", "--zoo", str(manifest), "--data-dir", str(data), "--mirror", str(mirror),
+                "--mirror-only", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (data / "datasets/good/defaults/g.txt").read_text() == "good"
+
+
+def test_target_paths_are_checked_again_at_install(tmp_path):
+    """Behind validation: a Target whose name leaves the data dir is refused (e.g. an entry built in code)."""
+    from zoo.manifest import Entry, Resource
+
+    entry = Entry("x", "models", "1", (Resource("mmf://x", "x.tar.gz", None),))
+    with pytest.raises(ManifestError, match="not inside the data dir"):
+        layout.Target(entry, "../../etc").root(tmp_path / "data")
+
+
+# ------------------------------------------------------------------------------------------------- YAML
+@pytest.mark.parametrize("text,phrase", [
+    ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)), "alias bomb"),
+    ("a: &x\n  b: *x\n", "refers to itself"),
+    ("a: 1\nb: 2\na: 3\n", "duplicate key 'a' (first defined on line 1)"),
+    ("textvqa:\n  defaults:\n    version: '1'\n    version: '2'\n    resources: []\n", "duplicate key 'version'"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
+], ids=["bomb", "recursive", "duplicate", "duplicate-nested", "deep"])
+def test_hostile_yaml_is_one_line_naming_the_file(tmp_path, text, phrase):
+    path = tmp_path / "datasets.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(path, "datasets")
+    msg = str(info.value)
+    assert phrase in msg and str(path) in msg and "\n" not in msg
+    # the CLI too, under a 1 GiB address-space cap: an expanding bomb would die of memory instead
+    r = run_mmf("zoo", "list", "--zoo", str(path), preexec_fn=_cap_memory, timeout=60)
+    assert r.returncode == 1 and phrase in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def _cap_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def test_yaml_loader_is_libyamls_and_agrees_with_pyyaml():
+    import yaml
+
+    from zoo import safeyaml
+
+    assert safeyaml.C_LOADER  # PyYAML built with libyaml, as in every wheel
+    for name in ("datasets.yaml", "models.yaml"):
+        text = (CONFIG_DIR / name).read_text()
+        assert safeyaml.load(text) == yaml.safe_load(text)
+
+
+# --------------------------------------------------------------------------------- one bad entry of many
+RC10_BAD = ("visual_bert:\n  finetuned:\n    vqa2:\n      from_coco_train:\n        version: 1.0_2020_04_29\n"
+            "        resources:\n        - url: mmf://models/visual_bert/visual_bert.finetuned.vqa2.from_coco_train.tar.gz\n"
+            "          file_name: visual_bert.finetuned.vqa2.from_coco_train.tar.gz\n"
+            "          hashcode: " + "c" * 63 + "\n")
+
+
+def test_mmf_rc10_models_yaml_with_one_bad_entry_still_works(tmp_path, monkeypatch):
+    """MMF 1.0.0rc10's models.yaml has one 63-digit hashcode: that entry alone is refused, when fetched."""
+    models = tmp_path / "models.yaml"
+    models.write_text((CONFIG_DIR / "models.yaml").read_text() + RC10_BAD)
+    r = run_mmf("zoo", "list", "--zoo", str(models))
+    assert r.returncode == 0, r.stderr
+    assert "m4c.textvqa.with_stvqa" in r.stdout and "textvqa.defaults" in r.stdout
+    assert "invalid: visual_bert.finetuned.vqa2.from_coco_train:" in r.stderr and "64 hex digits" in r.stderr
+    info = run_mmf("zoo", "info", "m4c.textvqa.defaults", "--zoo", str(models))
+    assert info.returncode == 0 and "version 1.0_2020_06_30" in info.stdout, info.stderr
+    bad = run_mmf("zoo", "info", "visual_bert.finetuned.vqa2.from_coco_train", "--zoo", str(models))
+    assert bad.returncode == 0 and "INVALID" in bad.stdout
+    env = {"MMF_MODEL_ZOO": str(models)}
+    got = run_mmf("zoo", "fetch", "visual_bert.finetuned.vqa2.from_coco_train", "--offline", "--data-dir",
+                  str(tmp_path / "d"), env=env)
+    assert got.returncode == 1 and "cannot be fetched" in got.stderr and "64 hex digits" in got.stderr
+    assert got.stderr.count("\n") == 1
+    monkeypatch.setenv("MMF_MODEL_ZOO", str(models))
+    assert load_zoo().resolve("m4c.textvqa.defaults").key == "m4c.textvqa.with_stvqa"
+
+
+def test_list_shows_versions_as_written_and_alias_installs_as_installed(tmp_path):
+    data = tmp_path / "data"
+    zoo = load_zoo()
+    t = layout.target_for(zoo, "m4c.textvqa.defaults")  # MMF installs under the requested alias folder
+    for target in (t, layout.target_for(zoo, "detectron.vmb_weights")):
+        for folder in target.marker_folders(data):
+            layout.mark_built(folder, target.entry.version)
+    built = json.loads((data / "models/detectron.vmb_weights/.built.json").read_text())
+    assert isinstance(built["version"], float)  # MMF's float stays inside .built.json
+    r = run_mmf("zoo", "list", "--data-dir", str(data), "--json")
+    rows = {row["key"]: row for row in json.loads(r.stdout)}
+    assert rows["detectron.vmb_weights"]["version"] == "1.0_2020_05_03"
+    assert rows["detectron.vmb_weights"]["state"] == "installed"
+    assert rows["m4c.textvqa.with_stvqa"]["state"].startswith("installed (as m4c.textvqa.defaults")
+    assert rows["m4c.textvqa.alone"]["state"] == "-"
+    text = run_mmf("zoo", "list", "--data-dir", str(data)).stdout
+    assert "1.0_2020_06_30" in text and "1.02020063" not in text

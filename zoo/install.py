@@ -398,8 +398,10 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     if not records.has_hashes(rec):
         problems.append("record has no content hashes (written by an older version)")
     problems += [f"{d.rel}: {d.problem}" for d in records.check_record(folder, rec, full=True, limit=limit)]
-    siblings = [r for r in (_read_json(p) for p in layout.state_dir(folder).glob("*.installed.json")) if r]
-    extra = records.extra_files(folder, siblings) if rec.get("extracted") else []
+    paths = sorted(layout.state_dir(folder).glob("*.installed.json"))
+    siblings = [r for r in (_read_json(p) for p in paths) if r]
+    archives = {p.name[:-len(".installed.json")] for p in paths}
+    extra = records.extra_files(folder, siblings, archives) if rec.get("extracted") else []
     n = len(rec.get("files") or [])
     detail = "; ".join(problems[:6] + [f"extra file {e}" for e in extra[:4]]) or \
         f"ok ({n} files re-hashed{', archive re-hashed' if archive.exists() and rec.get('extracted') else ''})"

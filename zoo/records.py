@@ -83,11 +83,14 @@ def check_record(folder: Path, rec: dict, full: bool, limit: int | None = None) 
     return out
 
 
-def extra_files(folder: Path, records: list[dict]) -> list[str]:
-    """Files inside the folders these records installed that none of them lists (dropped in afterwards)."""
+def extra_files(folder: Path, records: list[dict], archives=()) -> list[str]:
+    """Files that none of these records lists (dropped in afterwards): directly in `folder` (besides the
+    `archives` and MMF's marker) and anywhere inside the folders the records installed."""
     listed = {row[0] for rec in records for row in rec.get("files") or []}
     tops = {t for rec in records if rec.get("extracted") for t in rec.get("top_level") or []}
-    extras = []
+    extras = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.is_symlink()
+              and p.name not in listed and p.name not in archives and p.name != ".built.json"] \
+        if folder.is_dir() else []
     for top in sorted(tops):
         base = folder / top
         if not base.is_dir() or base.is_symlink():
