@@ -171,7 +171,7 @@ def test_torch_home_gives_one_data_dir_for_every_command(tmp_path):
     assert default_data_dir(env) == expected
     cfg = build_config(["datasets=textvqa", "model=m4c"], environ=env)
     assert Path(cfg["env"]["data_dir"]).expanduser() == expected  # mmf train
-    probe = ("import sys, json; from mmfdata.cli import default_data_dir as d; from zoo.layout import default_data_dir "
+    probe = ("import sys, json; from mmfdata.cli import default_data_dir as d; from zoo.datadir import default_data_dir "
              "as z; print(json.dumps([str(d()), str(z())]))")
     import subprocess
     import sys

@@ -94,7 +94,7 @@ H = "a" * 64
 @pytest.mark.parametrize("text,phrase", [
     ("d:\n  defaults:\n    resources: []\n", "'d.defaults' has resources but no version"),
     ("d:\n  defaults:\n    version: '1'\n", "'d.defaults' has a version but no resources"),
-    (f"d:\n  defaults:\n    version: '1'\n    resources:\n    - {{url: 'mmf://x', file_name: x, hashcode: abc}}\n",
+    ("d:\n  defaults:\n    version: '1'\n    resources:\n    - {url: 'mmf://x', file_name: x, hashcode: abc}\n",
      "'d.defaults.resources[0].hashcode' must be a sha256 of 64 hex digits"),
     (f"d:\n  defaults:\n    version: '1'\n    resources:\n    - {{url: 'mmf://x', file_name: x, hashcode: {H}, colour: red}}\n",
      "unknown field(s) ['colour']"),

@@ -21,7 +21,7 @@ def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, f
     from pathlib import Path
 
     from zoo.install import FetchOptions, fetch as _fetch
-    from zoo.layout import default_data_dir
+    from zoo.datadir import default_data_dir
     from zoo.manifest import load_zoo
     from zoo.transfer import TransferOptions
 
@@ -36,7 +36,8 @@ def is_installed(key, data_dir=None, zoo_paths=None) -> bool:
     """True when every folder of `key` carries MMF's `.built.json` for the manifest's version."""
     from pathlib import Path
 
-    from zoo.layout import default_data_dir, is_built, target_for
+    from zoo.datadir import default_data_dir
+    from zoo.layout import is_built, target_for
     from zoo.manifest import load_zoo
 
     target = target_for(load_zoo(zoo_paths or []), key)

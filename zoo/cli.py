@@ -60,7 +60,7 @@ def _zoo(zoo_paths, from_path=None):
 
 
 def _data_dir(data_dir: Optional[Path]) -> Path:
-    from zoo.layout import default_data_dir
+    from zoo.datadir import default_data_dir
 
     return Path(data_dir).expanduser() if data_dir else default_data_dir()
 

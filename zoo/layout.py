@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from zoo.datadir import default_data_dir  # noqa: F401 - the one definition, re-exported
 from zoo.errors import ManifestError
 from zoo.fsutil import atomic_write_text, is_inside
 from zoo.manifest import Entry, Resource

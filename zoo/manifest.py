@@ -28,6 +28,7 @@ EXTENSION_FIELDS = {"size", "extracted_size", "chunk_hashes", "mirrors"}
 _HEX64 = re.compile(r"^[A-Fa-f0-9]{64}$")
 _ALIAS = re.compile(r"^\$\{([^}]+)\}$")
 URL_SCHEMES = ("mmf://", "http://", "https://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -164,11 +165,12 @@ def bad_component(part) -> str | None:
     """Why `part` cannot be one folder name (None when it can)."""
     if not isinstance(part, str) or not part.strip():
         return "is empty"
-    if part in (".", ".."):
-        return f"is {part!r}"
+    if part in (".", "..", ".mmfzoo", ".built.json"):
+        return f"is {part!r}" + (" (a name the zoo keeps for its records)" if part.startswith(".m") or
+                                  part.startswith(".b") else "")
     if "/" in part or "\\" in part:
         return "contains a path separator"
-    if any(ord(c) < 32 or ord(c) == 127 for c in part):
+    if _CONTROL.search(part):
         return "contains a control character"
     return None
 

@@ -32,12 +32,16 @@ class YamlFloat(float):
 class _Scalars(yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
     """PyYAML's own YAML 1.1 rules for plain scalars (int, float, bool, null, timestamps...)."""
 
+    _FIRST = frozenset(yaml.resolver.Resolver.yaml_implicit_resolvers)  # first characters of non-strings
+
     def scalar(self, event):
         value = event.value
         tag = event.tag
         if tag is None or tag == "!":
             if not event.implicit[0]:
                 return value  # quoted: a string
+            if value and value[0] not in self._FIRST:
+                return value  # fast path: no implicit type starts with this character
             tag = self.resolve(yaml.ScalarNode, value, event.implicit)
         if tag == _STR:
             return value
@@ -66,11 +70,23 @@ class _Open:
 def load(text: str):
     """Parse one YAML document; raises YamlError with a one-line message."""
     try:
-        return _build(yaml.parse(text, Loader=_BASE))
+        return _build(_events(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         raise YamlError(f"{where}not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+
+
+def _events(text: str):
+    loader = _BASE(text)
+    try:
+        get = loader.get_event
+        while (event := get()) is not None:
+            yield event
+            if type(event) is yaml.StreamEndEvent:
+                return
+    finally:
+        loader.dispose()
 
 
 def _build(events):
@@ -107,21 +123,25 @@ def _build(events):
             top.keys[key] = line
             top.data[key] = value
 
+    scalar_t, alias_t = yaml.ScalarEvent, yaml.AliasEvent
+    starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
     for ev in events:
+        t = type(ev)
         line = ev.start_mark.line + 1 if ev.start_mark else 0
-        if isinstance(ev, yaml.ScalarEvent):
+        if t is scalar_t:
             value = scalars.scalar(ev)
             if ev.anchor:
                 anchors[ev.anchor] = (value, 1)
             add(value, 1, line)
-        elif isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+        elif t in starts:
             if len(open_) >= MAX_DEPTH:
                 raise YamlError(f"line {line}: nested more than {MAX_DEPTH} levels deep")
-            data = {} if isinstance(ev, yaml.MappingStartEvent) else []
+            data = {} if t is yaml.MappingStartEvent else []
             if ev.anchor:
                 anchors[ev.anchor] = (data, -1)  # -1: still open, an alias to it now is a cycle
             open_.append(_Open(data, ev.anchor, line))
-        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+        elif t in ends:
             done = open_.pop()
             for merged, mline in done.merges:
                 for part in merged if isinstance(merged, list) else [merged]:
@@ -132,7 +152,7 @@ def _build(events):
             if done.anchor:
                 anchors[done.anchor] = (done.data, done.size)
             add(done.data, done.size, done.line)
-        elif isinstance(ev, yaml.AliasEvent):
+        elif t is alias_t:
             if ev.anchor not in anchors:
                 raise YamlError(f"line {line}: alias *{ev.anchor} refers to no anchor defined before it")
             value, size = anchors[ev.anchor]
@@ -144,7 +164,7 @@ def _build(events):
                 raise YamlError(f"line {line}: aliases expand to more than {ALIAS_BUDGET:,} nodes (an alias "
                                 "bomb?); write the data out instead of nesting aliases")
             add(value, size, line)
-        elif isinstance(ev, yaml.DocumentStartEvent):
+        elif t is yaml.DocumentStartEvent:
             documents += 1
             if documents > 1:
                 raise YamlError(f"line {line}: more than one YAML document; a manifest is one document")
