@@ -85,7 +85,8 @@ def test_archives_install_into_the_same_layout(tmp_path):
     direct = write_synthetic(str(tmp_path / "direct"), questions=10, seed=9)
     cfg = default_dataset_config("textvqa")
     idx = np.arange(6)
-    a = build_dataset("textvqa", cfg, "train", installed, trust_pickle=True).get_batch(idx)  # MMF-style install: no zoo record
+    # installed by hand, as MMF does: no zoo install record, so the user's explicit trust
+    a = build_dataset("textvqa", cfg, "train", installed, trust_pickle=True).get_batch(idx)
     b = build_dataset("textvqa", cfg, "train", direct["data_dir"]).get_batch(idx)
     assert batches_equal(a, b) == []
     again = write_synthetic(str(tmp_path / "arch2"), questions=10, seed=9, archive=True)

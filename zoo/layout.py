@@ -16,9 +16,8 @@ from pathlib import Path
 from zoo.errors import ManifestError
 from zoo.fsutil import atomic_write_text, is_inside
 from zoo.manifest import Entry, Resource
+from zoo.records import MARKER, STATE_DIR
 
-MARKER = ".built.json"
-STATE_DIR = ".mmfzoo"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 from zoo import safeyaml
 from zoo.errors import ManifestError, UnknownKeyError
+from zoo.records import MARKER, STATE_DIR
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "zoo"
 RESOURCE_FIELDS = {"url", "file_name", "hashcode", "compressed", "dest_folder", "delete_original"}
@@ -165,9 +166,10 @@ def bad_component(part) -> str | None:
     """Why `part` cannot be one folder name (None when it can)."""
     if not isinstance(part, str) or not part.strip():
         return "is empty"
-    if part in (".", "..", ".mmfzoo", ".built.json"):
-        return f"is {part!r}" + (" (a name the zoo keeps for its records)" if part.startswith(".m") or
-                                  part.startswith(".b") else "")
+    if part in (".", ".."):
+        return f"is {part!r}"
+    if part in (MARKER, STATE_DIR):
+        return f"is {part!r}, a name the zoo keeps for its records"
     if "/" in part or "\\" in part:
         return "contains a path separator"
     if _CONTROL.search(part):
@@ -311,11 +313,11 @@ def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
     if problems and (not r.get("url") or not r.get("file_name")):
         return None
     fname = r["file_name"]
-    if bad_component(fname) or fname in (".built.json", ".mmfzoo"):
+    if bad_component(fname):
         problems.append(f"'{where}.file_name' must be a plain file name, got {fname!r}")
     dest = r.get("dest_folder")
     if dest is not None and (not isinstance(dest, str) or str(dest).startswith(("/", "~"))
-                             or any(bad_component(p) or p == ".mmfzoo" for p in str(dest).split("/"))):
+                             or any(bad_component(p) for p in str(dest).split("/"))):
         problems.append(f"'{where}.dest_folder' must be a relative folder of plain names (no '..'), got {dest!r}")
     mirrors = r.get("mirrors") or ()
     if isinstance(mirrors, str):

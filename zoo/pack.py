@@ -17,7 +17,8 @@ from zoo import layout
 from zoo.errors import DiskError, HashMismatchError, ManifestError
 from zoo.install import plan
 from zoo.manifest import Entry, Resource, Zoo
-from zoo.sources import PACK_INDEX, sha256_file
+from zoo.fsutil import sha256_file
+from zoo.sources import PACK_INDEX
 
 
 def entry_to_dict(entry: Entry) -> dict:

@@ -18,6 +18,8 @@ from pathlib import Path
 from zoo.fsutil import atomic_write_text, xxh3_file
 
 RECORD_FORMAT = 2
+MARKER = ".built.json"  # MMF's "this folder is built" marker
+STATE_DIR = ".mmfzoo"  # our bookkeeping beside the data: partial downloads, journals, locks, install records
 # LMDB rewrites its lock file when opened with locking; it holds no data, so its content is not compared
 VOLATILE = {"lock.mdb"}
 
@@ -89,14 +91,14 @@ def extra_files(folder: Path, records: list[dict], archives=()) -> list[str]:
     listed = {row[0] for rec in records for row in rec.get("files") or []}
     tops = {t for rec in records if rec.get("extracted") for t in rec.get("top_level") or []}
     extras = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.is_symlink()
-              and p.name not in listed and p.name not in archives and p.name != ".built.json"] \
+              and p.name not in listed and p.name not in archives and p.name != MARKER] \
         if folder.is_dir() else []
     for top in sorted(tops):
         base = folder / top
         if not base.is_dir() or base.is_symlink():
             continue
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if d != ".mmfzoo"]
+            dirnames[:] = [d for d in dirnames if d != STATE_DIR]
             for name in filenames:
                 if os.path.islink(os.path.join(dirpath, name)):
                     continue  # links the archive made; their targets are checked as files
@@ -114,10 +116,10 @@ def write_local_record(folder, name: str, version, origin: str, skip=()) -> None
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
         rel_dir = os.path.relpath(dirpath, folder)
-        dirnames[:] = sorted(d for d in dirnames if d != ".mmfzoo" and not (rel_dir == "." and d in skip))
+        dirnames[:] = sorted(d for d in dirnames if d != STATE_DIR and not (rel_dir == "." and d in skip))
         for fn in sorted(filenames):
             path = os.path.join(dirpath, fn)
-            if fn == ".built.json" or os.path.islink(path):
+            if fn == MARKER or os.path.islink(path):
                 continue
             rel = os.path.relpath(path, folder).replace(os.sep, "/")
             files.append((rel, os.path.getsize(path), xxh3_file(path)))
@@ -125,6 +127,6 @@ def write_local_record(folder, name: str, version, origin: str, skip=()) -> None
               "verified": True, "local": origin, "extracted": True,
               "top_level": sorted({rel.split("/")[0] for rel, *_ in files}), "files": file_rows(folder, files),
               "archive_kept": False, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    state = folder / ".mmfzoo"
+    state = folder / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     atomic_write_text(state / f"{name}.installed.json", json.dumps(record, indent=1))

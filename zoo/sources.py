@@ -13,7 +13,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from zoo.errors import ManifestError, OfflineError
-from zoo.fsutil import sha256_file  # noqa: F401 - one definition, imported by callers of zoo.sources
+from zoo.fsutil import sha256_file
+from zoo.records import STATE_DIR
 from zoo.manifest import Resource
 
 PACK_INDEX = "mmfzoo-pack.json"
@@ -91,7 +92,7 @@ class LocalSource:
 
     def _all_files_named(self, name: str) -> list[Path]:
         if self._files is None:
-            self._files = [p for p in self.path.rglob("*") if p.is_file() and "/.mmfzoo/" not in str(p)]
+            self._files = [p for p in self.path.rglob("*") if p.is_file() and f"/{STATE_DIR}/" not in str(p)]
         return [p for p in self._files if p.name == name]
 
 

@@ -15,11 +15,10 @@ import os
 import stat
 from pathlib import Path
 
-from zoo.records import VOLATILE, check_file, has_hashes
+from zoo.records import STATE_DIR, VOLATILE, check_file, has_hashes
 
-STATE_DIR = ".mmfzoo"
 # what every "this file is damaged" message tells the user to run (mmfdata's errors use it too)
-REPAIR_HINT = "re-install it with `mmf zoo verify --repair KEY` (KEY: the zoo key it came from, e.g. textvqa)"  # zoo.layout.STATE_DIR (not imported: layout pulls in the manifest parser)
+REPAIR_HINT = "re-install it with `mmf zoo verify --repair KEY` (KEY: the zoo key it came from, e.g. textvqa)"
 
 
 def untrusted_reason(path) -> str | None:

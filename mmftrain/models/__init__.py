@@ -64,7 +64,8 @@ def load_fc7_weights(model, folder: Path, trust_pickle: bool = False) -> None:
         with open(b_file, "rb") as f:
             b = np.asarray(pickle.load(f), dtype=np.float32)
     except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise CheckpointError(f"cannot read fc7 weights in {folder}: {e}; re-install it with `mmf zoo verify --repair detectron.vmb_weights`") from None
+        raise CheckpointError(f"cannot read fc7 weights in {folder}: {e}; re-install it with "
+                              "`mmf zoo verify --repair detectron.vmb_weights`") from None
     for layer in (model.obj_faster_rcnn_fc7.lc, model.ocr_faster_rcnn_fc7.lc):
         if tuple(layer.weight.shape) != w.shape or tuple(layer.bias.shape) != b.shape:
             raise ConfigError(f"fc7 weights in {folder} have shape {w.shape}, the model expects "

@@ -26,12 +26,13 @@ import xxhash
 from zoo.archive.limits import override_hint
 from zoo.errors import CorruptArchiveError, DiskError, UnsafeArchiveError
 from zoo.fsutil import human
+from zoo.records import MARKER, STATE_DIR
 
 COPY_CHUNK = 1 << 20  # 1 MiB copies: few syscalls, small enough to keep memory flat
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-RESERVED = {".built.json", ".mmfzoo"}  # MMF's marker and our state folder (zoo.layout.MARKER / STATE_DIR)
+RESERVED = {MARKER, STATE_DIR}
 
 
 def _bad_chars(text: str) -> bool:
