@@ -1,4 +1,4 @@
-"""zoo.extract: real archives built in tmp_path, real pigz/zstd processes, real disk-full errors."""
+"""zoo.archive: real archives built in tmp_path, real pigz/zstd processes, real disk-full errors."""
 from __future__ import annotations
 
 import bz2
@@ -19,7 +19,8 @@ import zipfile
 import pytest
 import xxhash
 
-from zoo.archive.decoders import TAR_FORMATS, ByteQueue, Stopped, can_decode, external_command
+from zoo.archive.decoders import ByteQueue, Stopped, can_decode, external_command
+from zoo.archive.formats import TAR_FORMATS
 from zoo.errors import CorruptArchiveError, UnsafeArchiveError, ZooError
 from zoo.archive import StreamExtractor, detect_format, extract_archive
 

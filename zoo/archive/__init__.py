@@ -3,9 +3,9 @@
     from zoo.archive import detect_format, extract_archive, StreamExtractor
     files = extract_archive(path, tmp_dest)       # [(relative posix path, size, xxh3-128), ...]
 
-Modules: `decoders` (format sniffing and decompressors), `safetree` (every write, with the safety rules),
-`stream` (tar members from a byte stream; `StreamExtractor`), `extract` (files: tar, zip, single compressed
-file), `limits` (the one decompression-bomb policy, honouring MMF_ZOO_MAX_EXTRACT_BYTES).
+Modules: `formats` (telling formats apart by content), `decoders` (decompressors), `safetree` (every write,
+with the safety rules), `stream` (tar members from a byte stream; `StreamExtractor`), `extract` (files: tar, zip,
+single compressed file), `limits` (the one decompression-bomb policy, honouring MMF_ZOO_MAX_EXTRACT_BYTES).
 """
 from zoo.archive.extract import detect_format, extract_archive
 from zoo.archive.limits import LIMIT_ENV, extract_limit

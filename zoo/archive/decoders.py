@@ -1,4 +1,4 @@
-"""Recognise archive formats by their first bytes, and turn compressed bytes back into plain bytes.
+"""Turn compressed bytes back into plain bytes (formats are told apart in `zoo.archive.formats`).
 
 A *decoder* has `readinto(view) -> int` (0 at the end), `finish()` (raise SourceError if the stream did not
 end cleanly) and `close()`. By default the fastest one measured here wins (bench/bench_extract.py, 2 cores):
@@ -15,11 +15,11 @@ import fcntl
 import lzma
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import threading
 import zlib
 
+from zoo.archive.formats import MAGIC
 from zoo.errors import CorruptArchiveError
 
 
@@ -46,10 +46,6 @@ INFLATE = _fastest_inflate()
 CHUNK = 1 << 20          # 1 MiB: output pieces and copy buffers
 IN_CHUNK = 256 << 10     # compressed bytes handed to zlib/bz2/lzma per call
 QUEUE_BYTES = 16 << 20   # streaming: compressed bytes allowed to wait for the worker thread
-TAR_FORMATS = {"tar": None, "gztar": "gz", "bztar": "bz2", "xztar": "xz", "zstdtar": "zst"}
-SINGLE_FORMATS = {"gz": "gz", "bz2": "bz2", "xz": "xz", "zst": "zst"}  # one compressed file, no tar inside
-MAGIC = {"gz": b"\x1f\x8b", "bz2": b"BZh", "xz": b"\xfd7zXZ\x00", "zst": b"\x28\xb5\x2f\xfd"}
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 # first tool found on PATH wins; each one reads stdin and writes the plain bytes to stdout
 EXTERNAL = {"gz": [["pigz", "-dc"]], "bz2": [["lbzip2", "-dc"], ["pbzip2", "-dc"]],
             "xz": [["xz", "-dc"]], "zst": [["zstd", "-dcq"]]}
@@ -62,57 +58,6 @@ class SourceError(Exception):
 
 class Stopped(Exception):
     """The byte queue was stopped by abort() or by a failing worker."""
-
-
-# ------------------------------------------------------------------------------------------- sniffing
-def is_tar_block(block: bytes) -> bool:
-    """True if `block` starts with a valid tar header (checksum verified; an all-zero block is not)."""
-    block = block[:tarfile.BLOCKSIZE]
-    if len(block) < tarfile.BLOCKSIZE or block.count(0) == tarfile.BLOCKSIZE:
-        return False
-    try:
-        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-    except tarfile.HeaderError:
-        return False
-    return True
-
-
-def sniff(head: bytes) -> str | None:
-    """What the first bytes say: 'gz', 'bz2', 'xz', 'zst', 'zip', 'tar', or None."""
-    for kind, magic in MAGIC.items():
-        if head.startswith(magic) and (kind != "bz2" or head[3:4] in b"123456789"):
-            return kind
-    if head[:4] in ZIP_MAGIC:
-        return "zip"
-    return "tar" if is_tar_block(head) else None
-
-
-def describe(head: bytes) -> str:
-    """Say what a file that is not an archive looks like, for error messages."""
-    if not head:
-        return "it is empty (0 bytes)"
-    if head.count(0) == len(head):
-        return "it holds only zero bytes (an empty or preallocated file, not a finished download)"
-    text = head[:4096].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    start = head[:60].decode("utf-8", "replace").strip().replace("\n", " ")
-    if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in text[:1024]:
-        return (f"it looks like an HTML/text page (starts with {start!r}), not an archive: the server or a "
-                "proxy probably sent an error or login page")
-    printable = sum(32 <= b < 127 or b in b"\t\r\n" for b in head[:4096])
-    if printable >= 0.95 * min(len(head), 4096):
-        return f"it looks like text (starts with {start!r}), not an archive: probably an error message"
-    return f"its first bytes ({head[:8].hex(' ')}) match no known archive format"
-
-
-def check_head(head: bytes, fmt: str, label: str) -> None:
-    """Raise CorruptArchiveError unless `head` starts like a `fmt` archive (used before streaming)."""
-    expected = TAR_FORMATS.get(fmt) or "tar"
-    got = sniff(head)
-    if got == expected:
-        return
-    what = f"it starts like a {got} file" if got else describe(head)
-    raise CorruptArchiveError(
-        f"{label} is not a {fmt} archive: {what}; delete it and download it again (check the URL)")
 
 
 # ------------------------------------------------------------------------------------------- decoders

@@ -1,13 +1,13 @@
-"""Safe archive extraction: detect the format by content, extract into a private folder, report the files.
+"""Extract an archive file (tar, zip, one compressed file) into a private folder and report the files.
 
     fmt = detect_format(path)                     # "gztar", "zip", ... or None for a plain file
-    files = extract_archive(path, tmp_dest)       # [(relative posix path, size), ...]
+    files = extract_archive(path, tmp_dest)       # [(relative posix path, size, xxh3-128), ...]
 
 `extract_archive` never writes outside `dest`, refuses links that lead out, device files and FIFOs, caps
 the extracted size (decompression bombs), and turns truncation, corruption and a full disk into
 `CorruptArchiveError` / `DiskError` messages that name the archive and say what to do. The caller extracts
 into a fresh temp folder and renames it into place; nothing here fsyncs. `StreamExtractor` does the same
-while a download is still arriving (see `zoo.streamextract`).
+while a download is still arriving (see `zoo.archive.stream`).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import time
 import zipfile
 import zlib
 
-from zoo.archive.decoders import (CHUNK, SINGLE_FORMATS, TAR_FORMATS, SourceError, can_decode, describe, is_tar_block,
-                          open_decoder, sniff, zstandard_module, zstd_missing)
+from zoo.archive.decoders import CHUNK, SourceError, open_decoder
+from zoo.archive.formats import SINGLE_FORMATS, TAR_FORMATS, describe, detect_format
 from zoo.archive.limits import extract_limit
 from zoo.archive.safetree import SafeTree, safe_relpath
 from zoo.archive.stream import StreamExtractor, extract_tar
@@ -28,57 +28,6 @@ from zoo.fsutil import human
 
 __all__ = ["detect_format", "extract_archive", "StreamExtractor"]
 
-_PEEK_MAX = 8 << 20    # compressed bytes read to find the first 512 plain bytes (bzip2 blocks are ~900 kB)
-
-
-def detect_format(path) -> str | None:
-    """Archive format of `path` by content, not by name.
-
-    Returns "tar", "gztar", "bztar", "xztar", "zstdtar", "zip", "gz"/"bz2"/"xz"/"zst" (one compressed
-    file, no tar inside), or None when the file is not an archive (an HTML error page, a text or binary
-    file). Raises CorruptArchiveError for zstd data when neither `zstandard` nor the `zstd` tool is there.
-    """
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    kind = sniff(head)
-    if kind in (None, "zip", "tar"):
-        return kind
-    if not can_decode(kind):
-        raise zstd_missing(str(path))
-    plain = _peek(path, kind)
-    tar = next(name for name, k in TAR_FORMATS.items() if k == kind)
-    return tar if is_tar_block(plain) else kind
-
-
-class _Prefix:
-    """Reads at most `limit` bytes of `f`: a peek must not decompress a whole huge file."""
-
-    def __init__(self, f, limit: int):
-        self._f, self._left = f, limit
-
-    def read(self, n: int) -> bytes:
-        n = min(n, self._left)
-        self._left -= n
-        return self._f.read(n) if n else b""
-
-
-def _peek(path, kind: str) -> bytes:
-    """The first 512 decompressed bytes (fewer if the data is short or broken)."""
-    with open(path, "rb") as f:
-        if kind == "zst" and zstandard_module() is None:
-            decoder = open_decoder(kind, f, external=True)  # the zstd tool reads the file itself
-        else:
-            decoder = open_decoder(kind, _Prefix(f, _PEEK_MAX), external=False)
-        try:
-            out = bytearray(512)
-            view, got = memoryview(out), 0
-            while got < 512 and (n := decoder.readinto(view[got:])):
-                got += n
-            return bytes(out[:got])
-        except SourceError:
-            return b""
-        finally:
-            decoder.close()
 
 
 def extract_archive(archive, dest, *, declared_size: int | None = None, max_bytes: int | None = None,

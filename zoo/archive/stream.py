@@ -11,8 +11,9 @@ import os
 import tarfile
 import threading
 
-from zoo.archive.decoders import (CHUNK, TAR_FORMATS, ByteQueue, ProcessDecoder, SourceError, Stopped, can_decode,
-                          check_head, open_decoder, zstd_missing)
+from zoo.archive.decoders import (CHUNK, ByteQueue, ProcessDecoder, SourceError, Stopped, can_decode, open_decoder,
+                                  zstd_missing)
+from zoo.archive.formats import TAR_FORMATS, check_head
 from zoo.archive.limits import FLOOR, RATIO, extract_limit
 from zoo.archive.safetree import SafeTree, safe_relpath
 from zoo.errors import CorruptArchiveError, UnsafeArchiveError
