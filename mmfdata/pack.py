@@ -90,12 +90,9 @@ def _fsync_tree(folder: str) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from zoo.fsutil import atomic_write_text  # the one atomic-write helper
+
+    atomic_write_text(path, json.dumps(obj))
 
 
 def _questions(name, split, annotation, feature_stores, procs, trust_pickle):

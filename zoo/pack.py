@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import tarfile
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from zoo import layout
 from zoo.errors import DiskError, HashMismatchError, ManifestError
 from zoo.install import plan
 from zoo.manifest import Entry, Resource, Zoo
-from zoo.fsutil import sha256_file
+from zoo.fsutil import atomic_write_bytes, sha256_file
 from zoo.sources import PACK_INDEX
 
 
@@ -58,10 +57,8 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
                           "size": archive.stat().st_size, "key": target.entry.key, "path": str(archive)})
     index = {"format": "mmfzoo-pack/1", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "entries": entries, "resources": [{k: v for k, v in i.items() if k != "path"} for i in items]}
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with tarfile.open(tmp, "w:", format=tarfile.PAX_FORMAT) as tf:
+    def write(f) -> None:
+        with tarfile.open(fileobj=f, mode="w:", format=tarfile.PAX_FORMAT) as tf:
             data = json.dumps(index, indent=1).encode()
             info = tarfile.TarInfo(PACK_INDEX)
             info.size, info.mtime = len(data), int(time.time())
@@ -69,11 +66,10 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
             for item in items:
                 say(f"adding {item['key']}:{item['file_name']} ({item['size']} bytes)")
                 tf.add(item["path"], arcname=item["member"], recursive=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+
+    try:
+        atomic_write_bytes(Path(out), write)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DiskError(f"cannot write pack {out}: {exc.strerror or exc}") from None
     return index
 
