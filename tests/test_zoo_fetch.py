@@ -121,6 +121,8 @@ def test_fetch_mends_a_deleted_file_instead_of_saying_installed(tmp_path):
     data = tmp_path / "data"
     assert fetch(zoo, data, mirror=str(zoo.mirror)).returncode == 0
     (data / "datasets/toyset/defaults/annotations/imdb_val.npy").unlink()
+    info = run_mmf("zoo", "info", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(data))
+    assert "[damaged: imdb_val.npy missing; run `mmf zoo verify --repair toyset`]" in info.stdout, info.stdout
     r = fetch(zoo, data, "--json", "--offline")
     assert r.returncode == 0, r.stderr
     status = {x["file_name"]: x["status"] for x in json.loads(r.stdout)}
@@ -144,6 +146,23 @@ def test_archive_member_never_replaces_a_users_folder(tmp_path):
     r = fetch(zoo, data, mirror=str(zoo.mirror))
     assert r.returncode == 2 and "would replace the existing file" in r.stderr
     assert (data / "datasets/toyset/defaults/extras").is_file()
+
+
+def test_a_new_version_may_replace_what_the_resource_itself_installed(tmp_path):
+    """The folder/file clash check refuses only what this resource did not install: upgrades still work."""
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    assert fetch(zoo, data, mirror=str(zoo.mirror)).returncode == 0
+    path = zoo.mirror / "datasets/toyset/defaults/annotations/annotations.tar.gz"
+    tar_gz(path, {"imdb_val.npy/part0.npy": b"now a folder", "imdb_train.npy": b"v2"})  # file -> folder
+    m = yaml.safe_load(zoo.manifest.read_text())
+    m["toyset"]["defaults"]["version"] = "2.0"
+    m["toyset"]["defaults"]["resources"]["annotations"][0].update(hashcode=sha256(path), size=path.stat().st_size)
+    zoo.manifest.write_text(yaml.safe_dump(m))
+    r = fetch(zoo, data, mirror=str(zoo.mirror))
+    assert r.returncode == 0, r.stderr
+    ann = data / "datasets/toyset/defaults/annotations"
+    assert (ann / "imdb_val.npy/part0.npy").read_bytes() == b"now a folder" and (ann / "imdb_train.npy").read_bytes() == b"v2"
 
 
 def test_quiet_is_quiet_while_waiting_for_a_lock(tmp_path):

@@ -122,7 +122,7 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
          mirror: Optional[List[str]] = typer.Option(None, "--mirror"),
          mirror_only: bool = typer.Option(False, "--mirror-only")) -> None:
     """Resources of KEY: URL per mirror, hashes, destination, state."""
-    from zoo import layout
+    from zoo import layout, records
     from zoo.mirrors import mirror_roots, resource_urls
 
     def go():
@@ -140,7 +140,9 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
         for res in e.resources:
             folder = target.folder(dd, res)
             rec = layout.read_record(folder, res)
-            state = ("installed" if rec else
+            damage = records.check_record(folder, rec, full=False, limit=1) if rec else []
+            state = (f"damaged: {damage[0].rel} {damage[0].problem}; run `mmf zoo verify --repair {key}`" if damage
+                     else "installed" if rec else
                      "built by MMF" if layout.is_built(target.marker_folder(dd, res), e.version) else "not installed")
             typer.echo(f"  - {res.category + ': ' if res.category else ''}{res.file_name}  [{state}]")
             typer.echo(f"    sha256: {res.hashcode or '(none: size-only check)'}  size: {_human(res.size)}")

@@ -372,7 +372,7 @@ def _mark_conflicts(zoo: Zoo) -> None:
     for url, users in by_url.items():
         if len({r.hashcode for _, r in users}) < 2:
             continue
-        users.sort(key=lambda er: str(er[0].version), reverse=True)
+        users.sort(key=lambda er: er[0].version_str, reverse=True)
         keeper = users[0][0]
         for entry, res in users[1:]:
             if entry.key == keeper.key:

@@ -66,10 +66,6 @@ class LocalSource:
             self._hashes[path] = sha256_file(path)
         return self._hashes[path]
 
-    def manifest_fragments(self) -> list[dict]:
-        """Manifest entries carried by a pack (so a pack installs without the original manifest)."""
-        return [item["entry"] for item in self.pack or [] if item.get("entry")]
-
     def url_for(self, res: Resource) -> str | None:
         if self.pack is not None:
             for item in self.pack:

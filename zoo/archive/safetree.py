@@ -28,7 +28,6 @@ from zoo.errors import CorruptArchiveError, DiskError, UnsafeArchiveError
 from zoo.fsutil import human
 from zoo.records import MARKER, STATE_DIR
 
-COPY_CHUNK = 1 << 20  # 1 MiB copies: few syscalls, small enough to keep memory flat
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
