@@ -58,7 +58,8 @@ def test_four_concurrent_fetches_one_transfer(tmp_path):
     size = sum(p.stat().st_size for p in zoo.archives.values())
     data = tmp_path / "data"
     with FaultServer(zoo.mirror, faults=Faults(rate_bps=8_000_000)) as srv:
-        procs = [subprocess.Popen(_cmd(zoo, data, srv.url), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        loud = [a for a in _cmd(zoo, data, srv.url) if a != "--quiet"]  # --quiet drops the "waiting for" note
+        procs = [subprocess.Popen(loud, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(4)]
         outs = [p.communicate(timeout=180) for p in procs]
         srv.stats.wait_idle()
