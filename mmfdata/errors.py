@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import os
+
 
 class DataError(Exception):
     """Root of every error `mmfdata` raises on purpose."""
@@ -38,3 +40,22 @@ class VocabError(DataError, ValueError):
 
 class PackError(DataError):
     """The packed store cannot be built or read."""
+
+
+def zoo_key_of(path: str) -> str | None:
+    """The zoo key whose install holds `path` (`<data_dir>/datasets/<name>/<variation>/...` -> `name.variation`,
+    `<data_dir>/models/<key>/...` -> `key`), or None for a file outside the zoo's layout."""
+    parts = os.path.abspath(path).split(os.sep)
+    for folder, depth in (("datasets", 2), ("models", 1)):
+        for i in range(len(parts) - depth - 2, -1, -1):
+            if parts[i] == folder:
+                return ".".join(parts[i + 1:i + 1 + depth])
+    return None
+
+
+def repair_advice(path: str) -> str:
+    """What to do about a damaged file: the zoo's repair command for its key, else replacing the file."""
+    key = zoo_key_of(path)
+    if key is None:
+        return f"replace {path} with an intact copy"
+    return f"run `mmf zoo verify --repair {key}` (re-installs only the damaged files)"
