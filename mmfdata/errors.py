@@ -59,3 +59,12 @@ def repair_advice(path: str) -> str:
     if key is None:
         return f"replace {path} with an intact copy"
     return f"run `mmf zoo verify --repair {key}` (re-installs only the damaged files)"
+
+
+def fetch_advice(paths: list[str], option: str) -> str:
+    """How to get missing files: `mmf zoo fetch <keys>` for files in the zoo's layout, else the option to fix."""
+    keys = sorted({k for k in map(zoo_key_of, paths) if k})
+    hints = [f"run `mmf zoo fetch {' '.join(keys)}`"] if keys else []
+    if not keys or any(zoo_key_of(p) is None for p in paths):
+        hints.append(f"point {option} at existing files")
+    return " or ".join(hints)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataFileError, FeatureKeyError, repair_advice
+from .errors import DataFileError, FeatureKeyError, fetch_advice, repair_advice
 from .fingerprint import data_file
 from .imdb import feature_keys
 from .trust import require_trusted
@@ -91,8 +91,8 @@ class LmdbFeatureReader:
 
     def __init__(self, path: str, trust_pickle: bool = False):
         if not os.path.exists(path):
-            raise DataFileError(f"feature store {path} does not exist: install features with `mmf zoo fetch` or fix "
-                                "dataset_config.features")
+            raise DataFileError(f"feature store {path} does not exist: "
+                                f"{fetch_advice([path], 'dataset_config.<name>.features')}")
         require_trusted(path, trust_pickle, "LMDB features")
         self.path = path
         self._store: _Store | None = None  # set once, in one assignment, so a thread never sees half of it

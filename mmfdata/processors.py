@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .answers import M4CAnswerProcessor
 from .errors import DataConfigError, DataFileError
-from .fasttext import load_fasttext
+from .fasttext import FASTTEXT_EXTRA, FASTTEXT_ZOO_KEY, load_fasttext
 from .text import BertTokenizer
 
 
@@ -33,6 +33,15 @@ def datasets_root(dataset_config: dict, data_dir: str) -> str:
 def _params(dataset_config: dict, proc: str) -> dict:
     node = (dataset_config.get("processors") or {}).get(proc) or {}
     return dict(node.get("params") or {})
+
+
+def answer_vocab_path(name: str, dataset_config: dict, data_dir: str) -> str:
+    """The answer vocab file (`answer_processor.params.vocab_file`, relative to the datasets root)."""
+    option = _params(dataset_config, "answer_processor").get("vocab_file")
+    if not option:
+        raise DataConfigError(f"dataset_config.{name}.processors.answer_processor.params.vocab_file is not set")
+    option = str(option)
+    return option if os.path.isabs(option) else os.path.join(datasets_root(dataset_config, data_dir), option)
 
 
 def _first_existing(candidates: list[str]) -> str | None:
@@ -94,8 +103,6 @@ def build_processors(name: str, dataset_config: dict, data_dir: str) -> Processo
     ans = _params(dataset_config, "answer_processor")
     ctx = _params(dataset_config, "context_processor")
     phoc = _params(dataset_config, "phoc_processor")
-    if not ans.get("vocab_file"):
-        raise DataConfigError(f"dataset_config.{name}.processors.answer_processor.params.vocab_file is not set")
     max_ocr = int(ans.get("max_length", 50))
     for proc, params in (("context_processor", ctx), ("phoc_processor", phoc)):
         if int(params.get("max_length", max_ocr)) != max_ocr:
@@ -105,14 +112,17 @@ def build_processors(name: str, dataset_config: dict, data_dir: str) -> Processo
     vocab_cands = bert_vocab_candidates(text.get("vocab_file"), root, data_dir, name)
     vocab = _first_existing(vocab_cands)
     if vocab is None:
-        raise DataFileError(f"no BERT vocab.txt for {name}: tried {vocab_cands}. Run `mmf zoo fetch "
-                            "bert-base-uncased` or set processors.text_processor.params.vocab_file")
-    ans_vocab = ans["vocab_file"] if os.path.isabs(ans["vocab_file"]) else os.path.join(root, ans["vocab_file"])
+        raise DataFileError(f"no BERT vocab.txt for {name} (tried {', '.join(vocab_cands)}): run `mmf zoo fetch "
+                            f"bert-base-uncased` or set dataset_config.{name}.processors.text_processor.params."
+                            "vocab_file to a local vocab.txt")
+    ans_vocab = answer_vocab_path(name, dataset_config, data_dir)
     ft_cands = fasttext_candidates(str(ctx.get("model_file", "wiki.en.bin")), root, data_dir, name)
     ft_path = _first_existing(ft_cands)
     if ft_path is None:
-        raise DataFileError(f"no fastText model/vectors for {name}: tried {ft_cands[:6]} ... Run `mmf zoo fetch` "
-                            "for wiki.en.bin or set processors.context_processor.params.model_file")
+        raise DataFileError(f"no fastText model/vectors for {name} (tried {', '.join(ft_cands[:6])}, ...): run "
+                            f"`mmf zoo fetch {FASTTEXT_ZOO_KEY}` (its .bin needs {FASTTEXT_EXTRA}) or set "
+                            f"dataset_config.{name}.processors.context_processor.params.model_file to a local "
+                            ".bin, .vec or .npy file")
     size = ctx.get("expected_size")
     return Processors(
         tokenizer=BertTokenizer(vocab, int(text.get("max_seq_length", 20))),

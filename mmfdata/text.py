@@ -82,8 +82,8 @@ def basic_tokenize(text: str) -> list[str]:
 def load_vocab(path: str) -> dict[str, int]:
     """A BERT `vocab.txt` (one token per line, id = line number) as a dict."""
     if not os.path.isfile(path):
-        raise DataFileError(f"BERT vocab file {path} does not exist: fetch it with `mmf zoo fetch` or pass "
-                            "processors.text_processor.params.vocab_file")
+        raise DataFileError(f"BERT vocab file {path} does not exist: run `mmf zoo fetch bert-base-uncased` or "
+                            "set processors.text_processor.params.vocab_file to a local vocab.txt")
     with open(path, encoding="utf-8") as f:
         vocab = {}
         for i, line in enumerate(f):

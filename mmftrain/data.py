@@ -13,7 +13,6 @@ previous step computes.
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ def build_datasets(cfg: dict, split: str, seed: int = 0) -> dict:
         except (mmfdata.DataError, FileNotFoundError, KeyError, ValueError, OSError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"cannot build dataset {name} split {split} from {cfg['env']['data_dir']}: {msg}") \
-                from None
+                from e  # the cause keeps the traceback for train.log; the console shows the one line
     return out
 
 

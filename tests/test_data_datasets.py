@@ -201,16 +201,15 @@ def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
     imdb = os.path.join(data, TV, "annotations/imdb_val_ocr_en.npy")
     raw = open(imdb, "rb").read()
     open(imdb, "wb").write(raw[: len(raw) // 2])
-    with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy cannot be read"):
+    with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy cannot be read.*damaged; run "
+                                            "`mmf zoo verify --repair textvqa.defaults`"):
         build_dataset("textvqa", cfg, "val", data)
     os.remove(imdb)
-    with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy does not exist"):
+    with pytest.raises(DataFileError, match="1 data file.* missing: .*imdb_val_ocr_en.npy; run `mmf zoo fetch "
+                                            "textvqa.defaults`"):
         build_dataset("textvqa", cfg, "val", data)
     shutil.rmtree(os.path.join(data, TV, "features/open_images/detectron.lmdb"))
-    with pytest.raises(DataFileError, match="detectron.lmdb does not exist"):
-        build_dataset("textvqa", cfg, "train", data)
-    os.remove(os.path.join(data, TV, "extras/fasttext/wiki.en.npy"))
-    with pytest.raises(DataFileError, match="no fastText"):
+    with pytest.raises(DataFileError, match="detectron.lmdb; run `mmf zoo fetch textvqa.defaults`"):
         build_dataset("textvqa", cfg, "train", data)
 
 
