@@ -24,6 +24,8 @@ def load_imdb(path: str, trust_pickle: bool = False) -> list[dict]:
     require_trusted(path, trust_pickle, "the imdb")
     try:
         db = np.load(path, allow_pickle=True)
+    except (PermissionError, IsADirectoryError, MemoryError) as e:  # not the file's content: say so
+        raise DataFileError(f"imdb file {path} cannot be read ({type(e).__name__}: {e})") from e
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, Exception) as e:  # pickle errors vary widely
         raise DataFileError(f"imdb file {path} cannot be read ({type(e).__name__}: {e}): it is damaged; "
                             f"{repair_advice(path)}") from e

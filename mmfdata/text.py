@@ -10,7 +10,7 @@ import unicodedata
 
 import numpy as np
 
-from .errors import DataFileError, VocabError
+from .errors import DataFileError, VocabError, repair_advice
 
 
 def word_tokenize(word: str, remove=(",", "?")) -> str:
@@ -91,7 +91,8 @@ def load_vocab(path: str) -> dict[str, int]:
             vocab.setdefault(tok, i)
     for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
         if special not in vocab:
-            raise VocabError(f"BERT vocab {path} lacks {special}: it is not a BERT vocab.txt")
+            raise VocabError(f"BERT vocab {path} lacks {special}: it is not a BERT vocab.txt (or is damaged); "
+                             f"{repair_advice(path)}")
     return vocab
 
 
