@@ -10,7 +10,7 @@ from .lmdb_dataset import LmdbDataset
 from .pack import check_fresh, pack_dir_for
 from .packed import PackedDataset
 from .prerequisites import check_data_files
-from .processors import answer_vocab_path, build_processors, datasets_root
+from .processors import answer_vocab_path, build_processors, check_options, datasets_root
 
 log = logging.getLogger("mmfdata")
 
@@ -33,7 +33,9 @@ def split_entries(name: str, dataset_config: dict, split: str, root: str) -> lis
 
 
 def check_splits(name: str, dataset_config: dict, splits, data_dir: str) -> dict[str, list]:
-    """{split: split_entries} once every data file of `splits` exists (else one error naming all missing ones)."""
+    """{split: split_entries} once the options are supported and every data file of `splits` exists (else one
+    error naming all missing ones)."""
+    check_options(name, dataset_config)
     root = datasets_root(dataset_config, data_dir)
     entries = {split: split_entries(name, dataset_config, split, root) for split in splits}
     files: dict[str, list[str]] = {}

@@ -86,7 +86,7 @@ def question_text(item: dict) -> str:
     return item["question"] if "question" in item else item.get("question_str", "")
 
 
-def ocr_boxes(item: dict, n_tokens: int, max_length: int) -> np.ndarray:
+def ocr_boxes(item: dict, max_length: int) -> np.ndarray:
     """[max_length, 4] normalized OCR boxes: `ocr_normalized_boxes` (new imdbs) or `ocr_info` (old ones)."""
     out = np.zeros((max_length, 4), dtype=np.float32)
     if "ocr_normalized_boxes" in item:

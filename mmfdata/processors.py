@@ -35,6 +35,45 @@ def _params(dataset_config: dict, proc: str) -> dict:
     return dict(node.get("params") or {})
 
 
+# dataset_config values this implementation supports (M4C's): anything else would be silently ignored, so it is
+# refused. {dotted key under dataset_config.<name>: (allowed values, what the project does)}
+_SUPPORTED = {
+    "use_features": ((True,), "M4C reads region features"),
+    "use_images": ((False,), "raw images are not read"),
+    "use_ocr_info": ((True,), "M4C uses the OCR boxes"),
+    "use_order_vectors": ((True,), "M4C uses the OCR order vectors"),
+    "processors.text_processor.type": (("bert_tokenizer",), "questions are BERT-tokenized"),
+    "processors.text_processor.params.mask_probability": ((0, 0.0, None), "no token masking (M4C trains with 0)"),
+    "processors.text_processor.params.tokenizer_config.params.do_lower_case": ((True, None), "uncased BERT"),
+    "processors.answer_processor.type": (("m4c_answer",), "M4C's answer processor"),
+    "processors.context_processor.type": (("fasttext",), "fastText OCR vectors"),
+    "processors.phoc_processor.type": (("phoc",), "PHOC OCR vectors"),
+}
+
+
+def check_options(name: str, dataset_config: dict) -> None:
+    """Refuse dataset_config values this project does not implement (instead of ignoring them)."""
+    for key, (allowed, what) in _SUPPORTED.items():
+        node, present = dataset_config, True
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                present = False
+                break
+            node = node[part]
+        if present and node not in allowed:
+            raise DataConfigError(f"dataset_config.{name}.{key}={node!r} is not supported here ({what}); use "
+                                  f"{' or '.join(repr(a) for a in allowed if a is not None)}")
+    # slots per object / per OCR token are set once (max_features, answer_processor max_length) and must agree
+    slots = {"copy_processor": ("max_features", int(dataset_config.get("max_features", 100))),
+             "bbox_processor": ("answer_processor max_length",
+                                int(_params(dataset_config, "answer_processor").get("max_length", 50)))}
+    for proc, (source, want) in slots.items():
+        value = _params(dataset_config, proc).get("max_length")
+        if value is not None and int(value) != want:
+            raise DataConfigError(f"dataset_config.{name}.processors.{proc}.params.max_length={value} must equal "
+                                  f"{source} ({want})")
+
+
 def answer_vocab_path(name: str, dataset_config: dict, data_dir: str) -> str:
     """The answer vocab file (`answer_processor.params.vocab_file`, relative to the datasets root)."""
     option = _params(dataset_config, "answer_processor").get("vocab_file")

@@ -25,7 +25,6 @@ from mmftrain.errors import ConfigError, DataError
 TENSOR_KEYS = ("question_id", "text", "text_len", "obj_feat", "obj_bbox", "obj_num", "ocr_feat", "ocr_fasttext",
                "ocr_phoc", "ocr_bbox", "ocr_num", "train_prev_inds", "train_loss_mask", "target_first_inds",
                "target_first_scores", "target_seq")
-LIST_KEYS = ("image_id", "ocr_tokens", "gt_answers")
 
 
 def build_datasets(cfg: dict, split: str, seed: int = 0) -> dict:

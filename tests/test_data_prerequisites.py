@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from mmfdata import DataFileError, build_dataset, default_dataset_config, pack_dataset
+from mmfdata import DataConfigError, DataFileError, build_dataset, default_dataset_config, pack_dataset
 from mmfdata.fasttext import FASTTEXT_EXTRA, FASTTEXT_MAGIC, FASTTEXT_ZOO_KEY, load_fasttext
 from tests.data_helpers import copy_synth
 
@@ -114,3 +114,19 @@ def test_a_bin_model_without_the_package_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(DataFileError) as err:
         load_fasttext(str(path))
     assert "pip install 'mmf-zoo[fasttext]'" in str(err.value) and "model_file" in str(err.value)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("processors.text_processor.params.mask_probability", 0.15),
+    ("processors.context_processor.type", "glove"),
+    ("use_images", True),
+    ("processors.copy_processor.params.max_length", 50),
+])
+def test_unsupported_options_are_refused_not_ignored(tmp_path, key, value):
+    node = cfg = default_dataset_config("textvqa")
+    *path, last = key.split(".")
+    for part in path:
+        node = node[part]
+    node[last] = value
+    with pytest.raises(DataConfigError, match=f"dataset_config.textvqa.{key}={value!r}"):
+        build_dataset("textvqa", cfg, "val", str(tmp_path / "no-data-needed"))
