@@ -71,6 +71,7 @@ def build_dataset(name: str, dataset_config: dict, split: str, data_dir: str, *,
                 log.warning("%s/%s: packed store not used (%s); falling back to the LMDB path, which is much "
                             "slower. Build it with `mmf data pack %s --splits %s --config <this run's config=> "
                             "<its key=value overrides>`", name, split, why, name, split)
+            log.info("%s/%s: LMDB path: imdb %s, features %s", name, split, annotation, ", ".join(stores))
             parts.append(LmdbDataset(name, split, annotation, stores, procs, trust_pickle=trust_pickle,
                                      seed=seed, stream=stream))
     return parts[0] if len(parts) == 1 else ConcatDataset(parts, name=name)
