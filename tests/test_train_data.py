@@ -115,6 +115,21 @@ def test_workers_give_the_plain_batches_in_order(packed, workers, staged):
     assert_same(got, keyed, ref)
 
 
+def test_four_workers_on_the_lmdb_path_give_the_plain_batches(tmp_path):
+    """The LMDB dataset (stores never opened in this process before) read by 4 loader threads at once."""
+    from mmfdata.build import build_dataset
+    from mmfdata.configs import default_dataset_config
+    from mmfdata.synth import write_synthetic
+
+    write_synthetic(str(tmp_path), questions=64, seed=6, val_questions=8, test_questions=8)
+    cfg = default_dataset_config("textvqa")
+    ds = build_dataset("textvqa", cfg, "train", str(tmp_path), prefer_packed=False, seed=2)
+    keyed = sampler_keyed(len(ds), seed=1, count=12)
+    got = collect(ds, keyed, workers=4, depth=1)
+    plain = build_dataset("textvqa", cfg, "train", str(tmp_path), prefer_packed=False, seed=2)
+    assert_same(got, keyed, reference(plain, keyed))
+
+
 class SlowEpochDataset(GatherDataset):
     """Reads its epoch at the start and the end of a slow get_batch and remembers whether it moved."""
 
