@@ -12,6 +12,8 @@ compares the work per sample, which is what DataLoader workers would parallelise
     fastText + PHOC per OCR token, answer matching with a dense 12 x (V+50) fp32 target and the 50 x 50 order
     vectors, then torch's default_collate.
 (b) packed: `PackedDataset.get_batch` (vectorized gathers of fp16 memmaps, compact targets).
+(c) our LMDB path through the trainer's loader (`mmftrain.data.Prefetcher`) with 1 and `--loader-workers` threads
+    (the threads share one LMDB environment per store), as `mmf train` runs it without a packed store.
 """
 from __future__ import annotations
 
@@ -76,6 +78,21 @@ def bench(fn, batches: list[np.ndarray], warmup: int = 1) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def loader_rate(ds, batches: list[np.ndarray], workers: int) -> float:
+    """samples/s of the trainer's threaded loader over `batches` (the first one, which opens the stores, excluded)."""
+    from mmftrain.data import Prefetcher
+
+    loader = Prefetcher(ds, iter(enumerate(batches)), pin=False, workers=workers)
+    try:
+        it = iter(loader)
+        next(it)
+        t0 = time.perf_counter()
+        n = sum(len(batch["question_id"]) for _, batch, _ in it)
+        return n / (time.perf_counter() - t0)
+    finally:
+        loader.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", type=int, default=20000)
@@ -84,6 +101,7 @@ def main() -> None:
     ap.add_argument("--mmf-batches", type=int, default=8)
     ap.add_argument("--packed-batches", type=int, default=60)
     ap.add_argument("--dir", default="/tmp/mmfdata-bench")
+    ap.add_argument("--loader-workers", type=int, default=4, help="(c): threads compared with 1 (0: skip (c))")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -130,6 +148,13 @@ def main() -> None:
     print(f"(b) packed path             : {fast:8.0f} samples/s")
     print(f"ratio packed / MMF-equivalent: {fast / mmf:.1f}x  (target >= 10x); packed target >= 6000 samples/s: "
           f"{'met' if fast >= 6000 else 'NOT met'}")
+    if args.loader_workers > 0:
+        fresh = LmdbDataset("textvqa", "train", annotation, stores, procs)
+        one = loader_rate(fresh, batches[: args.mmf_batches + 1], 1)
+        many = loader_rate(fresh, batches[: args.mmf_batches + 1], args.loader_workers)
+        print(f"(c) LMDB path, trainer's loader, 1 thread : {one:8.0f} samples/s")
+        print(f"    LMDB path, trainer's loader, {args.loader_workers} threads: {many:8.0f} samples/s  "
+              f"({many / one:.2f}x of 1 thread)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataFileError, ImdbFormatError, VocabError
+from .errors import DataFileError, ImdbFormatError, VocabError, fetch_advice
 from .text import word_tokenize
 
 MAX_MATCH_NUM = 20  # MMF: at most 20 index sequences per answer
@@ -22,7 +22,8 @@ MAX_MATCH_NUM = 20  # MMF: at most 20 index sequences per answer
 def load_answer_vocab(path: str) -> list[str]:
     """MMF's VocabDict word list: stripped lines, `<unk>` prepended when absent; `<pad>` must end up at 0."""
     if not os.path.isfile(path):
-        raise DataFileError(f"answer vocab {path} does not exist: install the dataset extras with `mmf zoo fetch`")
+        raise DataFileError(f"answer vocab {path} does not exist: "
+                            f"{fetch_advice([path], 'processors.answer_processor.params.vocab_file')}")
     with open(path, encoding="utf-8") as f:
         words = [line.strip() for line in f]
     if words and words[-1] == "":

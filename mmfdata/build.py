@@ -9,7 +9,8 @@ from .errors import DataConfigError
 from .lmdb_dataset import LmdbDataset
 from .pack import check_fresh, pack_dir_for
 from .packed import PackedDataset
-from .processors import build_processors, datasets_root
+from .prerequisites import check_data_files
+from .processors import answer_vocab_path, build_processors, check_options, datasets_root
 
 log = logging.getLogger("mmfdata")
 
@@ -31,6 +32,21 @@ def split_entries(name: str, dataset_config: dict, split: str, root: str) -> lis
     return [(absolute(a), [absolute(p.strip()) for p in f.split(",")]) for a, f in zip(anns, feats)]
 
 
+def check_splits(name: str, dataset_config: dict, splits, data_dir: str) -> dict[str, list]:
+    """{split: split_entries} once the options are supported and every data file of `splits` exists (else one
+    error naming all missing ones)."""
+    check_options(name, dataset_config)
+    root = datasets_root(dataset_config, data_dir)
+    entries = {split: split_entries(name, dataset_config, split, root) for split in splits}
+    files: dict[str, list[str]] = {}
+    for split, pairs in entries.items():
+        files[f"annotations.{split}"] = [annotation for annotation, _ in pairs]
+        files[f"features.{split}"] = [store for _, stores in pairs for store in stores]
+    files["processors.answer_processor.params.vocab_file"] = [answer_vocab_path(name, dataset_config, data_dir)]
+    check_data_files(name, data_dir, files)
+    return entries
+
+
 def build_dataset(name: str, dataset_config: dict, split: str, data_dir: str, *, trust_pickle: bool = False,
                   prefer_packed: bool = True, seed: int = 0):
     """The dataset of `split` for MMF's `dataset_config.<name>` node, reading files under `data_dir`.
@@ -41,9 +57,10 @@ def build_dataset(name: str, dataset_config: dict, split: str, data_dir: str, *,
     """
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     root = datasets_root(dataset_config, data_dir)
+    entries = check_splits(name, dataset_config, [split], data_dir)[split]
     procs = build_processors(name, dataset_config, data_dir)
     parts = []
-    for stream, (annotation, stores) in enumerate(split_entries(name, dataset_config, split, root)):
+    for stream, (annotation, stores) in enumerate(entries):
         pack_dir = pack_dir_for(data_dir, root, annotation)
         why = check_fresh(pack_dir, annotation, stores, procs, split) if prefer_packed else "prefer_packed=False"
         if why is None:
@@ -52,7 +69,9 @@ def build_dataset(name: str, dataset_config: dict, split: str, data_dir: str, *,
         else:
             if prefer_packed:
                 log.warning("%s/%s: packed store not used (%s); falling back to the LMDB path, which is much "
-                            "slower. Run `mmf data pack %s --splits %s` to build it.", name, split, why, name, split)
+                            "slower. Build it with `mmf data pack %s --splits %s --config <this run's config=> "
+                            "<its key=value overrides>`", name, split, why, name, split)
+            log.info("%s/%s: LMDB path: imdb %s, features %s", name, split, annotation, ", ".join(stores))
             parts.append(LmdbDataset(name, split, annotation, stores, procs, trust_pickle=trust_pickle,
                                      seed=seed, stream=stream))
     return parts[0] if len(parts) == 1 else ConcatDataset(parts, name=name)
@@ -65,10 +84,11 @@ def pack_dataset(name: str, dataset_config: dict, data_dir: str, splits=("train"
 
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     root = datasets_root(dataset_config, data_dir)
+    entries = check_splits(name, dataset_config, splits, data_dir)
     procs = build_processors(name, dataset_config, data_dir)
     out = []
     for split in splits:
-        for annotation, stores in split_entries(name, dataset_config, split, root):
+        for annotation, stores in entries[split]:
             out.append(pack_entry(name, split, annotation, stores, procs, data_dir, root,
                                   trust_pickle=trust_pickle, force=force))
     return out

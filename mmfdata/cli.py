@@ -10,13 +10,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Prepare TextVQA / ST-VQA data: pack the fast store, write synthetic data.")
 
 
-def default_data_dir() -> str:
-    """MMF's env.data_dir, the one definition shared with `mmf zoo` and `mmf train` (honours TORCH_HOME)."""
-    from zoo.datadir import default_data_dir as _default
-
-    return str(_default())
-
-
 def _fail(err: Exception) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(1)
@@ -54,29 +47,41 @@ def synth(
         typer.echo(f"data_dir: {res['data_dir']}  ({res['questions']})")
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def pack(
-    name: str = typer.Argument(..., help="Dataset: textvqa or stvqa."),
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Dataset: textvqa or stvqa. Then any `key=value` config overrides."),
     splits: str = typer.Option("train,val,test", "--splits", help="Comma-separated splits."),
-    data_dir: str = typer.Option(None, "--data-dir", help="MMF data_dir (default $MMF_DATA_DIR or MMF's)."),
+    data_dir: str = typer.Option(None, "--data-dir", help="MMF data_dir (default: env.data_dir, as `mmf train`)."),
+    config: str = typer.Option(None, "--config", help="The config= you train with (default: the M4C project "
+                                                      "config of NAME)."),
     variant: str = typer.Option(None, "--variant", help="e.g. joint_with_stvqa (adds ST-VQA train)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Read pickles from an unverified install."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the store is up to date."),
 ) -> None:
-    """Convert installed imdb + LMDB features into the packed, memory-mapped store `build_dataset` prefers."""
-    _logging()
-    from .build import pack_dataset
-    from .configs import default_dataset_config
-    from .errors import DataError
+    """Convert installed imdb + LMDB features into the packed, memory-mapped store `mmf train` prefers.
 
+    The dataset_config is resolved exactly as `mmf train config=... datasets=NAME model=m4c key=value ...` resolves
+    it (same files, same overrides), so the store packed here is the one training finds fresh.
+    """
+    _logging()
     wanted = [s.strip() for s in splits.split(",") if s.strip()]
     bad = [s for s in wanted if s not in ("train", "val", "test")]
     if bad or not wanted:
         _fail(ValueError(f"--splits must list train, val and/or test, got {splits!r}"))
+    overrides = list(ctx.args)
+    odd = [a for a in overrides if "=" not in a]
+    if odd:
+        _fail(ValueError(f"unexpected argument {odd[0]!r}: config overrides are key=value, e.g. "
+                         f"dataset_config.{name}.processors.text_processor.params.max_seq_length=24"))
+    from .build import pack_dataset
+    from .configs import run_config
+    from .errors import DataError
+
     try:
-        cfg = default_dataset_config(name, variant)
-        dirs = pack_dataset(name, cfg, data_dir or default_data_dir(), wanted, trust_pickle=trust_pickle,
-                            force=force)
+        cfg = run_config(name, config=config, variant=variant, overrides=overrides, data_dir=data_dir)
+        dirs = pack_dataset(name, cfg["dataset_config"][name], str(cfg["env"]["data_dir"]), wanted,
+                            trust_pickle=trust_pickle or bool(cfg["training"]["trust_pickle"]), force=force)
     except (DataError, ValueError, OSError) as e:
         _fail(e)
     for d in dirs:

@@ -1,80 +1,59 @@
-"""The dataset_config nodes MMF's M4C project configs produce (canonical copy shared with `mmftrain`).
+"""The dataset_config `mmf train` runs with, for `mmf data pack` and library users: resolved from the same YAML
+files by the same code (`mmftrain.config.build_config`: configs/defaults.yaml, the model and dataset defaults, the
+project config, `key=value` overrides). There is no Python copy, so a YAML override of a processor changes what
+`mmf data pack` builds exactly as it changes what `mmf train` reads, and the packed store stays fresh.
 
-`default_dataset_config("textvqa")` equals `dataset_config.textvqa` after MMF merges
-`configs/datasets/textvqa/defaults.yaml` with `projects/m4c/configs/textvqa/defaults.yaml`;
-`variant="joint_with_stvqa"` adds the ST-VQA train pair of `joint_with_stvqa.yaml`; `"stvqa"` is
-`projects/m4c/configs/stvqa/defaults.yaml`. Two options are ours: `text_processor.params.vocab_file` (MMF fetches
-the BERT vocab from the HF hub; None = search, see `processors.py`) and `context_processor.params.expected_size`
-(the recorded byte size of the fastText model, to catch truncated files).
+Two dataset_config options are ours (see configs/datasets/textvqa/defaults.yaml): `text_processor.params.
+vocab_file` (MMF fetches the BERT vocab from the HF hub; None = search, see `processors.py`) and
+`context_processor.params.expected_size` (the recorded byte size of the fastText model, to catch truncated files).
 """
 from __future__ import annotations
 
-import copy
+from pathlib import Path
 
-_TEXTVQA_FEATURES = "textvqa/defaults/features/open_images/detectron.lmdb,textvqa/ocr_en/features/ocr_en_frcn_features.lmdb"
-_STVQA_FEATURES = "stvqa/defaults/features/detectron.lmdb,stvqa/ocr_en/features/ocr_en_frcn_features.lmdb"
-
-
-def _processors(answer_vocab: str) -> dict:
-    return {
-        "text_processor": {"type": "bert_tokenizer", "params": {
-            "tokenizer_config": {"type": "bert-base-uncased", "params": {"do_lower_case": True}},
-            "mask_probability": 0, "max_seq_length": 20, "vocab_file": None}},
-        "answer_processor": {"type": "m4c_answer", "params": {
-            "vocab_file": answer_vocab,
-            "preprocessor": {"type": "simple_word", "params": {}},
-            "context_preprocessor": {"type": "simple_word", "params": {}},
-            "max_length": 50, "max_copy_steps": 12, "num_answers": 10}},
-        "copy_processor": {"type": "copy", "params": {"max_length": 100}},
-        "phoc_processor": {"type": "phoc", "params": {"max_length": 50}},
-        "context_processor": {"type": "fasttext", "params": {
-            "max_length": 50, "model_file": "wiki.en.bin", "expected_size": None}},
-        "ocr_token_processor": {"type": "simple_word", "params": {}},
-        "bbox_processor": {"type": "bbox", "params": {"max_length": 50}},
-    }
+# MMF's M4C project configs, one per (dataset, variant): projects/m4c/configs/<name>/<variant or defaults>.yaml
+PROJECT_CONFIGS = Path("projects") / "m4c" / "configs"
 
 
-_FLAGS = {
-    "data_dir": None,  # MMF: ${env.data_dir}/datasets; None = <data_dir>/datasets
-    "depth_first": False, "fast_read": False, "use_images": False, "use_features": True,
-    "max_features": 100, "use_ocr": True, "use_ocr_info": True, "use_order_vectors": True,
-    "return_features_info": True,
-}
+def project_config(name: str, variant: str | None = None) -> str:
+    """The project config `mmf train` is run with for `name` (and `variant`, e.g. joint_with_stvqa)."""
+    from mmftrain.config import CONFIGS_DIR
 
-_TEXTVQA = {
-    **_FLAGS,
-    "zoo_requirements": ["textvqa.defaults", "textvqa.ocr_en"],
-    "features": {s: [_TEXTVQA_FEATURES] for s in ("train", "val", "test")},
-    "annotations": {s: [f"textvqa/defaults/annotations/imdb_{s}_ocr_en.npy"] for s in ("train", "val", "test")},
-    "processors": _processors("textvqa/defaults/extras/vocabs/fixed_answer_vocab_textvqa_5k.txt"),
-}
+    folder = CONFIGS_DIR / PROJECT_CONFIGS / name
+    if not folder.is_dir():
+        known = sorted(p.name for p in (CONFIGS_DIR / PROJECT_CONFIGS).iterdir() if p.is_dir())
+        raise ValueError(f"no project config for dataset {name!r}; known: {', '.join(known)}")
+    path = folder / f"{variant or 'defaults'}.yaml"
+    if variant == "defaults" or not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml") if p.stem not in ("defaults", "tiny"))
+        raise ValueError(f"{name} has no variant {variant!r}; known: {', '.join(known) or 'none'}")
+    return str(PROJECT_CONFIGS / name / path.name)
 
-_STVQA = {
-    **_FLAGS,
-    "zoo_requirements": ["stvqa.defaults", "stvqa.ocr_en"],
-    "features": {s: [_STVQA_FEATURES] for s in ("train", "val", "test")},
-    "annotations": {
-        "train": ["stvqa/defaults/annotations/imdb_subtrain.npy"],
-        "val": ["stvqa/defaults/annotations/imdb_subval.npy"],
-        "test": ["stvqa/defaults/annotations/imdb_test_task3.npy"],
-    },
-    "processors": _processors("stvqa/defaults/extras/vocabs/fixed_answer_vocab_stvqa_5k.txt"),
-}
+
+def run_config(name: str, *, config: str | None = None, variant: str | None = None, overrides=(),
+               data_dir: str | None = None, environ: dict | None = None) -> dict:
+    """The whole resolved config of `mmf train config=<config> datasets=<name> model=m4c <overrides>`.
+
+    `config` defaults to the project config of (`name`, `variant`); `data_dir` sets env.data_dir (so
+    `dataset_config.<name>.data_dir: ${env.data_dir}/datasets` resolves against it). Raises `ValueError`
+    (mmftrain's ConfigError) for a bad config, key or value.
+    """
+    from mmftrain.config import build_config
+
+    if config and variant:
+        raise ValueError("give a config file or a variant, not both (the variant names a project config)")
+    argv = [f"config={config or project_config(name, variant)}", f"datasets={name}", "model=m4c"]
+    if data_dir:
+        argv.append(f"env.data_dir={data_dir}")
+    cfg = build_config(argv + list(overrides), environ)
+    if name not in cfg.get("dataset_config", {}):
+        raise ValueError(f"the config has no dataset_config.{name}")
+    return cfg
 
 
 def default_dataset_config(name: str, variant: str | None = None) -> dict:
-    """A fresh copy of MMF's M4C dataset_config for `textvqa` or `stvqa` (variant: None | "joint_with_stvqa")."""
-    if name == "textvqa":
-        cfg = copy.deepcopy(_TEXTVQA)
-        if variant == "joint_with_stvqa":
-            cfg["zoo_requirements"] += ["stvqa.defaults", "stvqa.ocr_en"]
-            cfg["features"]["train"].append(_STVQA_FEATURES)
-            cfg["annotations"]["train"].append("stvqa/defaults/annotations/imdb_subtrain.npy")
-        elif variant is not None:
-            raise ValueError(f"unknown textvqa variant {variant!r}; known: joint_with_stvqa")
-        return cfg
-    if name == "stvqa":
-        if variant is not None:
-            raise ValueError(f"stvqa has no variant {variant!r}")
-        return copy.deepcopy(_STVQA)
-    raise ValueError(f"no default dataset_config for {name!r}; known: textvqa, stvqa")
+    """`dataset_config.<name>` of the M4C project config, for use with any data dir (`build_dataset(...,
+    data_dir)`): its `data_dir` is None, so paths resolve under `<data_dir>/datasets` of that data dir."""
+    node = run_config(name, variant=variant, environ={})["dataset_config"][name]
+    node["data_dir"] = None
+    return node

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import os
+
 
 class DataError(Exception):
     """Root of every error `mmfdata` raises on purpose."""
@@ -38,3 +40,31 @@ class VocabError(DataError, ValueError):
 
 class PackError(DataError):
     """The packed store cannot be built or read."""
+
+
+def zoo_key_of(path: str) -> str | None:
+    """The zoo key whose install holds `path` (`<data_dir>/datasets/<name>/<variation>/...` -> `name.variation`,
+    `<data_dir>/models/<key>/...` -> `key`), or None for a file outside the zoo's layout."""
+    parts = os.path.abspath(path).split(os.sep)
+    for folder, depth in (("datasets", 2), ("models", 1)):
+        for i in range(len(parts) - depth - 2, -1, -1):
+            if parts[i] == folder:
+                return ".".join(parts[i + 1:i + 1 + depth])
+    return None
+
+
+def repair_advice(path: str) -> str:
+    """What to do about a damaged file: the zoo's repair command for its key, else replacing the file."""
+    key = zoo_key_of(path)
+    if key is None:
+        return f"replace {path} with an intact copy"
+    return f"run `mmf zoo verify --repair {key}` (re-installs only the damaged files)"
+
+
+def fetch_advice(paths: list[str], option: str) -> str:
+    """How to get missing files: `mmf zoo fetch <keys>` for files in the zoo's layout, else the option to fix."""
+    keys = sorted({k for k in map(zoo_key_of, paths) if k})
+    hints = [f"run `mmf zoo fetch {' '.join(keys)}`"] if keys else []
+    if not keys or any(zoo_key_of(p) is None for p in paths):
+        hints.append(f"point {option} at existing files")
+    return " or ".join(hints)

@@ -1,7 +1,7 @@
 """fastText 300-d vectors for OCR tokens, from a model (optional `fasttext` package) or a vectors file.
 
 Sources, by extension:
-  `.bin`  a fastText model (e.g. MMF's `wiki.en.bin`); needs `pip install fasttext`; out-of-vocabulary words get
+  `.bin`  a fastText model (e.g. MMF's `wiki.en.bin`); needs the `fasttext` extra (pip install 'mmf-zoo[fasttext]'); out-of-vocabulary words get
           subword vectors exactly as in MMF. Its size is checked against the size the zoo recorded, because a
           truncated `wiki.en.bin` loads silently and costs ~2 accuracy points (MMF issue #414).
   `.vec`  fastText's text format (`N D` header, then `word v1 .. vD` lines); a short file is reported.
@@ -16,11 +16,12 @@ import struct
 
 import numpy as np
 
-from .errors import DataFileError
-from .trust import REPAIR_HINT
+from .errors import DataFileError, repair_advice
 
 log = logging.getLogger(__name__)
 FASTTEXT_MAGIC = 793712314  # first int32 of every fastText .bin model
+FASTTEXT_ZOO_KEY = "fasttext.wiki_en"  # configs/zoo/models.yaml: MMF's wiki.en.bin
+FASTTEXT_EXTRA = "the fasttext package: pip install 'mmf-zoo[fasttext]'"  # pyproject's extra for .bin models
 
 
 class VectorTable:
@@ -60,12 +61,12 @@ def _check_bin(path: str, expected_size: int | None) -> None:
     if expected_size is not None and size != expected_size:
         raise DataFileError(
             f"fastText model {path} is {size} bytes but the zoo recorded {expected_size}: it is truncated or a "
-            "different file; " + REPAIR_HINT
+            f"different file; {repair_advice(path)}"
         )
     with open(path, "rb") as f:
         head = f.read(8)
     if len(head) < 8 or struct.unpack("<i", head[:4])[0] != FASTTEXT_MAGIC:
-        raise DataFileError(f"{path} is not a fastText .bin model (bad magic number): re-download it")
+        raise DataFileError(f"{path} is not a fastText .bin model (bad magic number); {repair_advice(path)}")
 
 
 def _load_vec(path: str) -> VectorTable:
@@ -79,14 +80,14 @@ def _load_vec(path: str) -> VectorTable:
             parts = line.rstrip("\n").rstrip(" ").split(" ")
             if len(parts) != dim + 1:
                 raise DataFileError(f"fastText .vec file {path} line {len(words) + 2} has {len(parts) - 1} values, "
-                                    f"expected {dim}: the file is corrupt")
+                                    f"expected {dim}: the file is damaged; {repair_advice(path)}")
             if len(words) >= count:
                 raise DataFileError(f"fastText .vec file {path} has more rows than its header ({count})")
             vecs[len(words)] = np.asarray(parts[1:], dtype=np.float32)
             words.append(parts[0])
     if len(words) != count:
         raise DataFileError(f"fastText .vec file {path} has {len(words)} rows but its header says {count}: "
-                            "it is truncated; fetch it again")
+                            f"it is truncated; {repair_advice(path)}")
     return VectorTable(words, vecs, path)
 
 
@@ -102,7 +103,8 @@ def _load_npy(path: str) -> VectorTable:
     try:
         vecs = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise DataFileError(f"fastText vectors {path} cannot be read ({e}): the file is truncated or corrupt") from e
+        raise DataFileError(f"fastText vectors {path} cannot be read ({e}): the file is damaged; "
+                            f"{repair_advice(path)}") from e
     with open(vocab, encoding="utf-8") as f:
         words = [line.rstrip("\n") for line in f]
     if vecs.ndim != 2 or len(words) != vecs.shape[0]:
@@ -113,7 +115,7 @@ def _load_npy(path: str) -> VectorTable:
 def load_fasttext(path: str, expected_size: int | None = None):
     """Load a fastText source (see module docstring); returns an object with `get_word_vector(word)` and `dim`."""
     if not os.path.isfile(path):
-        raise DataFileError(f"fastText file {path} does not exist: fetch it with `mmf zoo fetch` or set "
+        raise DataFileError(f"fastText file {path} does not exist: run `mmf zoo fetch {FASTTEXT_ZOO_KEY}` or set "
                             "processors.context_processor.params.model_file")
     if path.endswith(".vec"):
         return _load_vec(path)
@@ -124,8 +126,8 @@ def load_fasttext(path: str, expected_size: int | None = None):
         import fasttext  # optional dependency
     except ImportError as e:
         raise DataFileError(
-            f"{path} is a fastText model: `pip install fasttext` to read it, or convert it once to a vectors file "
-            "(.vec, or .npy + .vocab.txt) covering your OCR tokens"
+            f"{path} is a fastText model: reading it needs {FASTTEXT_EXTRA} (or pip install fasttext); or point "
+            "processors.context_processor.params.model_file at a vectors file (.vec, or .npy + .vocab.txt)"
         ) from e
     return FastTextModel(fasttext.load_model(path), path)
 

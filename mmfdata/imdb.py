@@ -10,8 +10,8 @@ import zipfile
 
 import numpy as np
 
-from .errors import DataFileError, ImdbFormatError
-from .trust import REPAIR_HINT, require_trusted
+from .errors import DataFileError, ImdbFormatError, fetch_advice, repair_advice
+from .trust import require_trusted
 
 REQUIRED = ("question_id", "image_id")
 
@@ -19,14 +19,16 @@ REQUIRED = ("question_id", "image_id")
 def load_imdb(path: str, trust_pickle: bool = False) -> list[dict]:
     """The per-question dicts of an imdb file (header removed, MMF's answer-field hacks applied)."""
     if not os.path.isfile(path):
-        raise DataFileError(f"imdb file {path} does not exist: install annotations with `mmf zoo fetch` "
-                            "or fix dataset_config.annotations")
+        raise DataFileError(f"imdb file {path} does not exist: "
+                            f"{fetch_advice([path], 'dataset_config.<name>.annotations')}")
     require_trusted(path, trust_pickle, "the imdb")
     try:
         db = np.load(path, allow_pickle=True)
+    except (PermissionError, IsADirectoryError, MemoryError) as e:  # not the file's content: say so
+        raise DataFileError(f"imdb file {path} cannot be read ({type(e).__name__}: {e})") from e
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, Exception) as e:  # pickle errors vary widely
-        raise DataFileError(f"imdb file {path} cannot be read ({type(e).__name__}: {e}): it is truncated or "
-                            f"corrupt; {REPAIR_HINT}") from e
+        raise DataFileError(f"imdb file {path} cannot be read ({type(e).__name__}: {e}): it is damaged; "
+                            f"{repair_advice(path)}") from e
     if isinstance(db, np.ndarray) and db.shape == () and db.dtype == object:
         db = db.item()
     if isinstance(db, dict):
@@ -84,7 +86,7 @@ def question_text(item: dict) -> str:
     return item["question"] if "question" in item else item.get("question_str", "")
 
 
-def ocr_boxes(item: dict, n_tokens: int, max_length: int) -> np.ndarray:
+def ocr_boxes(item: dict, max_length: int) -> np.ndarray:
     """[max_length, 4] normalized OCR boxes: `ocr_normalized_boxes` (new imdbs) or `ocr_info` (old ones)."""
     out = np.zeros((max_length, 4), dtype=np.float32)
     if "ocr_normalized_boxes" in item:

@@ -1,7 +1,8 @@
 """`mmf data pack`: convert imdb + LMDB features into the packed store that `PackedDataset` memory-maps.
 
 One store per imdb file, at `<data_dir>/packed/<imdb path under datasets/, without .npy>/`:
-    index.json            format, sizes, answer vocab, processor options, fingerprints of every input file
+    index.json            format, sizes, answer vocab, processor options, content fingerprints of every input
+                          (not paths: a copied data dir reuses its store; see `fingerprint.py`)
     strings.json          image_id and raw answers per question, processed OCR tokens per token row
     question_id, image_row, tok_row, text, text_len, obj_bbox, ocr_bbox, ocr_num,
     first_inds, first_scores, cand_off, cand_seq, cand_len          per question / candidate (.npy)

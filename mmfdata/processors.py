@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .answers import M4CAnswerProcessor
 from .errors import DataConfigError, DataFileError
-from .fasttext import load_fasttext
+from .fasttext import FASTTEXT_EXTRA, FASTTEXT_ZOO_KEY, load_fasttext
 from .text import BertTokenizer
 
 
@@ -33,6 +33,54 @@ def datasets_root(dataset_config: dict, data_dir: str) -> str:
 def _params(dataset_config: dict, proc: str) -> dict:
     node = (dataset_config.get("processors") or {}).get(proc) or {}
     return dict(node.get("params") or {})
+
+
+# dataset_config values this implementation supports (M4C's): anything else would be silently ignored, so it is
+# refused. {dotted key under dataset_config.<name>: (allowed values, what the project does)}
+_SUPPORTED = {
+    "use_features": ((True,), "M4C reads region features"),
+    "use_images": ((False,), "raw images are not read"),
+    "use_ocr_info": ((True,), "M4C uses the OCR boxes"),
+    "use_order_vectors": ((True,), "M4C uses the OCR order vectors"),
+    "processors.text_processor.type": (("bert_tokenizer",), "questions are BERT-tokenized"),
+    "processors.text_processor.params.mask_probability": ((0, 0.0, None), "no token masking (M4C trains with 0)"),
+    "processors.text_processor.params.tokenizer_config.params.do_lower_case": ((True, None), "uncased BERT"),
+    "processors.answer_processor.type": (("m4c_answer",), "M4C's answer processor"),
+    "processors.context_processor.type": (("fasttext",), "fastText OCR vectors"),
+    "processors.phoc_processor.type": (("phoc",), "PHOC OCR vectors"),
+}
+
+
+def check_options(name: str, dataset_config: dict) -> None:
+    """Refuse dataset_config values this project does not implement (instead of ignoring them)."""
+    for key, (allowed, what) in _SUPPORTED.items():
+        node, present = dataset_config, True
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                present = False
+                break
+            node = node[part]
+        if present and node not in allowed:
+            raise DataConfigError(f"dataset_config.{name}.{key}={node!r} is not supported here ({what}); use "
+                                  f"{' or '.join(repr(a) for a in allowed if a is not None)}")
+    # slots per object / per OCR token are set once (max_features, answer_processor max_length) and must agree
+    slots = {"copy_processor": ("max_features", int(dataset_config.get("max_features", 100))),
+             "bbox_processor": ("answer_processor max_length",
+                                int(_params(dataset_config, "answer_processor").get("max_length", 50)))}
+    for proc, (source, want) in slots.items():
+        value = _params(dataset_config, proc).get("max_length")
+        if value is not None and int(value) != want:
+            raise DataConfigError(f"dataset_config.{name}.processors.{proc}.params.max_length={value} must equal "
+                                  f"{source} ({want})")
+
+
+def answer_vocab_path(name: str, dataset_config: dict, data_dir: str) -> str:
+    """The answer vocab file (`answer_processor.params.vocab_file`, relative to the datasets root)."""
+    option = _params(dataset_config, "answer_processor").get("vocab_file")
+    if not option:
+        raise DataConfigError(f"dataset_config.{name}.processors.answer_processor.params.vocab_file is not set")
+    option = str(option)
+    return option if os.path.isabs(option) else os.path.join(datasets_root(dataset_config, data_dir), option)
 
 
 def _first_existing(candidates: list[str]) -> str | None:
@@ -94,8 +142,6 @@ def build_processors(name: str, dataset_config: dict, data_dir: str) -> Processo
     ans = _params(dataset_config, "answer_processor")
     ctx = _params(dataset_config, "context_processor")
     phoc = _params(dataset_config, "phoc_processor")
-    if not ans.get("vocab_file"):
-        raise DataConfigError(f"dataset_config.{name}.processors.answer_processor.params.vocab_file is not set")
     max_ocr = int(ans.get("max_length", 50))
     for proc, params in (("context_processor", ctx), ("phoc_processor", phoc)):
         if int(params.get("max_length", max_ocr)) != max_ocr:
@@ -105,14 +151,17 @@ def build_processors(name: str, dataset_config: dict, data_dir: str) -> Processo
     vocab_cands = bert_vocab_candidates(text.get("vocab_file"), root, data_dir, name)
     vocab = _first_existing(vocab_cands)
     if vocab is None:
-        raise DataFileError(f"no BERT vocab.txt for {name}: tried {vocab_cands}. Run `mmf zoo fetch "
-                            "bert-base-uncased` or set processors.text_processor.params.vocab_file")
-    ans_vocab = ans["vocab_file"] if os.path.isabs(ans["vocab_file"]) else os.path.join(root, ans["vocab_file"])
+        raise DataFileError(f"no BERT vocab.txt for {name} (tried {', '.join(vocab_cands)}): run `mmf zoo fetch "
+                            f"bert-base-uncased` or set dataset_config.{name}.processors.text_processor.params."
+                            "vocab_file to a local vocab.txt")
+    ans_vocab = answer_vocab_path(name, dataset_config, data_dir)
     ft_cands = fasttext_candidates(str(ctx.get("model_file", "wiki.en.bin")), root, data_dir, name)
     ft_path = _first_existing(ft_cands)
     if ft_path is None:
-        raise DataFileError(f"no fastText model/vectors for {name}: tried {ft_cands[:6]} ... Run `mmf zoo fetch` "
-                            "for wiki.en.bin or set processors.context_processor.params.model_file")
+        raise DataFileError(f"no fastText model/vectors for {name} (tried {', '.join(ft_cands[:6])}, ...): run "
+                            f"`mmf zoo fetch {FASTTEXT_ZOO_KEY}` (its .bin needs {FASTTEXT_EXTRA}) or set "
+                            f"dataset_config.{name}.processors.context_processor.params.model_file to a local "
+                            ".bin, .vec or .npy file")
     size = ctx.get("expected_size")
     return Processors(
         tokenizer=BertTokenizer(vocab, int(text.get("max_seq_length", 20))),

@@ -24,7 +24,7 @@ def process_question(item: dict, procs: Processors, where: str) -> dict:
     ids, text_len = procs.tokenizer.encode(question_text(item))
     tokens = ocr_tokens_of(item, procs)
     targets: AnswerTargets = procs.answers(list(item.get("answers", []) or []), tokens, where)
-    ocr_bbox = ocr_boxes(item, len(tokens), procs.max_ocr) if procs.use_ocr else np.zeros((procs.max_ocr, 4), np.float32)
+    ocr_bbox = ocr_boxes(item, procs.max_ocr) if procs.use_ocr else np.zeros((procs.max_ocr, 4), np.float32)
     return {
         "question_id": int(item["question_id"]),
         "image_id": str(item["image_id"]),

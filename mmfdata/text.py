@@ -10,7 +10,7 @@ import unicodedata
 
 import numpy as np
 
-from .errors import DataFileError, VocabError
+from .errors import DataFileError, VocabError, repair_advice
 
 
 def word_tokenize(word: str, remove=(",", "?")) -> str:
@@ -82,8 +82,8 @@ def basic_tokenize(text: str) -> list[str]:
 def load_vocab(path: str) -> dict[str, int]:
     """A BERT `vocab.txt` (one token per line, id = line number) as a dict."""
     if not os.path.isfile(path):
-        raise DataFileError(f"BERT vocab file {path} does not exist: fetch it with `mmf zoo fetch` or pass "
-                            "processors.text_processor.params.vocab_file")
+        raise DataFileError(f"BERT vocab file {path} does not exist: run `mmf zoo fetch bert-base-uncased` or "
+                            "set processors.text_processor.params.vocab_file to a local vocab.txt")
     with open(path, encoding="utf-8") as f:
         vocab = {}
         for i, line in enumerate(f):
@@ -91,7 +91,8 @@ def load_vocab(path: str) -> dict[str, int]:
             vocab.setdefault(tok, i)
     for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
         if special not in vocab:
-            raise VocabError(f"BERT vocab {path} lacks {special}: it is not a BERT vocab.txt")
+            raise VocabError(f"BERT vocab {path} lacks {special}: it is not a BERT vocab.txt (or is damaged); "
+                             f"{repair_advice(path)}")
     return vocab
 
 

@@ -4,11 +4,11 @@ MMF's imdb `.npy` files and LMDB feature values are pickles; unpickling runs arb
 """
 from __future__ import annotations
 
-from zoo.trust import REPAIR_HINT, trust_hint, untrusted_reason
+from zoo.trust import trust_hint, untrusted_reason
 
 from .errors import UntrustedPickleError
 
-__all__ = ["REPAIR_HINT", "require_trusted"]  # REPAIR_HINT: what mmfdata's damaged-file errors advise
+__all__ = ["require_trusted"]
 
 
 def require_trusted(path: str, trust_pickle: bool, what: str = "pickled data") -> None:

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mmfdata import (ConcatDataset, DataFileError, FeatureKeyError, LmdbDataset, PackedDataset,
+from mmfdata import (ConcatDataset, DataError, DataFileError, FeatureKeyError, LmdbDataset, PackedDataset,
                      UntrustedPickleError, build_dataset, default_dataset_config, pack_dataset)
 from mmfdata.batch import MAX_DECODE_STEPS, MAX_OCR
 from tests.data_helpers import batches_equal, copy_synth, shared_synth
@@ -206,16 +206,15 @@ def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
     open(imdb, "wb").write(raw[: len(raw) // 2])
     with pytest.raises(UntrustedPickleError, match="imdb_val_ocr_en.npy is damaged or changed since install"):
         build_dataset("textvqa", cfg, "val", data)  # the trust check sees the damage before any unpickling
-    with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy cannot be read.*mmf zoo verify --repair"):
+    with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy cannot be read.*damaged; run "
+                                            "`mmf zoo verify --repair textvqa.defaults`"):
         build_dataset("textvqa", cfg, "val", data, trust_pickle=True)
     os.remove(imdb)
-    with pytest.raises(DataFileError, match="imdb_val_ocr_en.npy does not exist"):
+    with pytest.raises(DataFileError, match="1 data file.* missing: .*imdb_val_ocr_en.npy; run `mmf zoo fetch "
+                                            "textvqa.defaults`"):
         build_dataset("textvqa", cfg, "val", data)
     shutil.rmtree(os.path.join(data, TV, "features/open_images/detectron.lmdb"))
-    with pytest.raises(DataFileError, match="detectron.lmdb does not exist"):
-        build_dataset("textvqa", cfg, "train", data)
-    os.remove(os.path.join(data, TV, "extras/fasttext/wiki.en.npy"))
-    with pytest.raises(DataFileError, match="no fastText"):
+    with pytest.raises(DataFileError, match="detectron.lmdb; run `mmf zoo fetch textvqa.defaults`"):
         build_dataset("textvqa", cfg, "train", data)
 
 
@@ -236,3 +235,22 @@ def test_datasets_survive_pickling_for_spawned_workers(packed_copy):
         ds.set_epoch(2)
         clone = pickle.loads(pickle.dumps(ds))
         assert batches_equal(clone.get_batch(idx), ds.get_batch(idx)) == []
+
+
+@pytest.mark.parametrize("victim", ["none", "imdb", "fasttext", "bert_vocab"])
+def test_damaged_files_name_the_repair_command_of_their_zoo_key(tmp_path, victim):
+    """A damaged file is mended by `mmf zoo verify --repair <key>` (only that resource), not a 34 GB re-fetch."""
+    data = copy_synth(str(tmp_path / "data"))
+    files = {"imdb": f"{TV}/annotations/imdb_val_ocr_en.npy", "fasttext": f"{TV}/extras/fasttext/wiki.en.npy",
+             "bert_vocab": f"{TV}/extras/vocabs/bert-base-uncased-vocab.txt"}
+    if victim == "none":  # control: the intact install builds
+        build_dataset("textvqa", default_dataset_config("textvqa"), "val", data, prefer_packed=False)
+        return
+    path = os.path.join(data, files[victim])
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[: len(raw) // 3])
+    with pytest.raises(DataError) as err:
+        build_dataset("textvqa", default_dataset_config("textvqa"), "val", data, prefer_packed=False)
+    msg = str(err.value)
+    assert files[victim].split("/")[-1] in msg and "`mmf zoo verify --repair textvqa.defaults`" in msg, msg
+    assert "zoo fetch" not in msg and "corrupt" not in msg

@@ -5,13 +5,14 @@ The synthetic packed store has questions whose teacher-forcing sequence changes 
 read a batch under the wrong epoch would be caught.
 """
 import time
+import traceback
 
 import numpy as np
 import pytest
 import torch
 
 from mmftrain.data import Prefetcher, TrainSampler, loader_workers, takes_out
-from mmftrain.errors import DataError
+from mmftrain.errors import ConfigError, DataError
 
 BATCH = 8
 
@@ -114,6 +115,21 @@ def test_workers_give_the_plain_batches_in_order(packed, workers, staged):
     assert_same(got, keyed, ref)
 
 
+def test_four_workers_on_the_lmdb_path_give_the_plain_batches(tmp_path):
+    """The LMDB dataset (stores never opened in this process before) read by 4 loader threads at once."""
+    from mmfdata.build import build_dataset
+    from mmfdata.configs import default_dataset_config
+    from mmfdata.synth import write_synthetic
+
+    write_synthetic(str(tmp_path), questions=64, seed=6, val_questions=8, test_questions=8)
+    cfg = default_dataset_config("textvqa")
+    ds = build_dataset("textvqa", cfg, "train", str(tmp_path), prefer_packed=False, seed=2)
+    keyed = sampler_keyed(len(ds), seed=1, count=12)
+    got = collect(ds, keyed, workers=4, depth=1)
+    plain = build_dataset("textvqa", cfg, "train", str(tmp_path), prefer_packed=False, seed=2)
+    assert_same(got, keyed, reference(plain, keyed))
+
+
 class SlowEpochDataset(GatherDataset):
     """Reads its epoch at the start and the end of a slow get_batch and remembers whether it moved."""
 
@@ -211,14 +227,24 @@ def test_close_mid_stream_stops_the_workers(packed):
     assert not any(t.is_alive() for t in loader.threads)
 
 
-def test_loader_workers_bounds():
-    import os
+def test_loader_workers_are_what_the_user_set():
+    assert [loader_workers(n) for n in (None, 0, 1, 4, 64)] == [1, 1, 1, 4, 64]  # not capped to the cores
+    for bad in (-1, 65, 2.5, "4", True):
+        with pytest.raises(ConfigError, match="training.num_workers"):
+            loader_workers(bad)
 
-    cores = os.cpu_count() or 2
-    assert loader_workers(0) == 1
-    assert loader_workers(None) == 1
-    assert loader_workers(4) == max(1, min(4, cores // 2))
-    assert loader_workers(1000) == max(1, cores // 2)
+
+def test_a_worker_error_keeps_its_traceback(packed):
+    keyed = [((0, i), np.arange(i * 4, i * 4 + 4)) for i in range(8)]
+    loader = Prefetcher(FailingDataset(packed), iter(keyed), pin=False, workers=4)
+    with pytest.raises(DataError) as err:
+        for _ in loader:
+            pass
+    loader.close()
+    text = "".join(traceback.format_exception(err.value))
+    # the worker thread's frames, down to the line that raised, survive the hop to the consumer thread
+    assert 'raise ValueError("feature row 13 is corrupt")' in text and "in get_batch" in text
+    assert "in _work" in text
 
 
 def test_packed_store_gathers_straight_into_caller_buffers(tmp_path):
@@ -238,3 +264,29 @@ def test_packed_store_gathers_straight_into_caller_buffers(tmp_path):
     got = ds.get_batch(idx, out=bufs)
     for k, v in plain.items():
         assert got[k] is bufs[k] and np.array_equal(bufs[k], v)
+
+
+def test_mmf_train_on_the_lmdb_path_with_four_loader_workers(tmp_path):
+    """The MMF-format data as users have it (no `mmf data pack`), through the real CLI, four loader threads all
+    reaching their first LMDB read together (on the H100 this failed at the first batch)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mmfdata.synth import write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(str(data), questions=64, seed=2, val_questions=8, test_questions=8)
+    cmd = [sys.executable, "-c", "from mmf_cli.main import main; main()", "train",
+           "config=projects/m4c/configs/textvqa/tiny.yaml", "datasets=textvqa", "model=m4c", "run_type=train",
+           f"env.data_dir={data}", f"env.save_dir={tmp_path / 'save'}", "env.fetch_missing_data=false",
+           "training.num_workers=4", "training.batch_size=8", "training.max_updates=6", "training.log_interval=1",
+           "training.evaluation_interval=1000", "training.checkpoint_interval=1000",
+           "model_config.m4c.mmt.num_hidden_layers=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "falling back to the LMDB path" in r.stderr and not (data / "packed").exists()
+    records = [json.loads(line) for line in (tmp_path / "save" / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["num_updates"] for rec in records if "train/total_loss" in rec] == [1, 2, 3, 4, 5, 6]

@@ -18,7 +18,6 @@ from pathlib import Path
 from zoo.records import STATE_DIR, VOLATILE, check_file, has_hashes
 
 # what every "this file is damaged" message tells the user to run (mmfdata's errors use it too)
-REPAIR_HINT = "re-install it with `mmf zoo verify --repair KEY` (KEY: the zoo key it came from, e.g. textvqa)"
 
 
 def untrusted_reason(path) -> str | None:
