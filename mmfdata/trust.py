@@ -16,6 +16,8 @@ def require_trusted(path: str, trust_pickle: bool, what: str = "pickled data") -
     if trust_pickle:
         return
     reason = untrusted_reason(path)
+    if reason and reason.damaged:  # changed since a verified install: mend it, never trust it
+        raise UntrustedPickleError(f"refusing to unpickle {what}: {reason}")
     if reason:
         raise UntrustedPickleError(f"refusing to unpickle {what} in {path}: {reason}; "
                                    + trust_hint("trust_pickle=True (CLI: --trust-pickle)"))

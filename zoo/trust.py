@@ -13,27 +13,37 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.records import STATE_DIR, VOLATILE, check_file, has_hashes
 
-# what every "this file is damaged" message tells the user to run (mmfdata's errors use it too)
+@dataclass(frozen=True)
+class Distrust:
+    """Why a file may not be unpickled. `damaged`: the zoo installed it and it changed since; the fix is the
+    repair command in `reason`, never trusting the changed bytes."""
+    reason: str
+    damaged: bool = False
+
+    def __str__(self) -> str:
+        return self.reason
 
 
-def untrusted_reason(path) -> str | None:
+def untrusted_reason(path) -> Distrust | None:
     """None when every byte of `path` (a file, or a folder such as an LMDB) was verified by the zoo; else why not."""
     real = os.path.realpath(path)
     if os.path.isdir(real):
         files = sorted(os.path.join(d, f) for d, _, names in os.walk(real) for f in names if f not in VOLATILE)
         if not files:
-            return f"{path} holds no files"
+            return Distrust(f"{path} holds no files")
     elif os.path.isfile(real):
         files = [real]
     else:
-        return f"{path} does not exist"
+        return Distrust(f"{path} does not exist")
     root = _install_root(os.path.dirname(files[0]) if os.path.isdir(real) else os.path.dirname(real))
     if root is None:
-        return f"{path} is not inside a zoo install (<data_dir>/datasets/<name>/<variation>/ or models/<key>/)"
+        return Distrust(f"{path} is not inside a zoo install (<data_dir>/datasets/<name>/<variation>/ or "
+                        "models/<key>/)")
     for f in files:
         reason = _file_reason(f, root)
         if reason:
@@ -53,7 +63,7 @@ def _install_root(folder: str) -> str | None:
         d = parent
 
 
-def _file_reason(f: str, root: str) -> str | None:
+def _file_reason(f: str, root: str) -> Distrust | None:
     d = os.path.dirname(f)
     while True:
         rel = os.path.relpath(f, d).replace(os.sep, "/")
@@ -64,16 +74,16 @@ def _file_reason(f: str, root: str) -> str | None:
             mend = (f"write it again with `{rec['local']}`" if rec.get("local") else
                     f"run `mmf zoo verify --repair {rec.get('key') or 'KEY'}`")
             if not rec.get("verified"):
-                return (f"{f} comes from {rec.get('url')}, which has no hashcode in the manifest, so the zoo never "
-                        "verified it")
+                return Distrust(f"{f} comes from {rec.get('url')}, which has no hashcode in the manifest, so the "
+                                "zoo never verified it")
             if not has_hashes(rec):
-                return f"{f}'s install record has no content hashes; {mend}"
+                return Distrust(f"{f}'s install record has no content hashes; {mend}")
             problem = check_file(Path(d), row, full=False)
             if problem:
-                return f"{f} is damaged or changed since install ({problem}); {mend}"
+                return Distrust(f"{f} is damaged or changed since install ({problem}); {mend}", damaged=True)
             return None
         if d == root:
-            return f"{f} is not listed in any zoo install record (the zoo did not install it)"
+            return Distrust(f"{f} is not listed in any zoo install record (the zoo did not install it)")
         d = os.path.dirname(d)
 
 
