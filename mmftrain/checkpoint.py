@@ -65,19 +65,13 @@ def save(path: Path, state: dict) -> None:
 
 
 def save_many(paths: list[Path], state: dict) -> None:
-    """Serialise `state` once and publish it atomically under every path (hard links, else copies)."""
+    """Serialise `state` once and publish it atomically under every path. The others are copies, not hard links:
+    each file must survive damage to another (a damaged current.ckpt falls back to models/model_<N>.ckpt)."""
     first = Path(paths[0])
     save(first, state)
     for other in map(Path, paths[1:]):
-        other.parent.mkdir(parents=True, exist_ok=True)
-        tmp = other.parent / f".{other.name}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(first, tmp)  # files are never modified in place, so sharing the inode is safe
-        except OSError:
-            shutil.copyfile(first, tmp)
-        os.replace(tmp, other)
-        _fsync_dir(other.parent)
+        with open(first, "rb") as src:
+            atomic_write_bytes(other, lambda dst: shutil.copyfileobj(src, dst, 1 << 24))
 
 
 def verify(path: Path) -> str | None:
@@ -277,32 +271,31 @@ class Checkpointer:
         for name in names:
             if name.startswith(PERIODIC_DIR + "/") and name not in self.periodic:
                 self.periodic.append(name)
+        doomed = []  # pruned once the new files are on disk
+        if self.max_to_keep is not None and self.max_to_keep >= 0:
+            while len(self.periodic) > self.max_to_keep:
+                doomed.append(self.periodic.pop(0))
         state = {**state, "periodic_checkpoints": list(self.periodic)}
         snap = self.snapshot.take(state)
         paths = [self.save_dir / n for n in names]
         if self.background:
-            self._thread = threading.Thread(target=self._write, args=(paths, snap), name="checkpoint-writer",
-                                            daemon=False)
+            self._thread = threading.Thread(target=self._write, args=(paths, snap, doomed),
+                                            name="checkpoint-writer", daemon=False)
             self._thread.start()
         else:
-            self._write(paths, snap)
+            self._write(paths, snap, doomed)
             self._raise_error()
         self.stall_s += time.perf_counter() - start
 
-    def _write(self, paths: list[Path], state: dict) -> None:
+    def _write(self, paths: list[Path], state: dict, doomed: list[str]) -> None:
         try:
             save_many(paths, state)
-            self._prune()
+            for name in doomed:
+                (self.save_dir / name).unlink(missing_ok=True)
         except BaseException as e:  # noqa: BLE001 - surfaced on the training thread by wait()
             self._error = CheckpointError(f"writing checkpoint {paths[0]} failed ({type(e).__name__}: {e}); "
                                           "the previous checkpoint is intact; free disk space or fix permissions "
                                           "and resume with checkpoint.resume=true")
-
-    def _prune(self) -> None:
-        if self.max_to_keep is None or self.max_to_keep < 0:
-            return
-        while len(self.periodic) > self.max_to_keep:
-            (self.save_dir / self.periodic.pop(0)).unlink(missing_ok=True)
 
     def wait(self) -> None:
         """Block until the write in flight is on disk; raise its error if it failed."""

@@ -94,8 +94,9 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
     cfg["training"]["seed"] = seed
     if cfg["training"]["batch_size_per_device"]:
         cfg["training"]["batch_size"] = int(cfg["training"]["batch_size_per_device"]) * dist.world
-    log.info("run_type=%s datasets=%s model=%s seed=%d world=%d device=%s save_dir=%s", cfg["run_type"],
-             ",".join(cfg["datasets"]), cfg["model"], seed, dist.world, dist.device, save_dir)
+    log.info("run_type=%s datasets=%s model=%s seed=%d world=%d device=%s data_dir=%s save_dir=%s",
+             cfg["run_type"], ",".join(cfg["datasets"]), cfg["model"], seed, dist.world, dist.device,
+             cfg["env"]["data_dir"], save_dir)
     if cfg["training"]["log_detailed_config"]:
         log.info("config:\n%s", dump_yaml(cfg))
 
@@ -145,6 +146,8 @@ def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: Sta
                 path = save_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
                 log.warning("env.overwrite_save_dir=true: deleted the previous run's %s", path)
+        for stale in [*save_dir.glob(".*.tmp"), *(save_dir / checkpoint.PERIODIC_DIR).glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)  # a write cut by a kill (the files it would have replaced are intact)
         text = dump_yaml(cfg).encode()
         checkpoint.atomic_write_bytes(save_dir / "config.yaml", lambda f: f.write(text))
     distributed.barrier()
