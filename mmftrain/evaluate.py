@@ -110,14 +110,14 @@ def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, 
         model.train(was_training)
     gathered = distributed.gather_objects((records, loss_sum, loss_n))
     all_records = [r for part in gathered for r in part[0]]
-    scores_, n = compute_metrics(all_records, metrics or [])
-    out = {f"{split}/{dataset_name}/{k}": v for k, v in scores_.items()}
+    scored, n_scored = compute_metrics(all_records, metrics or [])
+    out = {f"{split}/{dataset_name}/{k}": v for k, v in scored.items()}
     total_n = sum(p[2] for p in gathered)
     if total_n:
         out[f"{split}/{dataset_name}/m4c_decoding_bce_with_mask"] = sum(p[1] for p in gathered) / total_n
         out[f"{split}/total_loss"] = out[f"{split}/{dataset_name}/m4c_decoding_bce_with_mask"]
     out[f"{split}/{dataset_name}/num_questions"] = len({r["question_id"] for r in all_records})
-    out[f"{split}/{dataset_name}/scored_questions"] = n
+    out[f"{split}/{dataset_name}/scored_questions"] = n_scored
     out[f"{split}_time"] = time.perf_counter() - t0
     return out, all_records
 
@@ -132,10 +132,10 @@ def write_predictions(records: list[dict], report_dir: Path, dataset: str, exper
              "pred_source": r["pred_source"]} for r in records]
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["question_id", "image_id", "answer", "pred_source"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "pred_source": " ".join(r["pred_source"])})
+        writer = csv.DictWriter(buf, fieldnames=["question_id", "image_id", "answer", "pred_source"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "pred_source": " ".join(row["pred_source"])})
         data = buf.getvalue().encode()
     else:
         data = json.dumps(rows).encode()

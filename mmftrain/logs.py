@@ -14,7 +14,6 @@ log = logging.getLogger("mmftrain")
 # Loggers whose lines belong in a run's log: the trainer, the data package (data path, packed store), the zoo
 # (fetching missing data), and Python warnings.
 RUN_LOGGERS = ("mmftrain", "mmfdata", "zoo", "py.warnings")
-LEVELS = ("debug", "info", "warning", "error", "critical")
 _FORMAT = "%(asctime)s | %(levelname)s | %(name)s : %(message)s"
 _DATE = "%Y-%m-%dT%H:%M:%S"
 

@@ -156,24 +156,24 @@ def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: Sta
 # ---- where to start
 def resolve_start(cfg: dict, save_dir: Path, dist: distributed.DistInfo, stages: Stages) -> StartPoint:
     """MMF's priority: this run's own checkpoint (checkpoint.resume), resume_file, resume_zoo, else fresh."""
-    ck = cfg["checkpoint"]
-    if ck["resume"]:
-        candidates = checkpoint.resume_candidates(save_dir, bool(ck["resume_best"]))
+    options = cfg["checkpoint"]
+    if options["resume"]:
+        candidates = checkpoint.resume_candidates(save_dir, bool(options["resume_best"]))
         if candidates:
             path, contents, damaged = checkpoint.load_newest_intact(candidates)
             _set_damaged_aside(damaged, path, dist)
             _check_resume_config(cfg, contents, path)
             return StartPoint(path, contents, model_only=False, own_run=True)
         log.info("checkpoint.resume=true but no checkpoint in %s yet: starting fresh", save_dir)
-    if ck["resume_file"]:
-        path = Path(str(ck["resume_file"])).expanduser()
+    if options["resume_file"]:
+        path = Path(str(options["resume_file"])).expanduser()
         contents = checkpoint.load(path, trusted=bool(cfg["training"]["trust_pickle"]))
         return StartPoint(path, contents, model_only=False, own_run=False)
-    if ck["resume_zoo"]:
+    if options["resume_zoo"]:
         data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
-        path = _zoo_checkpoint(str(ck["resume_zoo"]), data_dir, dist)
+        path = _zoo_checkpoint(str(options["resume_zoo"]), data_dir, dist)
         return StartPoint(path, checkpoint.load(path, trusted=True), model_only=True, own_run=False)
-    if not stages.train and not ck["allow_random_init"]:
+    if not stages.train and not options["allow_random_init"]:
         raise CheckpointError(f"run_type={cfg['run_type']} evaluates a model, but no weights were given: pass "
                               "checkpoint.resume_file=<.ckpt/.pth>, checkpoint.resume_zoo=<zoo key>, or "
                               "checkpoint.resume=true with the training run's env.save_dir "

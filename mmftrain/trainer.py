@@ -75,10 +75,10 @@ class Trainer:
         self.train_model = self.model
         self.stop_signal = None
         self._compile_checked = False
-        ck = cfg["checkpoint"]
-        self.checkpointer = checkpoint.Checkpointer(self.save_dir, int(ck["max_to_keep"]),
-                                                    background=bool(ck["background_write"]))
-        self.git = checkpoint.git_details() if ck["save_git_details"] else None
+        options = cfg["checkpoint"]
+        self.checkpointer = checkpoint.Checkpointer(self.save_dir, int(options["max_to_keep"]),
+                                                    background=bool(options["background_write"]))
+        self.git = checkpoint.git_details() if options["save_git_details"] else None
 
     # ---- precision
     def _set_precision(self) -> None:
