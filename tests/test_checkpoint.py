@@ -101,3 +101,18 @@ def test_background_write_error_is_raised_on_the_training_thread(tmp_path):
     with pytest.raises(CheckpointError, match="writing checkpoint .*current.ckpt failed"):
         writer.wait()
     writer.wait()  # reported once
+
+
+def test_checkpoint_bench_smoke(tmp_path):
+    """bench/checkpoint.py --tiny runs (so the benchmark cannot rot) and reports both ways and the ratio."""
+    import subprocess
+    import sys
+
+    from tests.zoo_helpers import ROOT
+
+    r = subprocess.run([sys.executable, "bench/checkpoint.py", "--tiny", "--repeat", "1", "--dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "sync save" in r.stdout and "background: stall" in r.stdout and "ratio: background stall" in r.stdout
+    assert list(tmp_path.iterdir()) == []  # its temp folder is gone
