@@ -47,28 +47,39 @@ def setup_logging(log_dir: Path | None, is_main: bool, rank: int, level: str = "
         file_handler = logging.FileHandler(path)
         file_handler.setFormatter(logging.Formatter(_FORMAT, _DATE))
         handlers.append(file_handler)
+    close_logging()  # a previous run in this process
     for name in RUN_LOGGERS:
         logger = logging.getLogger(name)
-        logger.setLevel(str(level).upper())
-        logger.propagate = False
+        _saved[name] = (logger.level, logger.propagate, list(logger.handlers))
         for old in list(logger.handlers):
             logger.removeHandler(old)
-            old.close()
+        logger.setLevel(str(level).upper())
+        logger.propagate = False
         for handler in handlers:
             logger.addHandler(handler)
     return path
 
 
+_saved: dict[str, tuple] = {}  # logger name -> (level, propagate, handlers) before setup_logging
+
+
 def close_logging() -> None:
-    """Detach and close the run's handlers (the log file is complete afterwards)."""
+    """Close the run's handlers (the log file is complete afterwards) and give the loggers back their setup."""
+    if not _saved:
+        return
     closed = set()
-    for name in RUN_LOGGERS:
+    for name, (level, propagate, handlers) in _saved.items():
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             if id(handler) not in closed:
                 handler.close()
                 closed.add(id(handler))
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for handler in handlers:
+            logger.addHandler(handler)
+    _saved.clear()
     logging.captureWarnings(False)
 
 
