@@ -305,7 +305,10 @@ def train_stage(cfg: dict, trainer, splits: Splits, save_dir: Path, summary: dic
         return False
     best = save_dir / checkpoint.BEST
     if best.is_file():
-        trainer.load(best, model_only=True)
+        try:
+            trainer.load(best, model_only=True)
+        except checkpoint.DamagedCheckpoint as e:
+            log.warning("%s; the final passes use the last weights instead", e)
     if trainer.dist.is_main:
         checkpoint.save(save_dir / f"{cfg['model']}_final.pth", trainer.model.state_dict())
     return True

@@ -1,7 +1,9 @@
 """End-to-end training on the synthetic TextVQA (mmfdata.synth) with the real trainer, in subprocesses.
 
 Covers: exact resume after SIGKILL, SIGTERM -> checkpoint + clean exit, inference predictions on an answer-less
-test split, and a 2-process gloo (torchrun) evaluation equal to the 1-process one.
+test split, a 2-process gloo (torchrun) evaluation equal to the 1-process one; a save dir holding another run
+refused byte for byte, a damaged checkpoint detected and an intact one resumed, evaluation without weights refused,
+and the logging/output config keys acting (train.log, TensorBoard, report dir, ...).
 """
 import json
 import re
