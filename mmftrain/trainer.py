@@ -250,7 +250,7 @@ class Trainer:
             max_updates = math.ceil(float(training["max_epochs"]) * sampler.batches_per_epoch / accumulate)
         criteria = "val/" + str(training["early_stop"]["criteria"])
         start_updates, started = self.num_updates, time.perf_counter()
-        stopped, last_eval = None, None
+        stopped, last_eval, current_saved_at = None, None, None
         self.model.train()
         with self._session(train_ds, sampler, max_updates) as (batches, writer, bar):
             window = LogWindow()
@@ -274,6 +274,7 @@ class Trainer:
                 if names:
                     self._check_finite(window)
                     self.save(*names)
+                    current_saved_at = self.num_updates if checkpoint.CURRENT in names else current_saved_at
                 if self._early_stop(criteria):
                     stopped = "early_stop"
                     break
@@ -284,11 +285,14 @@ class Trainer:
                              stopped, self.save_dir / checkpoint.CURRENT, self.num_updates)
                     break
             if stopped in (None, "early_stop"):
+                names = []
                 if val_sets and self.num_updates % int(training["evaluation_interval"]) != 0:
                     last_eval = self._evaluate(val_sets, criteria, writer)
-                    if last_eval["improved"]:
-                        self.save(checkpoint.BEST)
-                self.save(checkpoint.CURRENT)
+                    names += [checkpoint.BEST] if last_eval["improved"] else []
+                names += [checkpoint.CURRENT] if current_saved_at != self.num_updates else []
+                if names:
+                    self._check_finite(window)
+                    self.save(*names)
         if self.dist.is_main:
             log.info("checkpoint writes stalled training for %.2fs in total", self.checkpointer.stall_s)
         return {"num_updates": self.num_updates, "stopped": stopped, "best_update": self.best_update,
