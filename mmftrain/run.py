@@ -89,11 +89,11 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
     from mmftrain.trainer import Trainer
 
     stages = Stages.of(cfg["run_type"])
+    if cfg["training"]["batch_size_per_device"]:
+        cfg["training"]["batch_size"] = int(cfg["training"]["batch_size_per_device"]) * dist.world
     start = resolve_start(cfg, save_dir, dist, stages)
     seed = choose_seed(cfg, start)
     cfg["training"]["seed"] = seed
-    if cfg["training"]["batch_size_per_device"]:
-        cfg["training"]["batch_size"] = int(cfg["training"]["batch_size_per_device"]) * dist.world
     log.info("run_type=%s datasets=%s model=%s seed=%d world=%d device=%s data_dir=%s save_dir=%s",
              cfg["run_type"], ",".join(cfg["datasets"]), cfg["model"], seed, dist.world, dist.device,
              cfg["env"]["data_dir"], save_dir)
