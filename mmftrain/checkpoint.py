@@ -1,12 +1,24 @@
-"""Checkpoints: atomic writes, full resume state (RNG per rank, sampler position), MMF-compatible keys.
+"""Checkpoints: atomic, verified, written off the training thread; full resume state; MMF-compatible keys.
 
 Files under env.save_dir: `current.ckpt` (latest), `best.ckpt` (best by early_stop.criteria),
 `models/model_<update>.ckpt` (periodic, pruned to checkpoint.max_to_keep), `<model>_final.pth` (plain state dict
 of the best model, written at the end), `config.yaml`.
+
+Integrity: torch.save writes a zip archive whose members carry CRC-32s; `verify` reads every member and checks
+them (torch.load does not), so a flipped byte or a truncated file is found before anything is unpickled.
+Writing: `Checkpointer.save` copies the state to host memory (the only part on the training thread) and a
+background thread serialises it to a temp file, fsyncs and renames it into place (a crash mid-write leaves the
+previous file). At most one write is in flight; the next save and the end of the run wait for it, and its error
+is raised there.
 """
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import threading
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,29 +27,138 @@ import torch
 from mmftrain.errors import CheckpointError
 from zoo.fsutil import atomic_write_bytes  # noqa: F401 - the one definition; run/evaluate/logs use it from here
 
+CURRENT, BEST, PERIODIC_DIR = "current.ckpt", "best.ckpt", "models"
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint file fails its integrity check (bad CRC, truncated, not an archive)."""
+
 
 def save(path: Path, state: dict) -> None:
     """torch.save `state` atomically: a crash mid-write leaves the previous file intact."""
     atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
 
 
+def save_many(paths: list[Path], state: dict) -> None:
+    """Serialise `state` once and publish it atomically under every path. The others are copies, not hard links:
+    each file must survive damage to another (a damaged current.ckpt falls back to models/model_<N>.ckpt)."""
+    first = Path(paths[0])
+    save(first, state)
+    for other in map(Path, paths[1:]):
+        with open(first, "rb") as src:
+            atomic_write_bytes(other, lambda dst: shutil.copyfileobj(src, dst, 1 << 24))
+
+
+def verify(path: Path) -> str | None:
+    """None when `path` is an intact torch zip checkpoint, else what is wrong with it (reads the whole file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # CRC-32 of every member, and each local header against the directory
+    except zipfile.BadZipFile as e:
+        return f"not a complete checkpoint archive ({e}): truncated or overwritten"
+    except (OSError, EOFError, ValueError, RuntimeError) as e:  # zipfile raises these for damaged headers
+        return f"unreadable archive ({type(e).__name__}: {e})"
+    if bad is not None:
+        return f"member {bad} fails its CRC check: the file is damaged"
+    return None
+
+
 def load(path: Path, trusted: bool = False) -> dict:
-    """Load a checkpoint with `weights_only=True`; fall back to full unpickling only when `trusted`
-    (an MMF zoo checkpoint from a verified install, or the user's explicit training.trust_pickle)."""
+    """Verify, then load a checkpoint with `weights_only=True`; full unpickling only when `trusted` (an MMF zoo
+    checkpoint from a verified install, or the user's explicit training.trust_pickle).
+
+    Raises:
+        DamagedCheckpoint: the file fails its integrity check (never fixed by trusting pickles).
+        CheckpointError: missing, or holds objects other than tensors and plain types.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check checkpoint.resume_file")
+    if zipfile.is_zipfile(path):
+        problem = verify(path)
+        if problem:
+            raise DamagedCheckpoint(f"checkpoint {path} is damaged: {problem}")
+    elif not trusted and path.suffix == ".ckpt":  # every .ckpt this trainer writes is a zip archive
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged: not a complete checkpoint archive (truncated?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types
+        if not _is_pickle_refusal(e):
+            raise DamagedCheckpoint(f"checkpoint {path} is unreadable ({_first_line(e)}); it may be damaged or "
+                                    "truncated: use another checkpoint of the run") from None
         if not trusted:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"cannot load {path} as plain tensors ({first}); if you trust this file, set "
-                                  f"training.trust_pickle=true") from None
+            raise CheckpointError(f"checkpoint {path} holds pickled objects besides tensors ({_first_line(e)}); "
+                                  "if you trust who wrote it, set training.trust_pickle=true") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it may be truncated")
+        raise DamagedCheckpoint(f"checkpoint {path} is unreadable ({_first_line(e)}); it may be truncated") \
+            from None
+
+
+def _is_pickle_refusal(error: Exception) -> bool:
+    import pickle
+
+    return isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def resume_candidates(save_dir: Path, prefer_best: bool) -> list[Path]:
+    """This run's checkpoints in the order to try: the asked-for one (current or best), then the other, then
+    the periodic copies, newest update first."""
+    save_dir = Path(save_dir)
+    named = [save_dir / BEST, save_dir / CURRENT] if prefer_best else [save_dir / CURRENT, save_dir / BEST]
+    periodic = sorted((save_dir / PERIODIC_DIR).glob("model_*.ckpt"), key=_update_of, reverse=True)
+    return [p for p in named if p.is_file()] + periodic
+
+
+def _update_of(path: Path) -> int:
+    try:
+        return int(path.stem.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def load_newest_intact(candidates: list[Path]) -> tuple[Path, dict, list[tuple[Path, str]]]:
+    """The first of `candidates` that verifies and loads: (path, contents, [(damaged path, why), ...]).
+
+    Raises:
+        DamagedCheckpoint: every candidate is damaged.
+    """
+    damaged: list[tuple[Path, str]] = []
+    for path in candidates:
+        try:
+            return path, load(path), damaged
+        except DamagedCheckpoint as e:
+            damaged.append((path, str(e)))
+    names = ", ".join(str(p) for p, _ in damaged)
+    raise DamagedCheckpoint(f"no intact checkpoint to resume from: {names} are all damaged; start a new run in "
+                            "another env.save_dir (the damaged files are left as they are)")
+
+
+def keep_as_evidence(path: Path) -> Path:
+    """Rename a damaged checkpoint aside (`<name>.damaged-<time>`) so no later save overwrites it."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(path, aside)
+    return aside
+
+
+def git_details() -> tuple[str, str] | None:
+    """(commit, branch) of the project's git checkout (MMF's checkpoint.save_git_details), None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit, branch = (subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                         check=True).stdout.strip()
+                          for args in (["rev-parse", "HEAD"], ["rev-parse", "--abbrev-ref", "HEAD"]))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit, branch
 
 
 def rng_state() -> dict:
@@ -63,15 +184,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def prune(folder: Path, keep: int) -> None:
-    """Keep the newest `keep` periodic `model_<update>.ckpt` files (keep < 0: keep all)."""
-    if keep is None or keep < 0:
-        return
-    files = sorted(Path(folder).glob("model_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
-    for p in files[: max(0, len(files) - keep)]:
-        p.unlink(missing_ok=True)
-
-
 def model_state_from(obj: dict) -> dict:
     """The model state dict inside an own or MMF checkpoint (`{'model': ...}`) or a bare state dict."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -79,3 +191,95 @@ def model_state_from(obj: dict) -> dict:
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     raise CheckpointError("checkpoint holds neither a 'model' entry nor a state dict")
+
+
+class HostSnapshot:
+    """Copies a state tree to host memory, reusing its buffers (pinned for CUDA) from one save to the next."""
+
+    def __init__(self):
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def take(self, state):
+        copied = self._copy(state, ())
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the non_blocking device->host copies must land before the writer reads
+        return copied
+
+    def _copy(self, value, where: tuple):
+        if isinstance(value, torch.Tensor):
+            return self._tensor(value, where)
+        if isinstance(value, dict):
+            return {k: self._copy(v, (*where, k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            items = [self._copy(v, (*where, i)) for i, v in enumerate(value)]
+            return items if isinstance(value, list) else tuple(items)
+        return value  # ints, floats, strings, None: immutable
+
+    def _tensor(self, tensor: torch.Tensor, where: tuple) -> torch.Tensor:
+        tensor = tensor.detach()
+        buf = self.buffers.get(where)
+        if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
+            buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=tensor.is_cuda)
+            self.buffers[where] = buf
+        buf.copy_(tensor, non_blocking=tensor.is_cuda)
+        return buf
+
+
+class Checkpointer:
+    """Saves a run's checkpoints in the background and prunes only the periodic files this run wrote."""
+
+    def __init__(self, save_dir: Path, max_to_keep: int, periodic: list[str] | None = None,
+                 background: bool = True):
+        self.save_dir = Path(save_dir)
+        self.max_to_keep = max_to_keep
+        self.periodic = list(periodic or [])  # `models/model_<N>.ckpt` names of this run, oldest first
+        self.background = background
+        self.snapshot = HostSnapshot()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.stall_s = 0.0  # time the training thread spent in save() (snapshot + waiting for the last write)
+
+    def save(self, names: list[str], state: dict) -> None:
+        """Write `state` under each of `names` (relative to save_dir); returns once the state is copied."""
+        start = time.perf_counter()
+        self.wait()
+        for name in names:
+            if name.startswith(PERIODIC_DIR + "/") and name not in self.periodic:
+                self.periodic.append(name)
+        doomed = []  # pruned once the new files are on disk
+        if self.max_to_keep is not None and self.max_to_keep >= 0:
+            while len(self.periodic) > self.max_to_keep:
+                doomed.append(self.periodic.pop(0))
+        state = {**state, "periodic_checkpoints": list(self.periodic)}
+        snap = self.snapshot.take(state)
+        paths = [self.save_dir / n for n in names]
+        if self.background:
+            self._thread = threading.Thread(target=self._write, args=(paths, snap, doomed),
+                                            name="checkpoint-writer", daemon=False)
+            self._thread.start()
+        else:
+            self._write(paths, snap, doomed)
+            self._raise_error()
+        self.stall_s += time.perf_counter() - start
+
+    def _write(self, paths: list[Path], state: dict, doomed: list[str]) -> None:
+        try:
+            save_many(paths, state)
+            for name in doomed:
+                (self.save_dir / name).unlink(missing_ok=True)
+        except BaseException as e:  # noqa: BLE001 - surfaced on the training thread by wait()
+            self._error = CheckpointError(f"writing checkpoint {paths[0]} failed ({type(e).__name__}: {e}); "
+                                          "the previous checkpoint is intact; free disk space or fix permissions "
+                                          "and resume with checkpoint.resume=true")
+
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

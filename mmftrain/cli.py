@@ -8,7 +8,11 @@ USAGE = """usage: mmf train config=CONFIG.yaml datasets=textvqa model=m4c run_ty
 Options are MMF's: config= (relative to cwd, else to the project's configs/), datasets= (alias dataset=, comma
 separated), model=, run_type= (train, val, test, train_val, train_inference, inference), and any config key as
 a.b.c=value or a.b[0]=value (e.g. training.batch_size=32 env.save_dir=./save checkpoint.resume=true).
-Env: MMF_DATA_DIR, MMF_SAVE_DIR, MMF_CACHE_DIR. Multi-GPU: torchrun --nproc_per_node=N -m mmftrain.cli ...
+A save dir holds one run: checkpoint.resume=true continues it (from the newest intact checkpoint); a new run needs
+another env.save_dir (or env.overwrite_save_dir=true). val/test/inference need weights: checkpoint.resume_file=,
+checkpoint.resume_zoo= or checkpoint.resume=true.
+Env: MMF_DATA_DIR, MMF_SAVE_DIR, MMF_CACHE_DIR, MMF_LOG_DIR, MMF_REPORT_DIR, MMF_TENSORBOARD_LOGDIR.
+Multi-GPU: torchrun --nproc_per_node=N -m mmftrain.cli ...
 Example: mmf train config=projects/m4c/configs/textvqa/defaults.yaml datasets=textvqa model=m4c run_type=train_val
 """
 

@@ -26,7 +26,55 @@ RUN_TYPES = ("train", "val", "test", "train_val", "train_test", "train_val_test"
              "val_test", "predict")
 # Sections whose keys are all declared in defaults.yaml: a misspelt key there in a YAML file is an error too.
 STRICT_SECTIONS = ("training", "evaluation", "checkpoint", "env", "distributed")
-_ENV_DIRS = {"data_dir": "MMF_DATA_DIR", "save_dir": "MMF_SAVE_DIR", "cache_dir": "MMF_CACHE_DIR"}
+_ENV_DIRS = {"data_dir": "MMF_DATA_DIR", "save_dir": "MMF_SAVE_DIR", "cache_dir": "MMF_CACHE_DIR",
+             "log_dir": "MMF_LOG_DIR", "report_dir": "MMF_REPORT_DIR", "tensorboard_logdir": "MMF_TENSORBOARD_LOGDIR"}
+LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
+# MMF keys this trainer does not implement (they are not in configs/defaults.yaml). A config may set one only to
+# the value that describes what this trainer does anyway (MMF's project configs do); any other value is an error
+# naming the key, so no setting is silently ignored. key -> (accepted values or a predicate, what to do instead)
+NOT_SUPPORTED: dict[str, tuple[Any, str]] = {
+    "training.log_format": (("simple",), "log lines are MMF's simple format; metrics.jsonl holds them as JSON"),
+    "training.should_not_log": ((False,), "logging cannot be switched off; raise training.logger_level instead"),
+    "training.colored_logs": ((False,), "log lines are never coloured"),
+    "training.wandb": (lambda v: not isinstance(v, dict) or not v.get("enabled"),
+                       "Weights & Biases logging is not implemented; use training.tensorboard=true or metrics.jsonl"),
+    "training.fast_read": ((False,), "features are read per batch by the loader threads; for speed run "
+                                     "`mmf data pack` (the packed store)"),
+    "training.dataset_size_proportional_sampling": ((True,), "joint datasets are always sampled in proportion to "
+                                                             "their size"),
+    "training.task_size_proportional_sampling": ((True,), "joint datasets are always sampled in proportion to "
+                                                          "their size"),
+    "training.pin_memory": ((True,), "on CUDA the loader always stages batches in pinned memory"),
+    "training.persistent_workers": ((True,), "the loader threads live for the whole run"),
+    "training.clip_norm_mode": (("all",), "gradients are clipped by their global L2 norm over all parameters"),
+    "training.local_rank": ((None,), "launch with torchrun, which sets LOCAL_RANK"),
+    "training.verbose_dump": ((False,), "not implemented; metrics.jsonl and train.log hold the run's record"),
+    "training.evaluate_metrics": ((False,), "metrics are computed on val/test passes; train lines report the loss"),
+    "training.callbacks": (([],), "the training loop has no callbacks; see mmftrain/trainer.py"),
+    "evaluation.reporter": (lambda v: not isinstance(v, dict) or (v.get("type", "file") == "file"
+                                                                   and not v.get("params")),
+                            "predictions are EvalAI files under env.report_dir (evaluation.predict_file_format)"),
+    "optimizer.allow_unused_parameters": ((False,), "every M4C parameter receives a gradient"),
+    "optimizer.enable_state_sharding": ((False,), "optimizer state sharding (ZeRO) is not implemented"),
+    "scheduler": (lambda v: not v, "the LR schedule is MMF's warmup + steps: training.lr_scheduler, lr_steps, "
+                                   "lr_ratio, use_warmup, warmup_factor, warmup_iterations"),
+    "multitasking.enabled": ((True,), "several datasets are always trained jointly"),
+    "multitasking.type": (("size_proportional",), "joint datasets are always sampled in proportion to their size"),
+    "env.wandb_logdir": (("", None), "Weights & Biases logging is not implemented"),
+    "env.user_dir": (("", None), "user plugin folders are not supported"),
+    "distributed.init_method": ((None,), "launch with torchrun (env:// rendezvous)"),
+    "distributed.rank": ((0, None), "torchrun sets RANK"),
+    "distributed.port": ((-1, None), "use torchrun --master_port"),
+    "distributed.world_size": ((1, None), "use torchrun --nproc_per_node=N"),
+    "distributed.no_spawn": ((True,), "processes are always launched by torchrun, never spawned"),
+    "checkpoint.resume_pretrained": ((False,), "load pretrained weights with checkpoint.resume_file and "
+                                               "checkpoint.reset.all=true"),
+    "checkpoint.pretrained_state_mapping": (lambda v: not v, "state dict key mapping is not implemented"),
+    "checkpoint.zoo_config_override": ((False,), "a zoo checkpoint is loaded into the model your config builds"),
+    "model_config.m4c.losses": (lambda v: v in (None, [], [{"type": "m4c_decoding_bce_with_mask"}],
+                                                ["m4c_decoding_bce_with_mask"]),
+                                "M4C trains with m4c_decoding_bce_with_mask only"),
+}
 _INTERP = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
@@ -220,6 +268,8 @@ def _check_sections(user: dict, defaults: dict, source: str) -> None:
     def walk(u: dict, d: dict, prefix: str) -> None:
         for k, v in u.items():
             key = f"{prefix}{k}"
+            if key in NOT_SUPPORTED:
+                continue  # judged on the merged config by refuse_unsupported
             if k not in d:
                 near = difflib.get_close_matches(k, list(d), n=3, cutoff=0.6)
                 hint = f"; nearest: {', '.join(prefix + n for n in near)}" if near else ""
@@ -302,10 +352,33 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
     if special.get("run_type"):
         cfg["run_type"] = special["run_type"]
     for key, raw in overrides:
-        apply_override(cfg, key, raw)
+        if key in NOT_SUPPORTED:
+            _check_supported(key, parse_value(raw), "the command line")
+        else:
+            apply_override(cfg, key, raw)
+    refuse_unsupported(cfg)
     cfg = _resolve(cfg)
     validate(cfg)
     return cfg
+
+
+def _check_supported(key: str, value: Any, source: str) -> None:
+    accepted, instead = NOT_SUPPORTED[key]
+    ok = accepted(value) if callable(accepted) else value in accepted
+    if not ok:
+        raise ConfigError(f"{key}={value!r} (from {source}) is an MMF option this trainer does not support: "
+                          f"{instead}; remove it")
+
+
+def refuse_unsupported(cfg: dict) -> None:
+    """Drop each NOT_SUPPORTED key set to a value that matches this trainer's behaviour; refuse any other."""
+    for key in NOT_SUPPORTED:
+        *parents, last = key.split(".")
+        node: Any = cfg
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            _check_supported(key, node.pop(last), cfg.get("config") or "the config files")
 
 
 def validate(cfg: dict) -> None:
@@ -318,6 +391,13 @@ def validate(cfg: dict) -> None:
     for key in ("batch_size", "update_frequency", "log_interval", "checkpoint_interval", "evaluation_interval"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ConfigError(f"training.{key} must be a positive integer, got {t[key]!r}")
+    if t["trainer"] != "mmf":
+        raise ConfigError(f"training.trainer={t['trainer']!r}: this project has one trainer, mmf")
+    if str(t["logger_level"]).lower() not in LOGGER_LEVELS:
+        raise ConfigError(f"training.logger_level={t['logger_level']!r} is not one of {', '.join(LOGGER_LEVELS)}")
+    per_device = t["batch_size_per_device"]
+    if per_device is not None and (not isinstance(per_device, int) or per_device < 1):
+        raise ConfigError(f"training.batch_size_per_device must be a positive integer or null, got {per_device!r}")
     if t["fp16"] and t["bf16"]:
         raise ConfigError("training.fp16 and training.bf16 are both true; pick one")
     if cfg["evaluation"].get("predict_file_format") not in ("json", "csv"):

@@ -12,7 +12,6 @@ import torch.distributed as dist
 class DistInfo:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -35,7 +34,7 @@ def setup(device_pref: str = "cuda", backend: str = "nccl") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend=backend if use_cuda else "gloo", init_method="env://",
                                 world_size=world, rank=rank)
-    return DistInfo(rank, world, local, device)
+    return DistInfo(rank, world, device)
 
 
 def active() -> bool:
@@ -69,9 +68,9 @@ def any_flag(flag: bool, device: torch.device) -> bool:
     """True on every rank if any rank raised `flag` (so all ranks stop at the same update)."""
     if not active():
         return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    flags = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags.item())
 
 
 def cleanup() -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from mmfdata.batch import expand_targets
-from mmftrain import distributed as D
+from mmftrain import distributed
 from mmftrain.checkpoint import atomic_write_bytes
 from mmftrain.data import Prefetcher, eval_shard, to_device
+from mmftrain.logs import log
 from mmftrain.loss import m4c_decoding_bce_with_mask
 from mmftrain.metrics import compute_metrics, word_tokenize
 
@@ -37,7 +38,37 @@ def assemble_answer(ids, ocr_tokens: list[str], vocab: list[str], eos_idx: int) 
     return " ".join(words).replace(" 's", "'s"), sources
 
 
-def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, device, dist: D.DistInfo,
+def evaluate_all(model, datasets: dict, *, split: str, cfg: dict, dist: distributed.DistInfo, device,
+                 amp: contextlib.AbstractContextManager | None = None) -> tuple[dict, dict[str, list[dict]]]:
+    """Evaluate every dataset of `split` with the run's evaluation settings (the periodic val passes and the
+    final val/test passes share this). Returns (metrics of all datasets, {dataset name: records}).
+
+    evaluation.use_cpu=true runs the passes on the CPU (the model is moved there and back), for a model that
+    trains on a GPU too full to also decode a split.
+    """
+    evaluation = cfg["evaluation"]
+    per_rank = max(1, int(evaluation["batch_size"] or cfg["training"]["batch_size"]) // dist.world)
+    on_cpu = bool(evaluation["use_cpu"]) and torch.device(device).type != "cpu"
+    if on_cpu:
+        log.info("%s pass on the cpu (evaluation.use_cpu=true)", split)
+        model.to("cpu")
+    metrics: dict = {}
+    records: dict[str, list[dict]] = {}
+    try:
+        for name, dataset in datasets.items():
+            out, records[name] = evaluate(
+                model, dataset, dataset_name=name, split=split, batch_size=per_rank,
+                device=torch.device("cpu") if on_cpu else device, dist=dist, amp=None if on_cpu else amp,
+                metrics=list(evaluation["metrics"]), pin=torch.device(device).type == "cuda" and not on_cpu,
+                early_exit=bool(evaluation["early_exit_decoding"]))
+            metrics.update(out)
+    finally:
+        if on_cpu:
+            model.to(device)
+    return metrics, records
+
+
+def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, device, dist: distributed.DistInfo,
              amp: contextlib.AbstractContextManager | None = None, metrics: list[str] | None = None,
              pin: bool = False, early_exit: bool = True) -> tuple[dict, list[dict]]:
     """Run greedy decoding on this rank's share of `dataset`, gather all ranks' records, score once.
@@ -77,16 +108,16 @@ def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, 
     finally:
         loader.close()
         model.train(was_training)
-    gathered = D.gather_objects((records, loss_sum, loss_n))
+    gathered = distributed.gather_objects((records, loss_sum, loss_n))
     all_records = [r for part in gathered for r in part[0]]
-    scores_, n = compute_metrics(all_records, metrics or [])
-    out = {f"{split}/{dataset_name}/{k}": v for k, v in scores_.items()}
+    scored, n_scored = compute_metrics(all_records, metrics or [])
+    out = {f"{split}/{dataset_name}/{k}": v for k, v in scored.items()}
     total_n = sum(p[2] for p in gathered)
     if total_n:
         out[f"{split}/{dataset_name}/m4c_decoding_bce_with_mask"] = sum(p[1] for p in gathered) / total_n
         out[f"{split}/total_loss"] = out[f"{split}/{dataset_name}/m4c_decoding_bce_with_mask"]
     out[f"{split}/{dataset_name}/num_questions"] = len({r["question_id"] for r in all_records})
-    out[f"{split}/{dataset_name}/scored_questions"] = n
+    out[f"{split}/{dataset_name}/scored_questions"] = n_scored
     out[f"{split}_time"] = time.perf_counter() - t0
     return out, all_records
 
@@ -101,10 +132,10 @@ def write_predictions(records: list[dict], report_dir: Path, dataset: str, exper
              "pred_source": r["pred_source"]} for r in records]
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["question_id", "image_id", "answer", "pred_source"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "pred_source": " ".join(r["pred_source"])})
+        writer = csv.DictWriter(buf, fieldnames=["question_id", "image_id", "answer", "pred_source"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "pred_source": " ".join(row["pred_source"])})
         data = buf.getvalue().encode()
     else:
         data = json.dumps(rows).encode()

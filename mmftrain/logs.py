@@ -1,4 +1,8 @@
-"""Run logging: text lines (MMF's `key: value, ...` style), `metrics.jsonl`, optional TensorBoard, progress bar."""
+"""Run logging: text lines (MMF's `key: value, ...` style), `metrics.jsonl`, optional TensorBoard scalars.
+
+`train.log` receives everything the console shows (the trainer's, the data package's and the zoo's log lines,
+Python warnings) plus the traceback of a fatal error, which the console shows as one line.
+"""
 from __future__ import annotations
 
 import json
@@ -7,53 +11,109 @@ import sys
 from pathlib import Path
 
 log = logging.getLogger("mmftrain")
+# Loggers whose lines belong in a run's log: the trainer, the data package (data path, packed store), the zoo
+# (fetching missing data), and Python warnings.
+RUN_LOGGERS = ("mmftrain", "mmfdata", "zoo", "py.warnings")
+_FORMAT = "%(asctime)s | %(levelname)s | %(name)s : %(message)s"
+_DATE = "%Y-%m-%dT%H:%M:%S"
 
 
-def setup_logging(save_dir: Path | None, is_main: bool, rank: int) -> None:
-    """Log to stdout (rank 0) and to `<save_dir>/train.log` (`train.log.rank<N>` for other ranks)."""
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter("%(asctime)s | %(levelname)s | mmftrain : %(message)s", "%Y-%m-%dT%H:%M:%S")
+class _NoTraceback(logging.Formatter):
+    """Console format: the error line only; its traceback goes to train.log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def setup_logging(log_dir: Path | None, is_main: bool, rank: int, level: str = "info") -> Path | None:
+    """Log to stdout (rank 0) and to `<log_dir>/train.log` (`train.log.rank<N>` for other ranks); returns the
+    log file's path."""
+    logging.captureWarnings(True)
+    handlers: list[logging.Handler] = []
     if is_main:
-        sh = logging.StreamHandler(sys.stdout)
-        sh.setFormatter(fmt)
-        log.addHandler(sh)
-    if save_dir is not None:
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
-        name = "train.log" if is_main else f"train.log.rank{rank}"
-        fh = logging.FileHandler(Path(save_dir) / name)
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(_NoTraceback(_FORMAT, _DATE))
+        console.addFilter(lambda record: not getattr(record, "file_only", False))  # the CLI prints fatal errors
+        handlers.append(console)
+    path = None
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(log_dir) / ("train.log" if is_main else f"train.log.rank{rank}")
+        file_handler = logging.FileHandler(path)
+        file_handler.setFormatter(logging.Formatter(_FORMAT, _DATE))
+        handlers.append(file_handler)
+    close_logging()  # a previous run in this process
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        _saved[name] = (logger.level, logger.propagate, list(logger.handlers))
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.setLevel(str(level).upper())
+        logger.propagate = False
+        for handler in handlers:
+            logger.addHandler(handler)
+    return path
+
+
+_saved: dict[str, tuple] = {}  # logger name -> (level, propagate, handlers) before setup_logging
+
+
+def close_logging() -> None:
+    """Close the run's handlers (the log file is complete afterwards) and give the loggers back their setup."""
+    if not _saved:
+        return
+    closed = set()
+    for name, (level, propagate, handlers) in _saved.items():
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            if id(handler) not in closed:
+                handler.close()
+                closed.add(id(handler))
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for handler in handlers:
+            logger.addHandler(handler)
+    _saved.clear()
+    logging.captureWarnings(False)
+
+
+def format_number(value: float) -> str:
+    """4 decimals, whole numbers past 1000, and 3 significant digits below 1e-3 (a warm-up learning rate)."""
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.3e}"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
 
 
 def format_line(values: dict) -> str:
-    parts = []
-    for k, v in values.items():
-        if isinstance(v, float):
-            v = f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
-        parts.append(f"{k}: {v}")
-    return ", ".join(parts)
+    return ", ".join(f"{k}: {format_number(v) if isinstance(v, float) else v}" for k, v in values.items())
 
 
 class MetricsWriter:
     """Append-only `metrics.jsonl` (one JSON object per log/eval event) and TensorBoard scalars when asked."""
 
-    def __init__(self, save_dir: Path, tensorboard: bool, resume_update: int | None = None):
+    def __init__(self, save_dir: Path, tensorboard_dir: Path | None = None, resume_update: int | None = None):
         self.path = Path(save_dir) / "metrics.jsonl"
         if resume_update is not None and self.path.exists():
             self._truncate_after(resume_update)
         self.file = open(self.path, "a")
         self.tb = None
-        if tensorboard:
+        if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(Path(save_dir) / "tensorboard"))
             except ImportError:
-                log.warning("training.tensorboard=true but tensorboard is not installed; pip install tensorboard")
+                from mmftrain.errors import ConfigError
+
+                self.file.close()
+                raise ConfigError("training.tensorboard=true needs the tensorboard package; "
+                                  "pip install -e .[tensorboard] (or set training.tensorboard=false)") from None
+            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=resume_update or None)
+            log.info("TensorBoard scalars in %s", tensorboard_dir)
 
     def _truncate_after(self, update: int) -> None:
         # a killed run may have logged updates after its last checkpoint; the resumed run logs them again

@@ -16,5 +16,3 @@ def m4c_decoding_bce_with_mask(scores: torch.Tensor, targets: torch.Tensor, loss
     losses = losses * loss_mask[..., None]
     return losses.sum() / torch.clamp(loss_mask.sum(), min=1.0)
 
-
-LOSSES = {"m4c_decoding_bce_with_mask": m4c_decoding_bce_with_mask}

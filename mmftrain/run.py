@@ -1,25 +1,221 @@
-"""One run from a resolved config: set up ranks, data, model; load a checkpoint; train / evaluate / predict.
+"""One run from a resolved config, top to bottom: check the save dir, decide where to start, build the splits and
+the model, accept the run (write config.yaml), train, run the final passes, write the summary.
 
 run_type as MMF: "train" in it -> train (with periodic val); "val" -> a final val pass; "test" / "inference" /
-"predict" -> a test pass. Every final pass writes an EvalAI prediction file under `<save_dir>/reports/`.
-Artifacts (all under env.save_dir): config.yaml, train.log, metrics.jsonl, current.ckpt, best.ckpt,
-models/model_<N>.ckpt, m4c_final.pth, reports/*.json, summary.json.
+"predict" -> a test pass. Final passes write EvalAI prediction files under env.report_dir (default
+`<save_dir>/reports/`). Artifacts (under env.save_dir): config.yaml, train.log, metrics.jsonl, current.ckpt,
+best.ckpt, models/model_<N>.ckpt, m4c_final.pth, reports/*.json, summary.json.
+
+A save dir belongs to one run: a new run in a folder holding another is refused (checkpoint.resume=true continues
+it; env.overwrite_save_dir=true replaces it), and nothing is written there before the data and model are built.
 """
 from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-from mmftrain import checkpoint as C
-from mmftrain import distributed as D
+from mmftrain import checkpoint, distributed
 from mmftrain.config import dump_yaml
-from mmftrain.errors import CheckpointError, DataError, TrainError
-from mmftrain.logs import log, setup_logging
+from mmftrain.errors import CheckpointError, ConfigError, DataError, TrainError
+from mmftrain.evaluate import evaluate_all, write_predictions
+from mmftrain.logs import close_logging, log, setup_logging
+
+# What a run leaves in its save dir (train.log aside: a run that failed before building its data leaves only
+# that, and the next attempt appends to it).
+RUN_FILES = ("config.yaml", checkpoint.CURRENT, checkpoint.BEST, "metrics.jsonl", "summary.json",
+             checkpoint.PERIODIC_DIR, "reports", "tensorboard")
+# Config sections that fix the model's shape and meaning: a resume must not change them.
+RESUME_MUST_MATCH = ("model", "datasets", "model_config")
 
 
-def _zoo_checkpoint(key: str, data_dir: Path, dist: D.DistInfo) -> Path:
+class Stages(NamedTuple):
+    """What run_type asks for."""
+    train: bool
+    val: bool
+    test: bool
+
+    @classmethod
+    def of(cls, run_type: str) -> "Stages":
+        return cls("train" in run_type, "val" in run_type,
+                   any(word in run_type for word in ("test", "inference", "predict")))
+
+
+class StartPoint(NamedTuple):
+    """Where the weights (and, for an own checkpoint, the counters) come from."""
+    path: Path | None          # None: fresh random weights
+    contents: dict | None      # the loaded checkpoint
+    model_only: bool           # zoo/pretrained weights: counters, optimizer and RNG start fresh
+    own_run: bool              # continuing this save dir's run (checkpoint.resume=true)
+
+
+class Splits(NamedTuple):
+    train: object | None       # one dataset over all training datasets
+    val: dict                  # {dataset name: dataset}
+    test: dict
+    answer_vocab_size: int
+
+
+def run(cfg: dict) -> dict:
+    """Execute `cfg` (from `mmftrain.config.build_config`) on this process; returns the run summary."""
+    dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
+    try:
+        save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
+        refuse_other_run(cfg, save_dir)  # before anything is written there
+        distributed.barrier()
+        log_dir = Path(str(cfg["env"]["log_dir"])).expanduser() if cfg["env"]["log_dir"] else save_dir
+        setup_logging(log_dir, dist.is_main, dist.rank, cfg["training"]["logger_level"])
+        try:
+            return _run(cfg, dist, save_dir)
+        except TrainError as e:
+            log.error("error: %s", e, exc_info=True, extra={"file_only": True})
+            raise
+        except KeyboardInterrupt:
+            log.error("interrupted", exc_info=True, extra={"file_only": True})
+            raise
+        except BaseException:
+            log.exception("fatal error", extra={"file_only": True})
+            raise
+        finally:
+            close_logging()
+    finally:
+        distributed.cleanup()
+
+
+def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
+    from mmftrain.trainer import Trainer
+
+    stages = Stages.of(cfg["run_type"])
+    if cfg["training"]["batch_size_per_device"]:
+        cfg["training"]["batch_size"] = int(cfg["training"]["batch_size_per_device"]) * dist.world
+    start = resolve_start(cfg, save_dir, dist, stages)
+    seed = choose_seed(cfg, start)
+    cfg["training"]["seed"] = seed
+    log.info("run_type=%s datasets=%s model=%s seed=%d world=%d device=%s data_dir=%s save_dir=%s",
+             cfg["run_type"], ",".join(cfg["datasets"]), cfg["model"], seed, dist.world, dist.device,
+             cfg["env"]["data_dir"], save_dir)
+    if cfg["training"]["log_detailed_config"]:
+        log.info("config:\n%s", dump_yaml(cfg))
+
+    splits = build_splits(cfg, stages, seed)
+    trainer = Trainer(cfg, dist, splits.answer_vocab_size, seed)
+    if start.path is not None:
+        trainer.load(start.path, model_only=start.model_only, obj=start.contents)
+    start = start._replace(contents=None)  # free the loaded copy
+    trainer.wrap()
+    accept_run(cfg, save_dir, dist, start)
+
+    summary: dict = {"run_type": cfg["run_type"], "save_dir": str(save_dir), "seed": trainer.seed,
+                     "world_size": dist.world, "answer_vocab_size": splits.answer_vocab_size, "reports": {},
+                     "metrics": {}}
+    if stages.train and not train_stage(cfg, trainer, splits, save_dir, summary):
+        write_summary(summary, save_dir, dist)  # interrupted by a signal: no final passes
+        return summary
+    final_passes(cfg, trainer, splits, stages, summary)
+    write_summary(summary, save_dir, dist)
+    return summary
+
+
+# ---- the save dir
+def previous_run_files(save_dir: Path) -> list[str]:
+    """Names of another run's files in `save_dir` (the final .pth included)."""
+    if not save_dir.is_dir():
+        return []
+    found = [name for name in RUN_FILES if (save_dir / name).exists()]
+    return found + sorted(p.name for p in save_dir.glob("*_final.pth"))
+
+
+def refuse_other_run(cfg: dict, save_dir: Path) -> None:
+    """A save dir holding another run is used only to continue it or, when asked explicitly, to replace it."""
+    found = previous_run_files(save_dir)
+    if not found or cfg["checkpoint"]["resume"] or cfg["env"]["overwrite_save_dir"]:
+        return
+    raise TrainError(f"env.save_dir={save_dir} holds another run ({', '.join(found[:4])}); continue it with "
+                     "checkpoint.resume=true, or start this run elsewhere with env.save_dir=<new folder> "
+                     "(env.overwrite_save_dir=true deletes the old run)")
+
+
+def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: StartPoint) -> None:
+    """The data and model are built and the config is accepted: only now does the run change its save dir."""
+    if dist.is_main:
+        if cfg["env"]["overwrite_save_dir"] and not start.own_run:
+            for name in previous_run_files(save_dir):
+                path = save_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                log.warning("env.overwrite_save_dir=true: deleted the previous run's %s", path)
+        for stale in [*save_dir.glob(".*.tmp"), *(save_dir / checkpoint.PERIODIC_DIR).glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)  # a write cut by a kill (the files it would have replaced are intact)
+        text = dump_yaml(cfg).encode()
+        checkpoint.atomic_write_bytes(save_dir / "config.yaml", lambda f: f.write(text))
+    distributed.barrier()
+
+
+# ---- where to start
+def resolve_start(cfg: dict, save_dir: Path, dist: distributed.DistInfo, stages: Stages) -> StartPoint:
+    """MMF's priority: this run's own checkpoint (checkpoint.resume), resume_file, resume_zoo, else fresh."""
+    options = cfg["checkpoint"]
+    if options["resume"]:
+        candidates = checkpoint.resume_candidates(save_dir, bool(options["resume_best"]))
+        if candidates:
+            path, contents, damaged = checkpoint.load_newest_intact(candidates)
+            _set_damaged_aside(damaged, path, dist)
+            _check_resume_config(cfg, contents, path)
+            return StartPoint(path, contents, model_only=False, own_run=True)
+        log.info("checkpoint.resume=true but no checkpoint in %s yet: starting fresh", save_dir)
+    if options["resume_file"]:
+        path = Path(str(options["resume_file"])).expanduser()
+        contents = checkpoint.load(path, trusted=bool(cfg["training"]["trust_pickle"]))
+        return StartPoint(path, contents, model_only=False, own_run=False)
+    if options["resume_zoo"]:
+        data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
+        path = _zoo_checkpoint(str(options["resume_zoo"]), data_dir, dist)
+        from zoo.trust import untrusted_reason  # full unpickling only for bytes the zoo verified
+
+        trusted = untrusted_reason(path) is None or bool(cfg["training"]["trust_pickle"])
+        return StartPoint(path, checkpoint.load(path, trusted=trusted), model_only=True, own_run=False)
+    if not stages.train and not options["allow_random_init"]:
+        raise CheckpointError(f"run_type={cfg['run_type']} evaluates a model, but no weights were given: pass "
+                              "checkpoint.resume_file=<.ckpt/.pth>, checkpoint.resume_zoo=<zoo key>, or "
+                              "checkpoint.resume=true with the training run's env.save_dir "
+                              "(checkpoint.allow_random_init=true evaluates random weights)")
+    return StartPoint(None, None, model_only=False, own_run=False)
+
+
+def _set_damaged_aside(damaged: list, used: Path, dist: distributed.DistInfo) -> None:
+    distributed.barrier()  # every rank has chosen its checkpoint before any file moves
+    for path, why in damaged:
+        if dist.is_main:
+            aside = checkpoint.keep_as_evidence(path)
+            log.warning("%s; resuming from %s instead (the damaged file is kept as %s)", why, used, aside)
+    distributed.barrier()
+
+
+def _check_resume_config(cfg: dict, contents: dict, path: Path) -> None:
+    saved = contents.get("config")
+    if not isinstance(saved, dict):
+        return
+    changed = [key for key in _differences(saved, cfg) if not key.endswith(("_dir", "_weights"))]
+    fixed = [key for key in changed if key.split(".")[0] in RESUME_MUST_MATCH]
+    if fixed:
+        raise ConfigError(f"checkpoint.resume=true would continue the run of {path} with a different model or "
+                          f"data ({', '.join(fixed[:5])}); resume with that run's config.yaml, or start a new run "
+                          f"with env.save_dir=<new folder> checkpoint.resume_file={path}")
+    changed = [key for key in changed if key not in ("training.seed", "checkpoint.resume", "run_type")]
+    if changed:
+        log.warning("resuming with changed settings: %s", ", ".join(changed[:10]))
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for k in sorted(set(old) | set(new), key=str)
+                for key in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _zoo_checkpoint(key: str, data_dir: Path, dist: distributed.DistInfo) -> Path:
     """The checkpoint file of zoo model `key` under `<data_dir>/models/<key>/`, fetched by rank 0 if missing."""
     folder = data_dir / "models" / key
     if dist.is_main and not (folder / ".built.json").is_file():
@@ -29,16 +225,45 @@ def _zoo_checkpoint(key: str, data_dir: Path, dist: D.DistInfo) -> Path:
             raise CheckpointError(f"zoo model {key} is not installed in {folder}; run `mmf zoo fetch {key}`") \
                 from None
         log.info("fetching zoo model %s into %s", key, data_dir)
-        try:
-            fetch(key, data_dir=str(data_dir))
-        except TypeError:
-            fetch(key)
-    D.barrier()  # other ranks wait for rank 0's fetch (the zoo lock also serialises separate processes)
+        fetch(key, data_dir=str(data_dir))
+    distributed.barrier()  # other ranks wait for rank 0's fetch (the zoo lock also serialises separate processes)
     files = sorted(folder.glob("*.pth")) + sorted(folder.glob("*.ckpt"))
     if not files:
         raise CheckpointError(f"no .pth/.ckpt file in {folder} for zoo model {key}; re-fetch it "
                               f"(`mmf zoo fetch {key} --force`)")
     return files[0]
+
+
+def choose_seed(cfg: dict, start: StartPoint) -> int:
+    """A resumed run keeps its seed (sampling order and teacher-forcing draws continue); -1 draws one."""
+    reset = cfg["checkpoint"]["reset"]
+    if start.contents is not None and not start.model_only and not reset["all"] and not reset["counts"] \
+            and "seed" in start.contents:
+        return int(start.contents["seed"])
+    seed = int(cfg["training"]["seed"])
+    return distributed.broadcast_object(random.randrange(2**31)) if seed == -1 else seed
+
+
+# ---- data
+def build_splits(cfg: dict, stages: Stages, seed: int) -> Splits:
+    """The datasets run_type needs (missing zoo data fetched first); val is optional when only training."""
+    from mmftrain.data import build_datasets, concat
+
+    _fetch_requirements(cfg)
+    train = concat(build_datasets(cfg, "train", seed)) if stages.train else None
+    val: dict = {}
+    if stages.val or stages.train:
+        try:
+            val = build_datasets(cfg, "val", seed)
+        except DataError as e:
+            if stages.val:
+                raise
+            log.warning("no val split (%s): training without periodic evaluation", e)
+    test = build_datasets(cfg, "test", seed) if stages.test else {}
+    first = train if train is not None else next(iter({**val, **test}.values()), None)
+    if first is None:
+        raise TrainError(f"run_type={cfg['run_type']} needs at least one split to read")
+    return Splits(train, val, test, len(first.answer_vocab))
 
 
 def _fetch_requirements(cfg: dict) -> None:
@@ -48,7 +273,6 @@ def _fetch_requirements(cfg: dict) -> None:
         return
     import zoo
     from zoo.errors import ZooError
-
     from zoo.manifest import CONFIG_DIR, default_manifest_paths
 
     data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
@@ -73,135 +297,58 @@ def _fetch_requirements(cfg: dict) -> None:
                                 "zoo, set env.fetch_missing_data=false)") from None
 
 
-def _resume_source(cfg: dict, save_dir: Path, dist: D.DistInfo):
-    """(path, trusted, model_only) of the checkpoint to start from, MMF's priority order; None for a fresh run."""
-    ck = cfg["checkpoint"]
-    own = save_dir / ("best.ckpt" if ck["resume_best"] else "current.ckpt")
-    other = save_dir / ("current.ckpt" if ck["resume_best"] else "best.ckpt")
-    if ck["resume"] and (own.is_file() or other.is_file()):
-        return (own if own.is_file() else other), False, False
-    if ck["resume_file"]:
-        return Path(str(ck["resume_file"])).expanduser(), False, False
-    if ck["resume_zoo"]:
-        data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
-        path = _zoo_checkpoint(str(ck["resume_zoo"]), data_dir, dist)
-        from zoo.trust import untrusted_reason  # full unpickling only for bytes the zoo verified
-
-        return path, untrusted_reason(path) is None, True
-    return None
-
-
-def run(cfg: dict) -> dict:
-    """Execute `cfg` (from `mmftrain.config.build_config`) on this process; returns the run summary."""
-    dist = D.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
-    try:
-        return _run(cfg, dist)
-    finally:
-        D.cleanup()
-
-
-def _run(cfg: dict, dist: D.DistInfo) -> dict:
-    from mmftrain.data import build_datasets, concat
-    from mmftrain.evaluate import evaluate, write_predictions
-    from mmftrain.trainer import Trainer
-
-    save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
-    setup_logging(save_dir, dist.is_main, dist.rank)
-    rt = cfg["run_type"]
-    do_train = "train" in rt
-    do_val = "val" in rt
-    do_test = any(x in rt for x in ("test", "inference", "predict"))
-    seed = int(cfg["training"]["seed"])
-    if seed == -1:
-        seed = D.broadcast_object(random.randrange(2**31))
-    source = _resume_source(cfg, save_dir, dist)
-    ckpt = None
-    if source is not None:
-        ckpt = C.load(source[0], trusted=source[1] or bool(cfg["training"]["trust_pickle"]))
-        reset = cfg["checkpoint"]["reset"]
-        if not source[2] and not reset["all"] and not reset["counts"] and "seed" in ckpt:
-            seed = int(ckpt["seed"])  # sampling order and teacher-forcing draws continue as before
-    elif cfg["checkpoint"]["resume"]:
-        log.info("checkpoint.resume=true but no checkpoint in %s yet: starting fresh", save_dir)
-    cfg["training"]["seed"] = seed
-    if dist.is_main:
-        text = dump_yaml(cfg).encode()
-        C.atomic_write_bytes(save_dir / "config.yaml", lambda f: f.write(text))
-    log.info("run_type=%s datasets=%s model=%s seed=%d world=%d device=%s save_dir=%s", rt,
-             ",".join(cfg["datasets"]), cfg["model"], seed, dist.world, dist.device, save_dir)
-
-    _fetch_requirements(cfg)
-    train_ds = None
-    if do_train:
-        train_ds = concat(build_datasets(cfg, "train", seed))
-    val_sets = {}
-    if do_val or do_train:
+# ---- training and the final passes
+def train_stage(cfg: dict, trainer, splits: Splits, save_dir: Path, summary: dict) -> bool:
+    """Train; then load the best checkpoint (as MMF, the final passes use it) and write `<model>_final.pth`.
+    False when a signal stopped training."""
+    result = trainer.train(splits.train, splits.val)
+    summary["train"] = {k: v for k, v in result.items() if k != "last_eval"}
+    if result["stopped"] not in (None, "early_stop"):
+        summary["interrupted"] = result["stopped"]
+        return False
+    best = save_dir / checkpoint.BEST
+    if best.is_file():
         try:
-            val_sets = build_datasets(cfg, "val", seed)
-        except DataError as e:
-            if do_val:
-                raise
-            log.warning("no val split (%s): training without periodic evaluation", e)
-    test_sets = build_datasets(cfg, "test", seed) if do_test else {}
-    first = train_ds if train_ds is not None else next(iter({**val_sets, **test_sets}.values()), None)
-    if first is None:
-        raise TrainError(f"run_type={rt} needs at least one split to read")
-    vocab_size = len(first.answer_vocab)
-
-    trainer = Trainer(cfg, dist, vocab_size, seed)
-    if source is not None:
-        trainer.load(source[0], model_only=source[2], obj=ckpt)
-        del ckpt
-    trainer.wrap()
-
-    summary: dict = {"run_type": rt, "save_dir": str(save_dir), "seed": trainer.seed, "world_size": dist.world,
-                     "answer_vocab_size": vocab_size, "reports": {}, "metrics": {}}
-    if do_train:
-        res = trainer.train(train_ds, val_sets)
-        summary["train"] = {k: v for k, v in res.items() if k != "last_eval"}
-        if res["stopped"] not in (None, "early_stop"):
-            summary["interrupted"] = res["stopped"]
-            _finish(summary, save_dir, dist)
-            return summary
-        best = save_dir / "best.ckpt"
-        if best.is_file():  # as MMF: final passes use the best model
             trainer.load(best, model_only=True)
-        if dist.is_main:
-            C.save(save_dir / f"{cfg['model']}_final.pth", trainer.model.state_dict())
-
-    bs = int(cfg["evaluation"]["batch_size"] or cfg["training"]["batch_size"])
-    per_rank = max(1, bs // dist.world)
-    passes = ([("val", val_sets)] if do_val else []) + ([("test", test_sets)] if do_test else [])
-    for split, sets in passes:
-        for name, ds in sets.items():
-            out, records = evaluate(trainer.model, ds, dataset_name=name, split=split, batch_size=per_rank,
-                                    device=trainer.device, dist=dist, amp=trainer.amp(),
-                                    metrics=list(cfg["evaluation"]["metrics"]), pin=trainer.cuda,
-                                    early_exit=bool(cfg["evaluation"]["early_exit_decoding"]))
-            summary["metrics"].update(out)
-            if dist.is_main:
-                path = write_predictions(records, save_dir / "reports", name,
-                                         cfg["training"]["experiment_name"], split,
-                                         cfg["evaluation"]["predict_file_format"])
-                summary["reports"][f"{split}/{name}"] = str(path)
-                log.info("%s/%s: %d predictions written to %s", split, name, len(records), path)
-    _finish(summary, save_dir, dist)
-    return summary
+        except checkpoint.DamagedCheckpoint as e:
+            log.warning("%s; the final passes use the last weights instead", e)
+    if trainer.dist.is_main:
+        checkpoint.save(save_dir / f"{cfg['model']}_final.pth", trainer.model.state_dict())
+    return True
 
 
-def _finish(summary: dict, save_dir: Path, dist: D.DistInfo) -> None:
+def final_passes(cfg: dict, trainer, splits: Splits, stages: Stages, summary: dict) -> None:
+    """The val and test passes run_type asks for; EvalAI prediction files under env.report_dir."""
+    report_dir = Path(str(cfg["env"]["report_dir"] or Path(str(cfg["env"]["save_dir"])) / "reports")).expanduser()
+    passes = ([("val", splits.val)] if stages.val else []) + ([("test", splits.test)] if stages.test else [])
+    for split, datasets in passes:
+        metrics, records = evaluate_all(trainer.model, datasets, split=split, cfg=cfg, dist=trainer.dist,
+                                        device=trainer.device, amp=trainer.amp())
+        summary["metrics"].update(metrics)
+        if not trainer.dist.is_main or (split == "val" and not cfg["evaluation"]["predict"]):
+            continue
+        for name, rows in records.items():
+            path = write_predictions(rows, report_dir, name, cfg["training"]["experiment_name"], split,
+                                     cfg["evaluation"]["predict_file_format"])
+            summary["reports"][f"{split}/{name}"] = str(path)
+            log.info("%s/%s: %d predictions written to %s", split, name, len(rows), path)
+
+
+def write_summary(summary: dict, save_dir: Path, dist: distributed.DistInfo) -> None:
+    """summary.json and the closing lines of the log."""
     if not dist.is_main:
         return
     summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     data = json.dumps(summary, indent=2, default=str).encode()
-    C.atomic_write_bytes(save_dir / "summary.json", lambda f: f.write(data))
+    checkpoint.atomic_write_bytes(save_dir / "summary.json", lambda f: f.write(data))
     lines = ["---- run summary ----"]
     if "train" in summary:
-        tr = summary["train"]
-        lines.append(f"updates: {tr['num_updates']} in {tr['train_time']:.1f}s"
-                     + (f" (stopped: {tr['stopped']})" if tr["stopped"] else ""))
-        if tr["best_metric"] is not None:
-            lines.append(f"best {tr['criteria']}: {tr['best_metric']:.4f} at update {tr['best_update']}")
+        trained = summary["train"]
+        lines.append(f"updates: {trained['num_updates']} in {trained['train_time']:.1f}s"
+                     + (f" (stopped: {trained['stopped']})" if trained["stopped"] else ""))
+        if trained["best_metric"] is not None:
+            lines.append(f"best {trained['criteria']}: {trained['best_metric']:.4f} at update "
+                         f"{trained['best_update']}")
     for k, v in summary["metrics"].items():
         if isinstance(v, float) and not k.endswith("_time"):
             lines.append(f"{k}: {v:.4f}")

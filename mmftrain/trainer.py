@@ -3,7 +3,11 @@
 One update = `training.update_frequency` micro-batches of `training.batch_size` (global) questions: forward under
 the chosen precision, masked BCE, backward, then unscale -> clip -> step -> LR step. Every `log_interval` a line
 and a `metrics.jsonl` record; every `evaluation_interval` a full val pass (best checkpoint by
-`training.early_stop.criteria`); every `checkpoint_interval` an atomic `current.ckpt` (+ periodic copy).
+`training.early_stop.criteria`); every `checkpoint_interval` `current.ckpt` (+ periodic copy), written in the
+background (mmftrain.checkpoint.Checkpointer).
+
+The step never waits for the GPU: losses are summed on the device and read only at log lines and checkpoints
+(where exit_on_nan_losses is checked), and the stop-signal check is local on one process.
 """
 from __future__ import annotations
 
@@ -14,21 +18,24 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mmfdata.batch import expand_targets
-from mmftrain import checkpoint as C
-from mmftrain import distributed as D
+from mmftrain import checkpoint, distributed
 from mmftrain.data import Prefetcher, TrainSampler, loader_workers, to_device
 from mmftrain.errors import CheckpointError, ConfigError, TrainError
-from mmftrain.evaluate import evaluate
+from mmftrain.evaluate import evaluate_all
 from mmftrain.logs import MetricsWriter, format_line, log
 from mmftrain.loss import m4c_decoding_bce_with_mask
 from mmftrain.models import build_model, load_mmf_state_dict
 from mmftrain.optim import build_optimizer, build_scheduler
+
+# With several processes, all ranks agree on a stop signal every this many updates (a collective is a host sync).
+STOP_CHECK_EVERY = 10
 
 
 def seed_everything(seed: int) -> None:
@@ -37,40 +44,61 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class LogWindow:
+    """What happened since the last log line; the loss stays on the device until the line is written."""
+    start: float = field(default_factory=time.perf_counter)
+    data_wait: float = 0.0
+    loss_sum: torch.Tensor | float = 0.0
+    last_loss: torch.Tensor | float = 0.0  # the latest update's loss (mean over its micro-batches)
+    updates: int = 0
+
+
 class Trainer:
     """Owns model, optimizer, scheduler, scaler, counters and the sampler position of one run."""
 
-    def __init__(self, cfg: dict, dist: D.DistInfo, answer_vocab_size: int, seed: int):
+    def __init__(self, cfg: dict, dist: distributed.DistInfo, answer_vocab_size: int, seed: int):
         self.cfg, self.dist, self.seed = cfg, dist, seed
-        t = cfg["training"]
-        self.t = t
+        self.training = cfg["training"]
         self.device = dist.device
         self.save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
         self.cuda = self.device.type == "cuda"
-        if self.cuda:
-            torch.backends.cuda.matmul.allow_tf32 = bool(t["tf32"])
-            torch.backends.cudnn.allow_tf32 = bool(t["tf32"])
-            torch.backends.cudnn.benchmark = bool(t["cudnn_benchmark"])
-        if t["fp16"] and not self.cuda:
-            raise ConfigError("training.fp16=true needs a CUDA device; use training.bf16=true on CPU")
+        self._set_precision()
         seed_everything(seed)  # same initial weights on every rank
         self.model = build_model(cfg, answer_vocab_size).to(self.device)
         seed_everything(seed + dist.rank)
         self.optimizer = build_optimizer(self.model, cfg, fused=self.cuda)
         self.scheduler = build_scheduler(self.optimizer, cfg)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=bool(t["fp16"]))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=bool(self.training["fp16"]))
         self.num_updates = self.iteration = self.epoch = self.batch_in_epoch = 0
         self.best_update, self.best_metric = 0, None
         self.train_model = self.model
         self.stop_signal = None
         self._compile_checked = False
+        options = cfg["checkpoint"]
+        self.checkpointer = checkpoint.Checkpointer(self.save_dir, int(options["max_to_keep"]),
+                                                    background=bool(options["background_write"]))
+        self.git = checkpoint.git_details() if options["save_git_details"] else None
 
     # ---- precision
+    def _set_precision(self) -> None:
+        if self.training["fp16"] and not self.cuda:
+            raise ConfigError("training.fp16=true needs a CUDA device; use training.bf16=true on CPU")
+        if self.cuda:
+            tf32 = bool(self.training["tf32"])
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.set_float32_matmul_precision("high" if tf32 else "highest")
+            torch.backends.cudnn.benchmark = bool(self.training["cudnn_benchmark"])
+            if not (self.training["fp16"] or self.training["bf16"]):
+                log.info("precision: fp32 with %s matmuls (training.tf32=%s)", "TF32" if tf32 else "strict fp32",
+                         str(tf32).lower())
+
     def amp(self):
         """Autocast for fp16/bf16 (fp32 otherwise)."""
-        if self.t["fp16"]:
+        if self.training["fp16"]:
             return torch.autocast(self.device.type, dtype=torch.float16)
-        if self.t["bf16"]:
+        if self.training["bf16"]:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -79,8 +107,8 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.device.index] if self.cuda else None
             self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=bool(self.t["find_unused_parameters"]))
-        if self.t["compile"]:
+                self.model, device_ids=ids, find_unused_parameters=bool(self.training["find_unused_parameters"]))
+        if self.training["compile"]:
             try:
                 self.train_model = torch.compile(self.train_model)
             except Exception as e:  # noqa: BLE001 - any backend failure means: run eager
@@ -101,31 +129,39 @@ class Trainer:
 
     # ---- checkpoints
     def state(self) -> dict:
-        rngs = D.gather_objects(C.rng_state())
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.scheduler.state_dict(), "fp16_scaler": self.scaler.state_dict(),
-                "num_updates": self.num_updates, "current_iteration": self.iteration,
-                "current_epoch": self.epoch, "best_update": self.best_update, "best_iteration": self.best_update,
-                "best_metric_value": self.best_metric, "config": self.cfg, "seed": self.seed,
-                "sampler": {"epoch": self.epoch, "index": self.batch_in_epoch, "seed": self.seed},
-                "world_size": self.dist.world, "rng": rngs}
+        rngs = distributed.gather_objects(checkpoint.rng_state())
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "lr_scheduler": self.scheduler.state_dict(), "fp16_scaler": self.scaler.state_dict(),
+                 "num_updates": self.num_updates, "current_iteration": self.iteration,
+                 "current_epoch": self.epoch, "best_update": self.best_update, "best_iteration": self.best_update,
+                 "best_metric_value": self.best_metric, "config": self.cfg, "seed": self.seed,
+                 "sampler": {"epoch": self.epoch, "index": self.batch_in_epoch, "seed": self.seed},
+                 "world_size": self.dist.world, "rng": rngs}
+        if self.git:
+            state["git/commit"], state["git/branch"] = self.git
+        return state
 
     def save(self, *names: str) -> None:
-        """Write the full state to each of `names` (relative to save_dir) atomically; collective across ranks."""
+        """Checkpoint the full state under each of `names` (relative to save_dir); collective across ranks.
+        Returns once the state is copied to host memory; the file is written in the background."""
         state = self.state()
         if self.dist.is_main:
-            for name in names:
-                C.save(self.save_dir / name, state)
-            if any(n.startswith("models/") for n in names):
-                C.prune(self.save_dir / "models", int(self.cfg["checkpoint"]["max_to_keep"]))
-        D.barrier()
+            self.checkpointer.save(list(names), state)
 
-    def load(self, path: Path, trusted: bool = False, model_only: bool = False, obj: dict | None = None) -> None:
+    def finish_writes(self) -> None:
+        """Wait until every checkpoint is on disk (raising a write's error); all ranks return together."""
+        try:
+            if self.dist.is_main:
+                self.checkpointer.wait()
+        finally:
+            distributed.barrier()
+
+    def load(self, path: Path, model_only: bool = False, obj: dict | None = None) -> None:
         """Restore from a checkpoint (or its already loaded `obj`), honouring checkpoint.reset.*; own checkpoints
-        also restore RNG states and the sampler position."""
+        also restore RNG states, the sampler position and the list of periodic checkpoints."""
         if obj is None:
-            obj = C.load(path, trusted=trusted or bool(self.t["trust_pickle"]))
-        load_mmf_state_dict(self.model, C.model_state_from(obj))
+            obj = checkpoint.load(path, trusted=bool(self.training["trust_pickle"]))
+        load_mmf_state_dict(self.model, checkpoint.model_state_from(obj))
         reset = self.cfg["checkpoint"]["reset"]
         if model_only or reset["all"] or "model" not in obj:
             log.info("loaded model weights from %s", path)
@@ -139,183 +175,225 @@ class Trainer:
         if not reset["fp16_scaler"] and obj.get("fp16_scaler"):
             self.scaler.load_state_dict(obj["fp16_scaler"])
         if not reset["counts"]:
-            self.seed = int(obj.get("seed", self.seed))  # the sampler order depends on it
-            self.num_updates = int(obj.get("num_updates", 0))
-            self.iteration = int(obj.get("current_iteration", self.num_updates))
-            self.epoch = int(obj.get("current_epoch", 0))
-            self.best_update = int(obj.get("best_update", 0))
-            self.best_metric = obj.get("best_metric_value")
-            if obj.get("lr_scheduler"):
-                self.scheduler.load_state_dict(obj["lr_scheduler"])
-            if "sampler" in obj:
-                self.epoch, self.batch_in_epoch = obj["sampler"]["epoch"], obj["sampler"]["index"]
-            rngs = obj.get("rng") or []
-            if rngs:
-                if len(rngs) != self.dist.world:
-                    log.warning("checkpoint saved with %d ranks, resuming with %d: RNG streams restart",
-                                len(rngs), self.dist.world)
-                else:
-                    C.set_rng_state(rngs[self.dist.rank])
+            self._restore_counts(obj)
         log.info("resumed from %s at update %d (epoch %d, batch %d)", path, self.num_updates, self.epoch,
                  self.batch_in_epoch)
 
-    # ---- signals
+    def _restore_counts(self, obj: dict) -> None:
+        self.seed = int(obj.get("seed", self.seed))  # the sampler order depends on it
+        self.num_updates = int(obj.get("num_updates", 0))
+        self.iteration = int(obj.get("current_iteration", self.num_updates))
+        self.epoch = int(obj.get("current_epoch", 0))
+        self.best_update = int(obj.get("best_update", 0))
+        self.best_metric = obj.get("best_metric_value")
+        self.checkpointer.periodic = list(obj.get("periodic_checkpoints") or [])
+        if obj.get("lr_scheduler"):
+            self.scheduler.load_state_dict(obj["lr_scheduler"])
+        if "sampler" in obj:
+            self.epoch, self.batch_in_epoch = obj["sampler"]["epoch"], obj["sampler"]["index"]
+        rngs = obj.get("rng") or []
+        if rngs and len(rngs) != self.dist.world:
+            log.warning("checkpoint saved with %d ranks, resuming with %d: RNG streams restart", len(rngs),
+                        self.dist.world)
+        elif rngs:
+            checkpoint.set_rng_state(rngs[self.dist.rank])
+
+    # ---- setup and teardown of a training session
     def _on_signal(self, signum, _frame):
         self.stop_signal = signum
         signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
 
+    @contextlib.contextmanager
+    def _session(self, train_ds, sampler: TrainSampler, max_updates: int):
+        """Yields (batches, metrics writer or None, progress bar or None); restores signals and closes everything
+        on the way out, waiting for the checkpoint in flight."""
+        training = self.training
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.finish_writes)
+            writer = None
+            if self.dist.is_main:
+                writer = MetricsWriter(self.save_dir, self._tensorboard_dir(), self.num_updates)
+                stack.callback(writer.close)
+            old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            stack.callback(lambda: [signal.signal(s, h) for s, h in old_handlers.items()])
+            if training["detect_anomaly"]:
+                stack.enter_context(torch.autograd.detect_anomaly(check_nan=True))
+            keyed = (((epoch, index), idx) for epoch, index, idx in sampler.iterate(self.epoch, self.batch_in_epoch))
+            loader = Prefetcher(train_ds, keyed, pin=self.cuda, depth=int(training["prefetch_batches"]),
+                                epoch_of=lambda key: key[0], workers=loader_workers(training["num_workers"]),
+                                device=self.device if self.cuda else None)
+            stack.callback(loader.close)
+            bar = None
+            show_bar = training["progress_bar"] is True or (training["progress_bar"] == "auto" and sys.stderr.isatty())
+            if self.dist.is_main and show_bar:
+                from tqdm import tqdm
+
+                bar = tqdm(total=max_updates, initial=self.num_updates, unit="upd", dynamic_ncols=True)
+                stack.callback(bar.close)
+            yield iter(loader), writer, bar
+
+    def _tensorboard_dir(self) -> Path | None:
+        if not self.training["tensorboard"]:
+            return None
+        configured = str(self.cfg["env"]["tensorboard_logdir"] or "")
+        return Path(configured).expanduser() if configured else self.save_dir / "tensorboard"
+
     # ---- the loop
-    def train(self, train_ds, val_sets: dict, evaluate_during: bool = True) -> dict:
+    def train(self, train_ds, val_sets: dict) -> dict:
         """Train until max_updates/max_epochs, early stopping or a signal. Returns a summary dict."""
-        t, ck = self.t, self.cfg["checkpoint"]
-        uf = int(t["update_frequency"])
-        sampler = TrainSampler(len(train_ds), int(t["batch_size"]), self.dist.rank, self.dist.world, self.seed)
-        max_updates = int(t["max_updates"])
-        if t["max_epochs"] is not None:  # MMF: max_epochs wins
-            max_updates = math.ceil(float(t["max_epochs"]) * sampler.batches_per_epoch / uf)
-        metrics_writer = MetricsWriter(self.save_dir, bool(t["tensorboard"]), self.num_updates) \
-            if self.dist.is_main else None
-        criteria = "val/" + str(t["early_stop"]["criteria"])
-        minimize = bool(t["early_stop"]["minimize"])
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def keyed():
-            for epoch, index, idx in sampler.iterate(self.epoch, self.batch_in_epoch):
-                yield (epoch, index), idx
-
-        loader = Prefetcher(train_ds, keyed(), pin=self.cuda, depth=int(t["prefetch_batches"]),
-                            epoch_of=lambda key: key[0], workers=loader_workers(t["num_workers"]),
-                            device=self.device if self.cuda else None)
-        batches = iter(loader)
-        per_update = int(t["batch_size"]) * uf
-        bar = None
-        show_bar = t["progress_bar"] is True or (t["progress_bar"] == "auto" and sys.stderr.isatty())
-        if self.dist.is_main and show_bar:
-            from tqdm import tqdm
-
-            bar = tqdm(total=max_updates, initial=self.num_updates, unit="upd", dynamic_ncols=True)
-        win = {"t0": time.perf_counter(), "wait": 0.0, "loss": 0.0, "n": 0, "updates": 0}
-        start_updates, t_start = self.num_updates, time.perf_counter()
-        stopped, last_eval = None, None
+        training = self.training
+        accumulate = int(training["update_frequency"])
+        sampler = TrainSampler(len(train_ds), int(training["batch_size"]), self.dist.rank, self.dist.world,
+                               self.seed)
+        max_updates = int(training["max_updates"])
+        if training["max_epochs"] is not None:  # MMF: max_epochs wins
+            max_updates = math.ceil(float(training["max_epochs"]) * sampler.batches_per_epoch / accumulate)
+        criteria = "val/" + str(training["early_stop"]["criteria"])
+        start_updates, started = self.num_updates, time.perf_counter()
+        stopped, last_eval, current_saved_at = None, None, None
         self.model.train()
-        try:
+        with self._session(train_ds, sampler, max_updates) as (batches, writer, bar):
+            window = LogWindow()
             while self.num_updates < max_updates:
-                self.optimizer.zero_grad(set_to_none=True)
-                loss_value = 0.0
-                for micro in range(uf):
-                    (epoch, index), cpu_batch, wait = next(batches)
-                    win["wait"] += wait
-                    batch = to_device(cpu_batch, self.device)
-                    sync = micro == uf - 1 or self.dist.world == 1
-                    ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
-                    with ctx:
-                        with self.amp():
-                            scores = self._forward(batch)
-                        targets = expand_targets(batch, scores.size(-1))
-                        loss = m4c_decoding_bce_with_mask(scores, targets, batch["train_loss_mask"])
-                        if t["exit_on_nan_losses"] and not torch.isfinite(loss):
-                            raise TrainError(f"loss became {loss.item()} at update {self.num_updates + 1}; "
-                                             f"lower optimizer.params.lr or use fp32 (training.exit_on_nan_losses)")
-                        self.scaler.scale(loss / uf).backward()
-                    loss_value += float(loss.detach()) / uf
-                    self.iteration += 1
-                    self.epoch, self.batch_in_epoch = (epoch, index + 1) if index + 1 < sampler.batches_per_epoch \
-                        else (epoch + 1, 0)
-                if t["clip_gradients"] and t["max_grad_l2_norm"]:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(t["max_grad_l2_norm"]))
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.num_updates += 1
-                win["loss"] += loss_value
-                win["n"] += 1
+                cpu_batch = self._update(batches, window, accumulate, sampler.batches_per_epoch)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.4f}")
-
-                if self.num_updates % int(t["log_interval"]) == 0 or self.num_updates == max_updates:
-                    self._log_train(win, loss_value, per_update, max_updates, start_updates, t_start,
-                                    metrics_writer, cpu_batch)
-                    win = {"t0": time.perf_counter(), "wait": 0.0, "loss": 0.0, "n": 0, "updates": 0}
+                if self.num_updates % int(training["log_interval"]) == 0 or self.num_updates == max_updates:
+                    loss = self._log_train(window, max_updates, start_updates, started, writer, cpu_batch)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.4f}")
+                    window = LogWindow()
 
                 names = []
-                if evaluate_during and val_sets and self.num_updates % int(t["evaluation_interval"]) == 0:
-                    last_eval = self._eval_and_track(val_sets, criteria, minimize, metrics_writer)
-                    if last_eval.get("improved"):
-                        names.append("best.ckpt")
-                if self.num_updates % int(t["checkpoint_interval"]) == 0:
-                    names += ["current.ckpt", f"models/model_{self.num_updates}.ckpt"]
+                if val_sets and self.num_updates % int(training["evaluation_interval"]) == 0:
+                    last_eval = self._evaluate(val_sets, criteria, writer)
+                    if last_eval["improved"]:
+                        names.append(checkpoint.BEST)
+                if self.num_updates % int(training["checkpoint_interval"]) == 0:
+                    names += [checkpoint.CURRENT, f"{checkpoint.PERIODIC_DIR}/model_{self.num_updates}.ckpt"]
                 if names:
+                    self._check_finite(window)
                     self.save(*names)
-                if t["early_stop"]["enabled"] and self.best_metric is not None and \
-                        self.num_updates - self.best_update > int(t["early_stop"]["patience"]):
-                    log.info("early stopping at update %d: no improvement of %s since update %d",
-                             self.num_updates, criteria, self.best_update)
+                    current_saved_at = self.num_updates if checkpoint.CURRENT in names else current_saved_at
+                if self._early_stop(criteria):
                     stopped = "early_stop"
                     break
-                if D.any_flag(self.stop_signal is not None, self.device):
+                if self._stop_requested():
                     stopped = signal.Signals(self.stop_signal or signal.SIGTERM).name
-                    self.save("current.ckpt")
+                    self.save(checkpoint.CURRENT)
                     log.info("%s received: saved %s at update %d; resume with checkpoint.resume=true",
-                             stopped, self.save_dir / "current.ckpt", self.num_updates)
+                             stopped, self.save_dir / checkpoint.CURRENT, self.num_updates)
                     break
-        finally:
-            loader.close()
-            if bar is not None:
-                bar.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-        if stopped is None or stopped == "early_stop":
-            if evaluate_during and val_sets and self.num_updates % int(t["evaluation_interval"]) != 0:
-                last_eval = self._eval_and_track(val_sets, criteria, minimize, metrics_writer)
-                if last_eval.get("improved"):
-                    self.save("best.ckpt")
-            self.save("current.ckpt")
-        if metrics_writer is not None:
-            metrics_writer.close()
+            if stopped in (None, "early_stop"):
+                names = []
+                if val_sets and self.num_updates % int(training["evaluation_interval"]) != 0:
+                    last_eval = self._evaluate(val_sets, criteria, writer)
+                    names += [checkpoint.BEST] if last_eval["improved"] else []
+                names += [checkpoint.CURRENT] if current_saved_at != self.num_updates else []
+                if names:
+                    self._check_finite(window)
+                    self.save(*names)
+        if self.dist.is_main:
+            log.info("checkpoint writes stalled training for %.2fs in total", self.checkpointer.stall_s)
         return {"num_updates": self.num_updates, "stopped": stopped, "best_update": self.best_update,
                 "best_metric": self.best_metric, "criteria": criteria, "last_eval": last_eval,
-                "train_time": time.perf_counter() - t_start}
+                "train_time": time.perf_counter() - started, "checkpoint_stall_s": self.checkpointer.stall_s}
 
-    def _log_train(self, win, loss_value, per_update, max_updates, start_updates, t_start, writer, cpu_batch):
-        elapsed = time.perf_counter() - win["t0"]
-        ups = win["n"] / elapsed if elapsed > 0 else 0.0
-        done = self.num_updates - start_updates
-        total_ups = done / max(time.perf_counter() - t_start, 1e-9)
-        eta = (max_updates - self.num_updates) / total_ups if total_ups > 0 else 0.0
+    def _update(self, batches, window: LogWindow, accumulate: int, batches_per_epoch: int) -> dict:
+        """One optimizer update over `accumulate` micro-batches; returns the last (CPU) batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        update_loss = 0.0
+        for micro in range(accumulate):
+            (epoch, index), cpu_batch, wait = next(batches)
+            window.data_wait += wait
+            batch = to_device(cpu_batch, self.device)
+            sync_grads = micro == accumulate - 1 or self.dist.world == 1
+            with contextlib.nullcontext() if sync_grads else self.train_model.no_sync():
+                with self.amp():
+                    scores = self._forward(batch)
+                targets = expand_targets(batch, scores.size(-1))
+                loss = m4c_decoding_bce_with_mask(scores, targets, batch["train_loss_mask"])
+                self.scaler.scale(loss / accumulate).backward()
+            update_loss = update_loss + loss.detach().float() / accumulate
+            self.iteration += 1
+            self.epoch, self.batch_in_epoch = (epoch, index + 1) if index + 1 < batches_per_epoch else (epoch + 1, 0)
+        if self.training["clip_gradients"] and self.training["max_grad_l2_norm"]:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.training["max_grad_l2_norm"]))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.num_updates += 1
+        window.updates += 1
+        window.loss_sum = window.loss_sum + update_loss
+        window.last_loss = update_loss
+        return cpu_batch
+
+    def _check_finite(self, window: LogWindow) -> None:
+        """exit_on_nan_losses: a NaN/inf loss since the last log line stops the run before it is checkpointed."""
+        if not self.training["exit_on_nan_losses"] or not window.updates:
+            return
+        if not math.isfinite(float(window.loss_sum)):
+            raise TrainError(f"the loss became {float(window.loss_sum)} by update {self.num_updates}; lower "
+                             "optimizer.params.lr or use fp32 (training.exit_on_nan_losses; "
+                             "training.detect_anomaly=true finds the op)")
+
+    def _early_stop(self, criteria: str) -> bool:
+        patience = self.training["early_stop"]
+        if not patience["enabled"] or self.best_metric is None:
+            return False
+        if self.num_updates - self.best_update <= int(patience["patience"]):
+            return False
+        log.info("early stopping at update %d: no improvement of %s since update %d", self.num_updates, criteria,
+                 self.best_update)
+        return True
+
+    def _stop_requested(self) -> bool:
+        if self.dist.world == 1:
+            return self.stop_signal is not None
+        if self.num_updates % STOP_CHECK_EVERY:
+            return False
+        return distributed.any_flag(self.stop_signal is not None, self.device)
+
+    def _log_train(self, window: LogWindow, max_updates: int, start_updates: int, started: float, writer,
+                   cpu_batch: dict) -> float:
+        """Write the log line and metrics record (the step's only host sync); returns the last loss."""
+        self._check_finite(window)
+        last_loss = float(window.last_loss)
+        elapsed = time.perf_counter() - window.start
+        updates_per_s = window.updates / elapsed if elapsed > 0 else 0.0
+        overall = (self.num_updates - start_updates) / max(time.perf_counter() - started, 1e-9)
+        eta = (max_updates - self.num_updates) / overall if overall > 0 else 0.0
         mem = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        qids = cpu_batch["question_id"]
-        rec = {"num_updates": self.num_updates, "max_updates": max_updates, "epoch": self.epoch,
-               "train/total_loss": loss_value, "train/total_loss/avg": win["loss"] / max(win["n"], 1),
-               "lr": self.optimizer.param_groups[0]["lr"], "ups": ups,
-               "samples_per_s": ups * per_update, "data_wait_share": win["wait"] / elapsed if elapsed else 0.0,
-               "eta_s": eta, "max_mem_mb": mem,
-               # fingerprint of the last batch: lets a resumed run be checked batch for batch
-               "batch_qid_sum": int(qids.sum()), "batch_first_qid": int(qids[0])}
+        per_update = int(self.training["batch_size"]) * int(self.training["update_frequency"])
+        question_ids = cpu_batch["question_id"]
+        record = {"num_updates": self.num_updates, "max_updates": max_updates, "epoch": self.epoch,
+                  "train/total_loss": last_loss, "train/total_loss/avg": float(window.loss_sum) / window.updates,
+                  "lr": self.optimizer.param_groups[0]["lr"], "ups": updates_per_s,
+                  "samples_per_s": updates_per_s * per_update,
+                  "data_wait_share": window.data_wait / elapsed if elapsed else 0.0, "eta_s": eta,
+                  "max_mem_mb": mem,
+                  # fingerprint of the last batch: lets a resumed run be checked batch for batch
+                  "batch_qid_sum": int(question_ids.sum()), "batch_first_qid": int(question_ids[0])}
         if self.dist.is_main:
             log.info("progress: %d/%d, %s", self.num_updates, max_updates, format_line(
-                {"train/total_loss": loss_value, "avg": rec["train/total_loss/avg"], "lr": rec["lr"],
-                 "ups": ups, "samples/s": rec["samples_per_s"], "data_wait": rec["data_wait_share"],
+                {"train/total_loss": last_loss, "avg": record["train/total_loss/avg"], "lr": record["lr"],
+                 "ups": updates_per_s, "samples/s": record["samples_per_s"], "data_wait": record["data_wait_share"],
                  "eta": time.strftime("%H:%M:%S", time.gmtime(eta)), "max_mem_mb": mem}))
-            writer.write(rec)
+            writer.write(record)
+        return last_loss
 
-    def _eval_and_track(self, val_sets: dict, criteria: str, minimize: bool, writer) -> dict:
-        results: dict = {}
-        bs = int(self.cfg["evaluation"]["batch_size"] or self.t["batch_size"])
-        per_rank = max(1, bs // self.dist.world)
-        for name, ds in val_sets.items():
-            out, _ = evaluate(self.model, ds, dataset_name=name, split="val", batch_size=per_rank,
-                              device=self.device, dist=self.dist, amp=self.amp(),
-                              metrics=list(self.cfg["evaluation"]["metrics"]), pin=self.cuda,
-                              early_exit=bool(self.cfg["evaluation"]["early_exit_decoding"]))
-            results.update(out)
+    def _evaluate(self, val_sets: dict, criteria: str, writer) -> dict:
+        """A val pass over every dataset; tracks the best value of `criteria`."""
+        results, _ = evaluate_all(self.model, val_sets, split="val", cfg=self.cfg, dist=self.dist,
+                                  device=self.device, amp=self.amp())
         if criteria not in results:
             keys = ", ".join(k[4:] for k in results if not k.endswith(("_time", "questions")))
             raise ConfigError(f"training.early_stop.criteria={criteria[4:]!r} is not a reported metric; "
                               f"use one of: {keys}")
         value = float(results[criteria])
+        minimize = bool(self.training["early_stop"]["minimize"])
         improved = self.best_metric is None or (value < self.best_metric if minimize else value > self.best_metric)
         if improved:
             self.best_metric, self.best_update = value, self.num_updates

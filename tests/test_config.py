@@ -1,5 +1,6 @@
 """Config system: includes, MMF-style overrides, strict keys, env vars, shipped configs, CLI errors."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,67 @@ def test_cli_module_does_not_import_torch():
     code = "import sys, mmftrain.cli, mmftrain.config; assert 'torch' not in sys.modules, 'torch imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def _leaf_keys(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _refused_value(key, accepted):
+    if callable(accepted):
+        return {"scheduler": {"type": "cosine"}, "checkpoint.pretrained_state_mapping": {"a": "b"},
+                "model_config.m4c.losses": [{"type": "cross_entropy"}]}.get(
+            key, {"enabled": True, "type": "csv", "params": {"x": 1}})
+    first = accepted[0]
+    if isinstance(first, bool):
+        return not first
+    return {str: "other", list: ["x"]}.get(type(first), 7)
+
+
+def test_every_default_key_is_read_and_mmf_keys_not_supported_are_refused():
+    """Each key of configs/defaults.yaml is read by the trainer's code; each MMF key it does not implement is an
+    error when set to anything but what the trainer does."""
+    from mmftrain.config import NOT_SUPPORTED
+
+    import mmftrain
+
+    package = Path(mmftrain.__file__).parent
+    source = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "config.py")
+    source += Path(package / "config.py").read_text().split("def validate", 1)[1]  # validate() reads keys too
+    defaults_text = (CONFIGS_DIR / "defaults.yaml").read_text()
+    defaults = load_yaml(CONFIGS_DIR / "defaults.yaml")
+    unread = [key for key in _leaf_keys(defaults) if "${%s}" % key not in defaults_text and not any(
+        f'{q}{key.split(".")[-1]}{q}' in source for q in ('"', "'"))]
+    assert unread == [], f"keys in configs/defaults.yaml that no code reads: {unread}"
+    assert not set(_leaf_keys(defaults)) & set(NOT_SUPPORTED)
+
+    base = ["config=projects/m4c/configs/textvqa/defaults.yaml", "datasets=textvqa", "model=m4c"]
+    for key, (accepted, _) in NOT_SUPPORTED.items():
+        value = _refused_value(key, accepted)
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}=.* does not support"):
+            build_config(base + [f"{key}={value!r}"])
+        if not callable(accepted):
+            build_config(base + [f"{key}={accepted[0]!r}"])  # the value that matches what the trainer does
+
+
+def test_not_supported_key_in_a_yaml_file_is_refused(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("includes:\n- projects/m4c/configs/textvqa/defaults.yaml\n"
+                    "training:\n  wandb:\n    enabled: true\n  pin_memory: true\n")
+    with pytest.raises(ConfigError, match=r"training.wandb=.* does not support.*tensorboard"):
+        build_config([f"config={path}", "datasets=textvqa", "model=m4c"])
+    path.write_text(path.read_text().replace("enabled: true", "enabled: false"))
+    cfg = build_config([f"config={path}", "datasets=textvqa", "model=m4c"])
+    assert "wandb" not in cfg["training"] and "pin_memory" not in cfg["training"]
+    assert "losses" not in cfg["model_config"]["m4c"]  # MMF's M4C config sets the one supported loss
+
+
+def test_log_numbers_stay_readable():
+    from mmftrain.logs import format_line
+
+    assert format_line({"lr": 2e-05, "loss": 3.14159, "samples/s": 4550.2, "zero": 0.0}) == \
+        "lr: 2.000e-05, loss: 3.1416, samples/s: 4550, zero: 0.0000"

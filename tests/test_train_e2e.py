@@ -1,9 +1,12 @@
 """End-to-end training on the synthetic TextVQA (mmfdata.synth) with the real trainer, in subprocesses.
 
 Covers: exact resume after SIGKILL, SIGTERM -> checkpoint + clean exit, inference predictions on an answer-less
-test split, and a 2-process gloo (torchrun) evaluation equal to the 1-process one.
+test split, a 2-process gloo (torchrun) evaluation equal to the 1-process one; a save dir holding another run
+refused byte for byte, a damaged checkpoint detected and an intact one resumed, evaluation without weights refused,
+and the logging/output config keys acting (train.log, TensorBoard, report dir, ...).
 """
 import json
+import re
 import os
 import signal
 import subprocess
@@ -167,3 +170,128 @@ def test_two_process_gloo_training_runs(data_dir, tmp_path):
 
     ckpt = torch.load(tmp_path / "current.ckpt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["num_updates"] == 4
+
+
+def files_of(folder) -> dict:
+    """{relative path: bytes} of every file under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def test_reused_save_dir_is_refused_and_the_old_run_stays_intact(data_dir, tmp_path):
+    steps = ["training.max_updates=4", "training.checkpoint_interval=2"]
+    first = run(train_cmd(data_dir, tmp_path, *steps))
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = files_of(tmp_path)
+    assert {"config.yaml", "current.ckpt", "models/model_2.ckpt", "models/model_4.ckpt", "metrics.jsonl"} <= set(before)
+
+    again = run(train_cmd(data_dir, tmp_path, *steps))  # a new run, same folder, no resume
+    assert again.returncode == 1
+    line = one_line(again.stderr)
+    assert "holds another run" in line and "checkpoint.resume=true" in line and "env.save_dir=" in line
+    assert files_of(tmp_path) == before  # byte for byte, train.log included, and nothing added
+
+    # a resume that would change the model: refused, config.yaml and checkpoints untouched; the error is in train.log
+    changed = run(train_cmd(data_dir, tmp_path, "training.max_updates=6", "checkpoint.resume=true",
+                            "model_config.m4c.mmt.num_hidden_layers=2"))
+    assert changed.returncode == 1
+    assert "different model" in one_line(changed.stderr) and "model_config.m4c.mmt.num_hidden_layers" in changed.stderr
+    after = files_of(tmp_path)
+    log_text = after.pop("train.log").decode()
+    assert after == {k: v for k, v in before.items() if k != "train.log"}
+    assert "error: checkpoint.resume=true would continue" in log_text and "Traceback" in log_text
+
+    # the explicit overwrite on bad data: fails before touching the old run
+    bad = run(train_cmd(data_dir, tmp_path, "env.overwrite_save_dir=true", *steps) + [f"env.data_dir={tmp_path}/nope"])
+    assert bad.returncode == 1 and "cannot build dataset" in one_line(bad.stderr)
+    after = files_of(tmp_path)
+    log_text = after.pop("train.log").decode()
+    assert after == {k: v for k, v in before.items() if k != "train.log"}
+    assert f"data_dir={tmp_path}/nope" in log_text and "cannot build dataset" in log_text and "Traceback" in log_text
+
+    # ... and on good data: the old run's files are replaced by the new run's
+    new = run(train_cmd(data_dir, tmp_path, "env.overwrite_save_dir=true", "training.max_updates=3",
+                        "training.checkpoint_interval=3"))
+    assert new.returncode == 0, new.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_3.ckpt"]
+    assert max(train_records(tmp_path)) == 3 and "max_updates: 3" in (tmp_path / "config.yaml").read_text()
+
+
+def test_damaged_current_checkpoint_is_detected_and_an_intact_one_resumed(data_dir, tmp_path):
+    import torch
+
+    from mmftrain.checkpoint import verify
+    from tests.test_checkpoint import flip_inside_largest_member
+
+    first = run(train_cmd(data_dir, tmp_path, "training.max_updates=6", "training.checkpoint_interval=3"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert torch.load(tmp_path / "best.ckpt", weights_only=True)["num_updates"] == 6
+    loss_before = train_records(tmp_path)[6]["train/total_loss"]
+    flip_inside_largest_member(tmp_path / "current.ckpt")
+    damaged = (tmp_path / "current.ckpt").read_bytes()
+    assert verify(tmp_path / "current.ckpt")  # the fault is in place
+
+    resumed = run(train_cmd(data_dir, tmp_path, "training.max_updates=9", "training.checkpoint_interval=3",
+                            "checkpoint.resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout
+    warning = next(line for line in out.splitlines() if "is damaged" in line)
+    assert "current.ckpt" in warning and "best.ckpt" in warning and "kept as" in warning
+    assert "resumed from" in out and "at update 6" in out and "trust_pickle" not in out + resumed.stderr
+    kept = list(tmp_path.glob("current.ckpt.damaged-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged  # the evidence, untouched
+    state = torch.load(tmp_path / "current.ckpt", weights_only=True)
+    assert state["num_updates"] == 9 and verify(tmp_path / "current.ckpt") is None
+    for slot in state["optimizer"]["state"].values():  # sane values, not a corrupted 1e16
+        assert torch.isfinite(slot["exp_avg"]).all() and slot["exp_avg"].abs().max() < 1e3
+    losses = [r["train/total_loss"] for u, r in train_records(tmp_path).items() if u > 6]
+    assert len(losses) == 3 and all(0 < v < 1.5 * loss_before for v in losses)  # continues, no blow-up
+
+
+def test_evaluation_without_weights_is_refused(data_dir, tmp_path):
+    r = run(train_cmd(data_dir, tmp_path, run_type="inference"))
+    assert r.returncode == 1
+    line = one_line(r.stderr)
+    assert "no weights were given" in line and "checkpoint.allow_random_init=true" in line
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "reports").exists()
+
+    ok = run(train_cmd(data_dir, tmp_path, "checkpoint.allow_random_init=true", "training.logger_level=warning",
+                       run_type="inference"))
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "predictions written" not in ok.stdout  # logger_level=warning hides info lines
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(json.loads(Path(summary["reports"]["test/textvqa"]).read_text())) == 21
+
+
+def test_logging_and_output_keys_act(data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    save, logs, reports = tmp_path / "save", tmp_path / "logs", tmp_path / "reports"
+    r = run(train_cmd(data_dir, save, "training.max_updates=2", "training.checkpoint_interval=2",
+                      "training.tensorboard=true", "training.detect_anomaly=true", "training.log_detailed_config=true",
+                      f"env.log_dir={logs}", f"env.report_dir={reports}", "evaluation.predict=false",
+                      "training.batch_size_per_device=4", "checkpoint.background_write=false",
+                      "evaluation.use_cpu=true", run_type="train_val_test"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    log_text = (logs / "train.log").read_text()
+    assert not (save / "train.log").exists()
+    assert r.stdout.strip().splitlines()[-1] in log_text  # the console's lines are in train.log
+    assert "Anomaly Detection has been enabled" in log_text  # detect_anomaly, and Python warnings reach train.log
+    assert "config:\n" in log_text and f"data_dir={data_dir}" in log_text
+    assert re.search(r"lr: \d\.\d{3}e-0\d", log_text)  # warm-up learning rate readable, not 0.0000
+    summary = json.loads((save / "summary.json").read_text())
+    assert list(summary["reports"]) == ["test/textvqa"]  # predict=false: no val prediction file
+    assert Path(summary["reports"]["test/textvqa"]).parent == reports
+    assert "batch_size: 4\n" in (save / "config.yaml").read_text()  # 4 per device x 1 process
+    events = EventAccumulator(str(save / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/total_loss")] == [1, 2]
+    assert "val/textvqa/textvqa_accuracy" in events.Tags()["scalars"]
+    import torch
+
+    assert len(torch.load(save / "current.ckpt", weights_only=True)["git/commit"]) == 40

@@ -1,0 +1,118 @@
+"""Checkpoint files: integrity checks, fallback to the newest intact file, background writes, pruning."""
+import os
+import zipfile
+
+import pytest
+import torch
+
+from mmftrain import checkpoint
+from mmftrain.errors import CheckpointError
+
+
+def _state(value: float = 1.0) -> dict:
+    return {"model": {"w": torch.full((256, 256), value)}, "num_updates": int(value)}
+
+
+def flip_inside_largest_member(path, count=64) -> int:
+    """Invert `count` bytes in the middle of the largest member's data; returns the offset."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+        offset = info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
+        f.seek(offset)
+        data = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))
+    return offset
+
+
+def test_flipped_bytes_and_truncation_are_detected(tmp_path):
+    path = tmp_path / "current.ckpt"
+    checkpoint.save(path, _state())
+    assert checkpoint.verify(path) is None
+    assert checkpoint.load(path)["num_updates"] == 1
+    flip_inside_largest_member(path)
+    assert "CRC" in checkpoint.verify(path)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="damaged") as err:
+        checkpoint.load(path)
+    assert "trust_pickle" not in str(err.value)  # never steer the user to turn off the pickle protection
+
+    cut = tmp_path / "best.ckpt"
+    checkpoint.save(cut, _state())
+    os.truncate(cut, cut.stat().st_size // 2)
+    with pytest.raises(checkpoint.DamagedCheckpoint) as err:
+        checkpoint.load(cut)
+    assert "trust_pickle" not in str(err.value)
+
+
+def test_pickled_objects_still_need_trust(tmp_path):
+    path = tmp_path / "other.ckpt"
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": zipfile.ZipInfo("x")}, path)
+    with pytest.raises(CheckpointError, match="trust_pickle"):
+        checkpoint.load(path)
+    assert "extra" in checkpoint.load(path, trusted=True)
+
+
+def test_newest_intact_checkpoint_is_used(tmp_path):
+    for update in (3, 6):
+        checkpoint.save(tmp_path / "models" / f"model_{update}.ckpt", _state(update))
+    checkpoint.save(tmp_path / "current.ckpt", _state(6))
+    checkpoint.save(tmp_path / "best.ckpt", _state(3))
+    flip_inside_largest_member(tmp_path / "current.ckpt")
+    flip_inside_largest_member(tmp_path / "models" / "model_6.ckpt")
+    candidates = checkpoint.resume_candidates(tmp_path, prefer_best=False)
+    assert [p.name for p in candidates] == ["current.ckpt", "best.ckpt", "model_6.ckpt", "model_3.ckpt"]
+    path, contents, damaged = checkpoint.load_newest_intact(candidates)
+    assert path.name == "best.ckpt" and contents["num_updates"] == 3
+    assert [p.name for p, _ in damaged] == ["current.ckpt"]
+    before = (tmp_path / "current.ckpt").read_bytes()
+    aside = checkpoint.keep_as_evidence(tmp_path / "current.ckpt")
+    assert aside.read_bytes() == before and not (tmp_path / "current.ckpt").exists()
+
+
+def test_background_write_snapshots_state_and_prunes_only_this_run(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    for update in (50, 60):  # another run's files: never this run's to prune
+        (models / f"model_{update}.ckpt").write_bytes(b"other run")
+    writer = checkpoint.Checkpointer(tmp_path, max_to_keep=2)
+    weights = torch.zeros(512, 512)
+    for update in (5, 10, 15):
+        weights.fill_(update)
+        writer.save(["current.ckpt", f"models/model_{update}.ckpt"], {"model": {"w": weights}, "num_updates": update})
+        weights.fill_(-1)  # training goes on while the file is written: the checkpoint holds the snapshot
+    writer.wait()
+    assert sorted(p.name for p in models.iterdir()) == ["model_10.ckpt", "model_15.ckpt", "model_50.ckpt",
+                                                        "model_60.ckpt"]
+    assert (models / "model_50.ckpt").read_bytes() == b"other run"
+    saved = checkpoint.load(tmp_path / "current.ckpt")
+    assert saved["num_updates"] == 15 and float(saved["model"]["w"].min()) == 15.0
+    assert saved["periodic_checkpoints"] == ["models/model_10.ckpt", "models/model_15.ckpt"]
+    assert checkpoint.load(models / "model_15.ckpt")["num_updates"] == 15  # an independent copy, intact
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_background_write_error_is_raised_on_the_training_thread(tmp_path):
+    (tmp_path / "current.ckpt").mkdir()  # the rename onto it fails inside the writer thread
+    writer = checkpoint.Checkpointer(tmp_path, max_to_keep=-1)
+    writer.save(["current.ckpt"], _state())
+    with pytest.raises(CheckpointError, match="writing checkpoint .*current.ckpt failed"):
+        writer.wait()
+    writer.wait()  # reported once
+
+
+def test_checkpoint_bench_smoke(tmp_path):
+    """bench/checkpoint.py --tiny runs (so the benchmark cannot rot) and reports both ways and the ratio."""
+    import subprocess
+    import sys
+
+    from tests.zoo_helpers import ROOT
+
+    r = subprocess.run([sys.executable, "bench/checkpoint.py", "--tiny", "--repeat", "1", "--dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "sync save" in r.stdout and "background: stall" in r.stdout and "ratio: background stall" in r.stdout
+    assert list(tmp_path.iterdir()) == []  # its temp folder is gone
