@@ -115,15 +115,21 @@ class BertLayer(nn.Module):
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=p)
         return self._rest(ctx, x)
 
-    def prefill(self, x: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch.Tensor, "KVCache"]:
-        """`forward` over a prefix, keeping its keys/values in a cache with room for `extra` later positions."""
+    def prefill(self, x: torch.Tensor, mask: torch.Tensor, extra: int,
+                rows: slice = slice(None)) -> tuple[torch.Tensor, "KVCache"]:
+        """`forward` over a prefix, keeping its keys/values in a cache with room for `extra` later positions.
+
+        Only the output `rows` are computed (every row's keys/values are cached): the last layer's outputs are
+        needed for the OCR positions alone.
+        """
         sa = self.attention.self
-        q, k, v = (self._heads(lin, x) for lin in (sa.query, sa.key, sa.value))
+        k, v = (self._heads(lin, x) for lin in (sa.key, sa.value))
+        q = self._heads(sa.query, x[:, rows])
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
         cache = KVCache(k.new_empty(k.shape[:2] + (k.size(2) + extra, k.size(3))), v.new_empty(
             v.shape[:2] + (v.size(2) + extra, v.size(3))), k.size(2))
         cache.k[:, :, :cache.length], cache.v[:, :, :cache.length] = k, v
-        return self._rest(ctx, x), cache
+        return self._rest(ctx, x[:, rows]), cache
 
     def extend(self, x: torch.Tensor, cache: "KVCache", mask: torch.Tensor) -> torch.Tensor:
         """Output of new positions `x` [B, n, d] attending to the cached positions and to themselves.
@@ -160,11 +166,13 @@ class BertEncoder(nn.Module):
             x = layer(x, mask)
         return x
 
-    def prefill(self, x: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch.Tensor, list[KVCache]]:
-        """`forward` over a prefix that later positions extend (incremental decoding): output + per-layer caches."""
+    def prefill(self, x: torch.Tensor, mask: torch.Tensor, extra: int,
+                rows: slice = slice(None)) -> tuple[torch.Tensor, list[KVCache]]:
+        """`forward` over a prefix that later positions extend (incremental decoding): the output `rows` of the
+        last layer + per-layer caches."""
         caches = []
-        for layer in self.layer:
-            x, cache = layer.prefill(x, mask, extra)
+        for i, layer in enumerate(self.layer):
+            x, cache = layer.prefill(x, mask, extra, rows if i == len(self.layer) - 1 else slice(None))
             caches.append(cache)
         return x, caches
 

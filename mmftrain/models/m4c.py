@@ -288,9 +288,10 @@ class M4C(nn.Module):
         prev = torch.full((b, 1), bos_idx, dtype=torch.long, device=enc["enc_mask"].device)
         x = ppe.embed(tables, prev)
         enc_add = ((1.0 - enc["enc_mask"]) * MASK_VALUE)[:, None, None, :]
-        out, caches = self.mmt.encoder.prefill(self._encoder_input(enc, x.dtype), enc_add, steps)
         b0, n_ocr = enc["ocr_begin"], enc["ocr_emb"].size(1)
-        ocr_keys = self.ocr_ptr_net.key(out[:, b0:b0 + n_ocr])
+        ocr_out, caches = self.mmt.encoder.prefill(self._encoder_input(enc, x.dtype), enc_add, steps,
+                                                   rows=slice(b0, b0 + n_ocr))
+        ocr_keys = self.ocr_ptr_net.key(ocr_out)
         # keys: [encoder | decoder steps]; a new decoder position sees the valid encoder ones and all steps so far
         step_mask = torch.cat([enc_add, enc_add.new_zeros(b, 1, 1, steps)], dim=-1)
         n_enc = enc_add.size(-1)
