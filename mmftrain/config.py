@@ -316,6 +316,9 @@ def validate(cfg: dict) -> None:
     for key in ("batch_size", "update_frequency", "log_interval", "checkpoint_interval", "evaluation_interval"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise ConfigError(f"training.{key} must be a positive integer, got {t[key]!r}")
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    if t.get("compile_mode", "default") not in modes:
+        raise ConfigError(f"training.compile_mode={t['compile_mode']!r} is not one of {', '.join(modes)}")
     if t["fp16"] and t["bf16"]:
         raise ConfigError("training.fp16 and training.bf16 are both true; pick one")
     if cfg["evaluation"].get("predict_file_format") not in ("json", "csv"):

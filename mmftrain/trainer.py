@@ -82,11 +82,14 @@ class Trainer:
                 self.model, device_ids=ids, find_unused_parameters=bool(self.t["find_unused_parameters"]))
         if self.t["compile"]:
             try:
-                self.train_model = torch.compile(self.train_model)
+                # "reduce-overhead" = CUDA graphs (the batch shapes are static: the sampler drops ragged batches)
+                self.train_model = torch.compile(self.train_model, mode=self.t["compile_mode"])
             except Exception as e:  # noqa: BLE001 - any backend failure means: run eager
                 log.warning("torch.compile unavailable (%s); training eager", e)
 
     def _forward(self, batch: dict) -> torch.Tensor:
+        if self.t["compile_mode"] == "reduce-overhead" and self.train_model is not self.model:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
         if self._compile_checked or self.train_model is self.model:
             return self.train_model(batch)
         try:  # the first compiled call is where torch.compile fails (no compiler, unsupported op, ...)
@@ -183,6 +186,13 @@ class Trainer:
             for epoch, index, idx in sampler.iterate(self.epoch, self.batch_in_epoch):
                 yield (epoch, index), idx
 
+        features = None
+        if t["features_on_device"]:  # the train features live on the device; the loader moves row numbers
+            from mmftrain.resident import DeviceFeatures
+
+            features = DeviceFeatures(train_ds, self.device)
+            train_ds = features.dataset
+            log.info("train features resident on %s: %.2f GB", self.device, features.nbytes / 1e9)
         loader = Prefetcher(train_ds, keyed(), pin=self.cuda, depth=int(t["prefetch_batches"]),
                             epoch_of=lambda key: key[0], workers=loader_workers(t["num_workers"]),
                             device=self.device if self.cuda else None)
@@ -206,6 +216,8 @@ class Trainer:
                     (epoch, index), cpu_batch, wait = next(batches)
                     win["wait"] += wait
                     batch = to_device(cpu_batch, self.device)
+                    if features is not None:
+                        batch = features.materialize(batch)
                     sync = micro == uf - 1 or self.dist.world == 1
                     ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
                     with ctx:
