@@ -100,9 +100,30 @@ def _train(data_dir: Path, save: Path, *extra: str) -> list[float]:
     return [r["train/total_loss"] for r in recs if "train/total_loss" in r], proc.stdout + proc.stderr
 
 
-def test_trainer_with_resident_features_gives_the_same_losses(data, tmp_path):
-    data_dir, _ = data
-    plain, _ = _train(data_dir, tmp_path / "plain")
-    resident, log = _train(data_dir, tmp_path / "resident", "training.features_on_device=true")
+@pytest.fixture(scope="module")
+def plain_losses(data, tmp_path_factory):
+    losses, _ = _train(data[0], tmp_path_factory.mktemp("plain") / "save")
+    assert len(losses) == 4
+    return losses
+
+
+def test_trainer_with_resident_features_gives_the_same_losses(data, plain_losses, tmp_path):
+    resident, log = _train(data[0], tmp_path / "resident", "training.features_on_device=true")
     assert "train features resident on cpu" in log
-    assert len(plain) == 4 and resident == plain  # same batches, same arithmetic: bit-identical losses
+    assert resident == plain_losses  # same batches, same arithmetic: bit-identical losses
+
+
+@pytest.mark.slow  # inductor's C++ compilation of the tiny model takes ~2 min on 2 shared cores
+def test_compiled_reduce_overhead_with_resident_features_tracks_the_eager_losses(data, plain_losses, tmp_path):
+    losses, log = _train(data[0], tmp_path / "compiled", "training.compile=true",
+                         "training.compile_mode=reduce-overhead", "training.features_on_device=true")
+    assert "falling back to eager" not in log and "training eager" not in log, log[-2000:]
+    assert losses != plain_losses  # really compiled: kernels round differently
+    assert losses == pytest.approx(plain_losses, rel=2e-2)
+
+
+def test_unknown_compile_mode_is_a_config_error(data, tmp_path):
+    from mmftrain.config import build_config
+
+    with pytest.raises(ConfigError, match="compile_mode"):
+        build_config([f"config={TINY}", "datasets=textvqa", "model=m4c", "training.compile_mode=fast"])
