@@ -229,6 +229,9 @@ def main() -> None:
         if "MMF" in totals:
             print(f"\nours vs MMF's setting: x{totals['MMF'] / totals['ours']:.2f} faster (projected recipe, "
                   f"measured in this run)")
+        if a.device == "cpu":
+            print("(CPU: both settings train in fp32 eager, so their step rates differ by noise only; this smoke "
+                  "run checks the plumbing, the numbers that count come from a GPU)")
     finally:
         if a.keep:
             print(f"work folder kept: {work}")
