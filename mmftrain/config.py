@@ -398,6 +398,9 @@ def validate(cfg: dict) -> None:
     per_device = t["batch_size_per_device"]
     if per_device is not None and (not isinstance(per_device, int) or per_device < 1):
         raise ConfigError(f"training.batch_size_per_device must be a positive integer or null, got {per_device!r}")
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    if t.get("compile_mode", "default") not in modes:
+        raise ConfigError(f"training.compile_mode={t['compile_mode']!r} is not one of {', '.join(modes)}")
     if t["fp16"] and t["bf16"]:
         raise ConfigError("training.fp16 and training.bf16 are both true; pick one")
     if cfg["evaluation"].get("predict_file_format") not in ("json", "csv"):

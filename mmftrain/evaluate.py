@@ -14,7 +14,7 @@ import torch
 from mmfdata.batch import expand_targets
 from mmftrain import distributed
 from mmftrain.checkpoint import atomic_write_bytes
-from mmftrain.data import Prefetcher, eval_shard, to_device
+from mmftrain.data import Prefetcher, eval_shard, loader_workers, to_device
 from mmftrain.logs import log
 from mmftrain.loss import m4c_decoding_bce_with_mask
 from mmftrain.metrics import compute_metrics, word_tokenize
@@ -87,7 +87,10 @@ def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, 
     model.eval()
     records, loss_sum, loss_n = [], 0.0, 0
     t0 = time.perf_counter()
-    loader = Prefetcher(dataset, chunks, pin=pin, depth=2)
+    # as the train loader: several gather threads and a side-stream copy, so that 5,000 questions' features
+    # (~6 GB) reach the GPU while it decodes
+    loader = Prefetcher(dataset, chunks, pin=pin, depth=2, workers=loader_workers(4),
+                        device=device if pin else None)
     try:
         with torch.no_grad():
             for _, cpu_batch, _ in loader:
@@ -100,9 +103,10 @@ def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, 
                     targets = expand_targets(batch, scores.size(-1))
                     loss_sum += float(m4c_decoding_bce_with_mask(scores, targets, batch["train_loss_mask"]))
                     loss_n += 1
+                qids = cpu_batch["question_id"].tolist()  # one copy, not one device sync per question
                 for b in range(ids.size(0)):
                     answer, sources = assemble_answer(ids[b].tolist(), list(cpu_batch["ocr_tokens"][b]), vocab, eos)
-                    records.append({"question_id": int(cpu_batch["question_id"][b]),
+                    records.append({"question_id": int(qids[b]),
                                     "image_id": str(cpu_batch["image_id"][b]), "answer": answer,
                                     "pred_source": sources, "gt_answers": list(cpu_batch["gt_answers"][b])})
     finally:

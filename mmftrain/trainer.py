@@ -73,6 +73,7 @@ class Trainer:
         self.num_updates = self.iteration = self.epoch = self.batch_in_epoch = 0
         self.best_update, self.best_metric = 0, None
         self.train_model = self.model
+        self.features = None  # DeviceFeatures while training with training.features_on_device
         self.stop_signal = None
         self._compile_checked = False
         options = cfg["checkpoint"]
@@ -110,11 +111,14 @@ class Trainer:
                 self.model, device_ids=ids, find_unused_parameters=bool(self.training["find_unused_parameters"]))
         if self.training["compile"]:
             try:
-                self.train_model = torch.compile(self.train_model)
+                # "reduce-overhead" = CUDA graphs (the batch shapes are static: the sampler drops ragged batches)
+                self.train_model = torch.compile(self.train_model, mode=self.training["compile_mode"])
             except Exception as e:  # noqa: BLE001 - any backend failure means: run eager
                 log.warning("torch.compile unavailable (%s); training eager", e)
 
     def _forward(self, batch: dict) -> torch.Tensor:
+        if self.t["compile_mode"] == "reduce-overhead" and self.train_model is not self.model:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
         if self._compile_checked or self.train_model is self.model:
             return self.train_model(batch)
         try:  # the first compiled call is where torch.compile fails (no compiler, unsupported op, ...)
@@ -219,6 +223,13 @@ class Trainer:
             if training["detect_anomaly"]:
                 stack.enter_context(torch.autograd.detect_anomaly(check_nan=True))
             keyed = (((epoch, index), idx) for epoch, index, idx in sampler.iterate(self.epoch, self.batch_in_epoch))
+            if training["features_on_device"]:  # the train features live on the device; the loader moves row numbers
+                from mmftrain.resident import DeviceFeatures
+
+                self.features = DeviceFeatures(train_ds, self.device)
+                train_ds = self.features.dataset
+                stack.callback(lambda: setattr(self, "features", None))
+                log.info("train features resident on %s: %.2f GB", self.device, self.features.nbytes / 1e9)
             loader = Prefetcher(train_ds, keyed, pin=self.cuda, depth=int(training["prefetch_batches"]),
                                 epoch_of=lambda key: key[0], workers=loader_workers(training["num_workers"]),
                                 device=self.device if self.cuda else None)
@@ -307,6 +318,8 @@ class Trainer:
             (epoch, index), cpu_batch, wait = next(batches)
             window.data_wait += wait
             batch = to_device(cpu_batch, self.device)
+            if self.features is not None:
+                batch = self.features.materialize(batch)
             sync_grads = micro == accumulate - 1 or self.dist.world == 1
             with contextlib.nullcontext() if sync_grads else self.train_model.no_sync():
                 with self.amp():

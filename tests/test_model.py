@@ -5,7 +5,7 @@ import torch
 from mmftrain.errors import CheckpointError
 from mmftrain.loss import m4c_decoding_bce_with_mask
 from mmftrain.models import build_m4c, load_mmf_state_dict
-from mmftrain.models.bert import bert_base_state_for_text_bert
+from mmftrain.models.bert import bert_base_state_for_text_bert, init_bert_weights
 from mmftrain.optim import WarmupStepLambda
 
 SMALL = dict(fc7_out_dim=32, obj={"mmt_in_dim": 32, "dropout_prob": 0.1},
@@ -147,3 +147,112 @@ def test_bert_base_state_maps_to_text_bert():
     assert set(mapped) == set(own)
     model.text_bert.load_state_dict(mapped)
     assert (model.text_bert.embeddings.LayerNorm.weight == 0.5).all()
+
+
+def varied_batch(b=8, seed=3):
+    """Random inputs with every length varying per question (text, objects, OCR tokens), some at the extremes."""
+    g = torch.Generator().manual_seed(seed)
+    batch = fake_batch(3, seed)
+    r = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    batch.update({"text": torch.randint(1, 100, (b, 20), generator=g),
+                  "text_len": torch.randint(1, 21, (b,), generator=g),
+                  "obj_feat": r(b, 100, 2048).half(), "obj_bbox": r(b, 100, 4),
+                  "obj_num": torch.randint(0, 101, (b,), generator=g),
+                  "ocr_feat": r(b, 50, 2048).half(), "ocr_fasttext": r(b, 50, 300).half(),
+                  "ocr_phoc": r(b, 50, 604).half(), "ocr_bbox": r(b, 50, 4),
+                  "ocr_num": torch.randint(1, 51, (b,), generator=g),
+                  "train_prev_inds": torch.zeros(b, 12, dtype=torch.long)})
+    batch["obj_num"][0], batch["ocr_num"][1], batch["text_len"][2] = 0, 50, 20
+    return batch
+
+
+def test_incremental_decoding_equals_full_recompute_on_random_inputs():
+    seen = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build_m4c(V, **SMALL).eval()
+        # BERT's 0.02 init makes every step repeat BOS; wider weights give varied predictions (vocab and OCR),
+        # so each step's argmax depends on what was fed back
+        init_bert_weights(model, 0.2)
+        batch = varied_batch(seed=seed + 10)
+        full = model.greedy_decode(batch, bos_idx=1, incremental=False)
+        inc = model.greedy_decode(batch, bos_idx=1, incremental=True)
+        assert full.shape == inc.shape == (8, 12, V + 50)
+        assert torch.equal(inc.argmax(-1), full.argmax(-1)), seed  # the same prediction at every step
+        real = full > -5000  # padded OCR slots sit near -10000, where float32 rounding is ~1e-3
+        assert torch.allclose(inc[real], full[real], rtol=1e-4, atol=1e-4), seed
+        assert (inc[~real] < -5000).all()
+        seen.append(full.argmax(-1))
+    ids = torch.cat(seen)
+    assert len(set(ids.flatten().tolist())) > 10, "degenerate predictions would not test the fed-back input"
+    assert (ids >= V).any() and (ids < V).any()  # both the vocab head and the OCR pointer get predicted
+    assert (ids[:, 1:] != ids[:, :-1]).any()  # predictions change along the steps
+
+
+def test_incremental_decoding_sees_the_fed_back_prediction():
+    """A cache that ignored the decoder positions would not change step 1 when step 0's prediction changes."""
+    model, batch = small_model(), varied_batch(b=4)
+    enc = model.encode(batch)
+    steps = list(model._incremental_steps(enc, 12, 1))
+    teacher = torch.zeros(4, 12, dtype=torch.long)
+    teacher[:, 0] = 1
+    teacher[:, 1:] = torch.stack([s for _, s in steps], 1).argmax(-1)[:, :-1]
+    forced = model.decode(enc, teacher)
+    assert torch.allclose(torch.stack([s for _, s in steps], 1)[forced > -5000], forced[forced > -5000],
+                          atol=1e-4)
+    bumped = teacher.clone()
+    bumped[:, 1] = (bumped[:, 1] + 7) % (V + 50)
+    assert not torch.allclose(model.decode(enc, bumped)[:, 1], forced[:, 1], atol=1e-4)
+
+
+def test_incremental_early_exit_keeps_answers_and_the_loss_steps():
+    model, batch = small_model(), varied_batch()
+    full = model.greedy_decode(batch, bos_idx=1, incremental=False)
+    ids = full.argmax(-1)
+    eos = int(ids[0, 0])
+    mask = torch.zeros(8, 12)
+    mask[:, :2] = 1
+    mask[3, :5] = 1  # one question's val loss reads steps 0..4
+    for incremental in (True, False):
+        early = model.greedy_decode(dict(batch, train_loss_mask=mask), bos_idx=1, eos_idx=eos,
+                                    incremental=incremental)
+        done = torch.zeros(8, dtype=torch.bool)
+        for step in range(12):
+            if step >= 5 and bool(done.all()):
+                assert (early[:, step:] == 0).all()  # stopped: never computed
+                break
+            assert torch.allclose(early[:, step], full[:, step], atol=1e-3), (incremental, step)
+            done |= ids[:, step] == eos
+        for b in range(8):
+            ends = (ids[b] == eos).nonzero()
+            stop = int(ends[0]) + 1 if len(ends) else 12
+            assert torch.equal(early[b, :stop].argmax(-1), ids[b, :stop])
+        loss_full = m4c_decoding_bce_with_mask(full, torch.zeros_like(full), mask)
+        loss_early = m4c_decoding_bce_with_mask(early, torch.zeros_like(early), mask)
+        assert loss_early.item() == pytest.approx(loss_full.item(), rel=1e-5)
+
+
+def test_incremental_decoding_under_bf16_autocast_matches_its_full_recompute():
+    model, batch = small_model(), varied_batch(b=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model.greedy_decode(batch, bos_idx=1, incremental=False)
+        inc = model.greedy_decode(batch, bos_idx=1, incremental=True)
+    assert inc.dtype == full.dtype == torch.bfloat16
+    # bf16 rounding differs between a 182-key and a 171-key attention; the step-0 argmax must still agree
+    assert torch.equal(inc[:, 0].argmax(-1), full[:, 0].argmax(-1))
+    real = full > -5000
+    assert (inc.float()[real] - full.float()[real]).abs().max() < 0.1
+
+
+def test_incremental_decoding_is_the_configured_default():
+    from mmftrain.models import default_m4c_config
+
+    assert default_m4c_config()["incremental_decoding"] is True
+    model, batch = small_model(), varied_batch(b=3)
+    calls, full_steps = [], model._full_steps
+    model._full_steps = lambda *a: calls.append("full") or full_steps(*a)  # a spy around the real method
+    model.greedy_decode(batch, bos_idx=1)
+    assert calls == []
+    model.config = dict(model.config, incremental_decoding=False)
+    model.greedy_decode(batch, bos_idx=1)
+    assert calls == ["full"]

@@ -70,3 +70,45 @@ def test_tiny_m4c_beats_majority_baseline_on_val(tmp_path):
         assert len(by_kind[kind]) >= 20, f"too few {kind} questions in val"
         got, guess = float(np.mean(by_kind[kind])), float(np.mean(chance[kind]))
         assert got > guess + 0.3, f"{kind} questions: val accuracy {got:.3f}, chance {guess:.3f}"
+
+    _incremental_decoding_matches_full_recompute(cmd, data, save, predicted, tmp_path, env)
+
+
+def _incremental_decoding_matches_full_recompute(cmd, data, save, predicted, tmp_path, env):
+    """On the trained model: the same argmax at every step and the same scores, in process and through the CLI
+    (`model_config.m4c.incremental_decoding=false`, MMF's full recompute, writes the same val answers)."""
+    import torch
+
+    from mmftrain.config import build_config
+    from mmftrain.data import build_datasets, to_tensors
+    from mmftrain.models import build_model, load_mmf_state_dict
+
+    final = save / "m4c_final.pth"
+    cfg = build_config(cmd[3:])
+    val = build_datasets(cfg, "val")["textvqa"]
+    model = build_model(cfg, len(val.answer_vocab)).eval()
+    load_mmf_state_dict(model, torch.load(final, weights_only=True))
+    eos = list(val.answer_vocab).index("</s>")
+    batch = to_tensors(val.get_batch(np.arange(len(val))), False)
+    full = model.greedy_decode(batch, 1, None, incremental=False)
+    inc = model.greedy_decode(batch, 1, None, incremental=True)
+    assert torch.equal(inc.argmax(-1), full.argmax(-1))
+    real = full > -5000
+    assert torch.allclose(inc[real], full[real], rtol=1e-4, atol=1e-4)
+    ids = full.argmax(-1)
+    assert (ids == eos).any(1).float().mean() > 0.9  # a trained model: answers end, early exit can happen
+    early = model.greedy_decode(batch, 1, eos, incremental=True)
+    for b in range(len(ids)):
+        stop = int((ids[b] == eos).nonzero()[0]) + 1 if (ids[b] == eos).any() else 12
+        assert torch.equal(early[b, :stop].argmax(-1), ids[b, :stop])
+
+    base = [a for a in cmd if not a.startswith(("run_type=", "env.save_dir="))]
+    proc = subprocess.run(base + ["run_type=val", f"env.save_dir={tmp_path / 'full'}",
+                                  f"checkpoint.resume_file={final}",
+                                  "model_config.m4c.incremental_decoding=false"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = glob.glob(str(tmp_path / "full" / "reports" / "textvqa_*_val_*.json"))
+    assert len(reports) == 1, reports
+    recomputed = {r["question_id"]: r["answer"] for r in json.loads(Path(reports[0]).read_text())}
+    assert recomputed == predicted

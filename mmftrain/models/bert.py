@@ -94,18 +94,65 @@ class BertLayer(nn.Module):
         self.intermediate = _Linear(cfg.hidden_size, cfg.intermediate_size, None)
         self.output = _Linear(cfg.intermediate_size, cfg.hidden_size, cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _heads(self, lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        sa = self.attention.self
-        q, k, v = (lin(x).view(b, n, self.heads, d // self.heads).transpose(1, 2) for lin in (sa.query, sa.key, sa.value))
-        p = self.attn_dropout if self.training else 0.0
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=p)
+        return lin(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def _rest(self, ctx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Attention context [B, heads, n, dh] -> the layer's output: projection, residual, LN, FFN, LN."""
+        b, n, d = x.shape
         ctx = ctx.transpose(1, 2).reshape(b, n, d)
         ao = self.attention.output
         x = ao.LayerNorm(ao.dropout(ao.dense(ctx)) + x)
         h = F.gelu(self.intermediate.dense(x))
         o = self.output
         return o.LayerNorm(o.dropout(o.dense(h)) + x)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        sa = self.attention.self
+        q, k, v = (self._heads(lin, x) for lin in (sa.query, sa.key, sa.value))
+        p = self.attn_dropout if self.training else 0.0
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=p)
+        return self._rest(ctx, x)
+
+    def prefill(self, x: torch.Tensor, mask: torch.Tensor, extra: int,
+                rows: slice = slice(None)) -> tuple[torch.Tensor, "KVCache"]:
+        """`forward` over a prefix, keeping its keys/values in a cache with room for `extra` later positions.
+
+        Only the output `rows` are computed (every row's keys/values are cached): the last layer's outputs are
+        needed for the OCR positions alone.
+        """
+        sa = self.attention.self
+        k, v = (self._heads(lin, x) for lin in (sa.key, sa.value))
+        q = self._heads(sa.query, x[:, rows])
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        cache = KVCache(k.new_empty(k.shape[:2] + (k.size(2) + extra, k.size(3))), v.new_empty(
+            v.shape[:2] + (v.size(2) + extra, v.size(3))), k.size(2))
+        cache.k[:, :, :cache.length], cache.v[:, :, :cache.length] = k, v
+        return self._rest(ctx, x[:, rows]), cache
+
+    def extend(self, x: torch.Tensor, cache: "KVCache", mask: torch.Tensor) -> torch.Tensor:
+        """Output of new positions `x` [B, n, d] attending to the cached positions and to themselves.
+
+        `mask` is additive over the keys [cached ; new], broadcastable to [B, heads, n, cached + n]; the new
+        keys/values are appended to `cache`. Equals `forward` on the whole sequence for rows no earlier row sees.
+        """
+        sa = self.attention.self
+        q, k, v = (self._heads(lin, x) for lin in (sa.query, sa.key, sa.value))
+        end = cache.length + x.size(1)
+        cache.k[:, :, cache.length:end], cache.v[:, :, cache.length:end] = k, v
+        cache.length = end
+        ctx = F.scaled_dot_product_attention(q, cache.k[:, :, :end], cache.v[:, :, :end], attn_mask=mask.to(q.dtype))
+        return self._rest(ctx, x)
+
+
+@dataclass
+class KVCache:
+    """One layer's keys and values [B, heads, capacity, dh]; the first `length` positions are filled."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int
 
 
 class BertEncoder(nn.Module):
@@ -117,6 +164,22 @@ class BertEncoder(nn.Module):
         """`mask` is additive, broadcastable to [B, heads, N, N] (0 = attend, -10000 = blocked, as BERT)."""
         for layer in self.layer:
             x = layer(x, mask)
+        return x
+
+    def prefill(self, x: torch.Tensor, mask: torch.Tensor, extra: int,
+                rows: slice = slice(None)) -> tuple[torch.Tensor, list[KVCache]]:
+        """`forward` over a prefix that later positions extend (incremental decoding): the output `rows` of the
+        last layer + per-layer caches."""
+        caches = []
+        for i, layer in enumerate(self.layer):
+            x, cache = layer.prefill(x, mask, extra, rows if i == len(self.layer) - 1 else slice(None))
+            caches.append(cache)
+        return x, caches
+
+    def extend(self, x: torch.Tensor, caches: list[KVCache], mask: torch.Tensor) -> torch.Tensor:
+        """Outputs of new positions after the cached ones (see `BertLayer.extend`)."""
+        for layer, cache in zip(self.layer, caches, strict=True):
+            x = layer.extend(x, cache, mask)
         return x
 
 

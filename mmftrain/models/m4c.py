@@ -2,8 +2,11 @@
 
 Inputs follow the batch contract in `mmfdata/batch.py`. The model is split in `encode` (text BERT, object and OCR
 encoders: everything that does not depend on previous predictions) and `decode` (the multimodal transformer over
-[text | objects | OCR | decoder] with the prefix-LM mask, then the classifier and the OCR pointer network), so
-greedy decoding re-runs only the MMT each step; MMF re-runs everything, with identical results in eval mode.
+[text | objects | OCR | decoder] with the prefix-LM mask, then the classifier and the OCR pointer network).
+Greedy decoding is incremental by default: the text/object/OCR positions never attend to the decoder, so their
+MMT states are computed once and each step runs only the new decoder position against cached keys/values;
+`incremental_decoding: false` re-runs the whole MMT every step (MMF's computation, the baseline), with the same
+predictions.
 """
 from __future__ import annotations
 
@@ -58,10 +61,14 @@ class PrevPredEmbeddings(nn.Module):
         self.emb_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.emb_dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, ans_emb: torch.Tensor, ocr_emb: torch.Tensor, prev_inds: torch.Tensor) -> torch.Tensor:
+    def tables(self, ans_emb: torch.Tensor, ocr_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised lookup tables: answer words [V, d] and this batch's OCR tokens [B, 50, d]."""
+        return self.ans_layer_norm(ans_emb), self.ocr_layer_norm(ocr_emb)
+
+    def embed(self, tables: tuple, prev_inds: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Inputs of decoding steps `start ..` for `prev_inds` [B, n] (indices into [answers ; OCR])."""
+        ans_emb, ocr_emb = tables
         num_ans = ans_emb.size(0)
-        ans_emb = self.ans_layer_norm(ans_emb)
-        ocr_emb = self.ocr_layer_norm(ocr_emb)
         # MMF concatenates [answers ; OCR] per sample and gathers; gathering from each side separately gives the
         # same rows without materialising a [B, V+50, d] tensor (2 GB at batch 128).
         is_ocr = prev_inds >= num_ans
@@ -69,9 +76,12 @@ class PrevPredEmbeddings(nn.Module):
         ocr_idx = (prev_inds - num_ans).clamp(min=0)
         from_ocr = torch.gather(ocr_emb, 1, ocr_idx[..., None].expand(-1, -1, ocr_emb.size(-1)))
         raw = torch.where(is_ocr[..., None], from_ocr.to(from_ans.dtype), from_ans)
-        pos = self.position_embeddings.weight[: prev_inds.size(1)][None]
+        pos = self.position_embeddings.weight[start:start + prev_inds.size(1)][None]
         emb = self.emb_dropout(self.emb_layer_norm(pos + self.token_type_embeddings(is_ocr.long())))
         return raw + emb
+
+    def forward(self, ans_emb: torch.Tensor, ocr_emb: torch.Tensor, prev_inds: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.tables(ans_emb, ocr_emb), prev_inds)
 
 
 class MMT(nn.Module):
@@ -94,7 +104,11 @@ class OcrPtrNet(nn.Module):
         self.key = nn.Linear(hidden_size, self.query_key_size)
 
     def forward(self, query_inputs, key_inputs, attention_mask):
-        scores = self.query(query_inputs) @ self.key(key_inputs).transpose(-1, -2)
+        return self.scores(query_inputs, self.key(key_inputs), attention_mask)
+
+    def scores(self, query_inputs, keys, attention_mask):
+        """Pointer scores against already projected OCR `keys` (computed once per batch when decoding)."""
+        scores = self.query(query_inputs) @ keys.transpose(-1, -2)
         scores = scores / math.sqrt(self.query_key_size)
         return scores + ((1.0 - attention_mask) * MASK_VALUE)[:, None, :]
 
@@ -187,50 +201,111 @@ class M4C(nn.Module):
         ocr_emb = self.ocr_drop(ocr_emb)
         ocr_mask = _mask(batch["ocr_num"], n_ocr)
 
-        steps = batch["train_prev_inds"].size(1)
         enc_mask = torch.cat([txt_mask, obj_mask, ocr_mask], dim=1)
+        return {"txt_emb": txt_emb, "obj_emb": obj_emb, "ocr_emb": ocr_emb, "ocr_mask": ocr_mask,
+                "enc_mask": enc_mask, "ocr_begin": text.size(1) + obj_emb.size(1)}
+
+    @staticmethod
+    def prefix_lm_mask(enc_mask: torch.Tensor, steps: int) -> torch.Tensor:
+        """Additive [B, 1, N + steps, N + steps] mask: every row sees the valid encoder positions; decoder rows
+        also see earlier decoder steps; encoder rows never see the decoder (which is what makes decoding
+        incremental)."""
         full = torch.cat([enc_mask, enc_mask.new_zeros(enc_mask.size(0), steps)], dim=1)
-        # prefix-LM: every row sees the valid encoder positions; decoder rows also see earlier decoder steps;
-        # encoder rows never see the decoder
         allowed = full[:, None, None, :].repeat(1, 1, full.size(1), 1)
         allowed[:, :, -steps:, -steps:] = torch.tril(full.new_ones(steps, steps))
-        attn_mask = (1.0 - allowed) * MASK_VALUE
-        return {"txt_emb": txt_emb, "obj_emb": obj_emb, "ocr_emb": ocr_emb, "ocr_mask": ocr_mask,
-                "attn_mask": attn_mask, "ocr_begin": text.size(1) + obj_emb.size(1)}
+        return (1.0 - allowed) * MASK_VALUE
+
+    def _encoder_input(self, enc: dict, dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat([enc[k].to(dtype) for k in ("txt_emb", "obj_emb", "ocr_emb")], dim=1)
+
+    def _outputs(self, dec_out: torch.Tensor, ocr_keys: torch.Tensor, ocr_mask: torch.Tensor) -> torch.Tensor:
+        """[answer-word scores ; OCR pointer scores] of decoder outputs."""
+        fixed = self.classifier(dec_out)
+        pointer = self.ocr_ptr_net.scores(dec_out, ocr_keys, ocr_mask)
+        return torch.cat([fixed, pointer.to(fixed.dtype)], dim=-1)
 
     def decode(self, enc: dict, prev_inds: torch.Tensor) -> torch.Tensor:
-        """Scores [B, steps, V + 50] for the given previous-prediction indices (teacher forcing or greedy)."""
+        """Scores [B, steps, V + 50] for the given previous-prediction indices (teacher forcing or greedy):
+        one pass of the MMT over [text | objects | OCR | decoder] (MMF's computation)."""
         dec_emb = self.mmt.prev_pred_embeddings(self.classifier.module.weight, enc["ocr_emb"], prev_inds)
-        parts = [enc["txt_emb"], enc["obj_emb"], enc["ocr_emb"], dec_emb]
-        dtype = dec_emb.dtype
-        x = torch.cat([p.to(dtype) for p in parts], dim=1)
-        out = self.mmt.encoder(x, enc["attn_mask"])
-        b0, n_ocr, steps = enc["ocr_begin"], enc["ocr_emb"].size(1), prev_inds.size(1)
-        ocr_out, dec_out = out[:, b0:b0 + n_ocr], out[:, -steps:]
-        fixed = self.classifier(dec_out)
-        pointer = self.ocr_ptr_net(dec_out, ocr_out, enc["ocr_mask"])
-        return torch.cat([fixed, pointer.to(fixed.dtype)], dim=-1)
+        x = torch.cat([self._encoder_input(enc, dec_emb.dtype), dec_emb], dim=1)
+        steps = prev_inds.size(1)
+        out = self.mmt.encoder(x, self.prefix_lm_mask(enc["enc_mask"], steps))
+        b0, n_ocr = enc["ocr_begin"], enc["ocr_emb"].size(1)
+        ocr_keys = self.ocr_ptr_net.key(out[:, b0:b0 + n_ocr])
+        return self._outputs(out[:, -steps:], ocr_keys, enc["ocr_mask"])
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Training forward with teacher forcing on `train_prev_inds`: scores [B, 12, V + 50]."""
         return self.decode(self.encode(batch), batch["train_prev_inds"])
 
     @torch.no_grad()
-    def greedy_decode(self, batch: dict, bos_idx: int = BOS_IDX, eos_idx: int | None = None) -> torch.Tensor:
-        """MMF's inference: start from BOS, run the MMT once per step feeding back the argmax.
+    def greedy_decode(self, batch: dict, bos_idx: int = BOS_IDX, eos_idx: int | None = None,
+                      incremental: bool | None = None) -> torch.Tensor:
+        """MMF's inference: start from BOS, feed back the argmax of each step for the next one.
 
-        Returns the last pass's scores [B, 12, V + 50]; their argmax is the predicted index sequence. With
-        `eos_idx`, stops once every answer has emitted EOS: the decoder is causal, so after pass k the
-        predictions of steps <= k are final, and nothing after EOS is part of an answer (the answers are
-        identical to MMF's 12 passes; only scores after EOS are left from an earlier pass).
+        Returns scores [B, 12, V + 50] whose argmax is the predicted index sequence. `incremental` (default:
+        `model_config.m4c.incremental_decoding`) runs the MMT over the encoder positions once and then only the
+        new decoder position per step against cached keys/values (the encoder positions never see the decoder, so
+        this is the same computation); otherwise each step re-runs the whole MMT, as MMF does (the baseline).
+        With `eos_idx`, decoding stops once every answer has emitted EOS and the steps covered by the batch's
+        `train_loss_mask` (the val loss) are done: the decoder is causal, so answers and the val loss equal
+        those of all 12 steps; the scores of later steps are left at 0.
         """
+        if incremental is None:
+            incremental = bool(self.config.get("incremental_decoding", True))
         enc = self.encode(batch)
-        prev = torch.zeros_like(batch["train_prev_inds"])
-        prev[:, 0] = bos_idx
-        for step in range(prev.size(1)):
-            scores = self.decode(enc, prev)
-            inds = scores.argmax(dim=-1)
-            prev[:, 1:] = inds[:, :-1]
-            if eos_idx is not None and bool((inds[:, : step + 1] == eos_idx).any(dim=1).all()):
-                break
+        steps = batch["train_prev_inds"].size(1)
+        run = self._incremental_steps if incremental else self._full_steps
+        need = _loss_steps(batch.get("train_loss_mask"))
+        scores, ended = None, None
+        for step, step_scores in run(enc, steps, bos_idx):
+            if scores is None:
+                scores = step_scores.new_zeros(step_scores.size(0), steps, step_scores.size(-1))
+            scores[:, step] = step_scores
+            if eos_idx is not None:
+                hit = step_scores.argmax(-1) == eos_idx
+                ended = hit if ended is None else ended | hit
+                if step + 1 >= need and bool(ended.all()):
+                    break
         return scores
+
+    def _full_steps(self, enc: dict, steps: int, bos_idx: int):
+        """(step, scores [B, V + 50]) per step, each from a full MMT pass over all 12 decoder inputs (MMF)."""
+        prev = torch.zeros(enc["enc_mask"].size(0), steps, dtype=torch.long, device=enc["enc_mask"].device)
+        prev[:, 0] = bos_idx
+        for step in range(steps):
+            scores = self.decode(enc, prev)
+            if step + 1 < steps:
+                prev[:, 1:] = scores.argmax(-1)[:, :-1]
+            yield step, scores[:, step]
+
+    def _incremental_steps(self, enc: dict, steps: int, bos_idx: int):
+        """(step, scores [B, V + 50]) per step: the encoder positions once, then one decoder position per step."""
+        ppe = self.mmt.prev_pred_embeddings
+        tables = ppe.tables(self.classifier.module.weight, enc["ocr_emb"])
+        b = enc["enc_mask"].size(0)
+        prev = torch.full((b, 1), bos_idx, dtype=torch.long, device=enc["enc_mask"].device)
+        x = ppe.embed(tables, prev)
+        enc_add = ((1.0 - enc["enc_mask"]) * MASK_VALUE)[:, None, None, :]
+        b0, n_ocr = enc["ocr_begin"], enc["ocr_emb"].size(1)
+        ocr_out, caches = self.mmt.encoder.prefill(self._encoder_input(enc, x.dtype), enc_add, steps,
+                                                   rows=slice(b0, b0 + n_ocr))
+        ocr_keys = self.ocr_ptr_net.key(ocr_out)
+        # keys: [encoder | decoder steps]; a new decoder position sees the valid encoder ones and all steps so far
+        step_mask = torch.cat([enc_add, enc_add.new_zeros(b, 1, 1, steps)], dim=-1)
+        n_enc = enc_add.size(-1)
+        for step in range(steps):
+            h = self.mmt.encoder.extend(x, caches, step_mask[..., :n_enc + step + 1])
+            scores = self._outputs(h, ocr_keys, enc["ocr_mask"])[:, 0]
+            if step + 1 < steps:
+                x = ppe.embed(tables, scores.argmax(-1)[:, None], start=step + 1)
+            yield step, scores
+
+
+def _loss_steps(mask: torch.Tensor | None) -> int:
+    """How many leading decoding steps a loss over `mask` [B, steps] reads (0 without a mask)."""
+    if mask is None:
+        return 0
+    used = (mask > 0).any(0).nonzero()
+    return int(used.max()) + 1 if used.numel() else 0

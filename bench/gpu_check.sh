@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issue 12 in one run, with a time guard (BUDGET seconds, default 520 < 9 min).
+#
+# 1. On the CPU host (network), once:   bash bench/gpu_check.sh --prepare
+#    downloads cp312 manylinux wheels of the pure-pip dependencies the GPU machine lacks (lmdb, isal, ...)
+#    into .gpu-wheels/ (git-ignored, ~8 MB).
+# 2. On the GPU machine, through the device tool:
+#    run(command="bash bench/gpu_check.sh", carry=[".gpu-wheels"], timeout_s=600)
+#    Everything it prints also goes to $OUT/gpu_check.log (plus the train runs' metrics.jsonl).
+#
+# Steps, most important first; a step that would start with < 25 s left is skipped (and said so):
+#   data     mmf data synth --questions 3000 --images 700, mmf data pack textvqa
+#   recipe   bench/recipe.py full size: ours (bf16 + compile + incremental decoding + resident features) vs
+#            MMF's setting (strict fp32 eager, full recompute, synchronous checkpoints), projected recipe
+#   bf16     mmf train bf16 + compile, resident features, 200 updates on the packed store: samples/s, data wait,
+#            finite decreasing losses
+#   fp16     mmf train training.fp16=true (MMF's AMP), 200 updates, packed: finite decreasing losses
+#   lmdb     mmf train bf16 on the LMDB path (prefer_packed=false), 200 updates: samples/s, losses
+#   decode   bench/decode.py full size, batch 128, bf16: incremental vs full recompute, identical argmax
+#   graphs   bench/recipe.py ours only with compile_mode=reduce-overhead (CUDA graphs)
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WHEELS=$ROOT/.gpu-wheels
+NEED="lmdb isal xxhash typer filelock pyyaml tqdm requests"
+
+if [ "${1:-}" = "--prepare" ]; then
+    mkdir -p "$WHEELS"
+    exec pip download --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$WHEELS" $NEED
+fi
+
+START=$(date +%s)
+BUDGET=${BUDGET:-520}
+OUTDIR=${OUT:-/tmp/gpu-check-out}
+WORK=${WORK:-/tmp/gpu-check}
+mkdir -p "$OUTDIR" "$WORK"
+LOG=$OUTDIR/gpu_check.log
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+D=$WORK/data
+# SMOKE=1: the same plumbing on a CPU with the tiny model and data (checks this script, measures nothing)
+if [ "${SMOKE:-0}" = 1 ]; then
+    MODEL=tiny.yaml BATCH=16 QUESTIONS=160 IMAGES=40 UPDATES=6 WINDOW=2 TINY=--tiny
+    DECODE="--device cpu --models tiny --batch 16 --questions 32 --amp fp32 --repeat 1"
+else
+    MODEL=defaults.yaml BATCH=128 QUESTIONS=3000 IMAGES=700 UPDATES=200 WINDOW=40 TINY=
+    DECODE="--device cuda --models full --batch 128 --questions 1280 --amp bf16 --repeat 2"
+fi
+CFG="config=projects/m4c/configs/textvqa/$MODEL datasets=textvqa model=m4c env.data_dir=$D
+     env.fetch_missing_data=false training.batch_size=$BATCH training.progress_bar=false training.seed=1"
+
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+say() { echo "$*" | tee -a "$LOG"; }
+step() {  # step NAME COMMAND...: runs under the remaining budget, output to the log
+    local name=$1 l rc before
+    shift
+    l=$(left)
+    if [ "$l" -lt 25 ]; then say "=== SKIP $name: ${l}s of the budget left"; return 1; fi
+    say "=== $name (t=$(($(date +%s) - START))s, ${l}s left): $*"
+    before=$(wc -l <"$LOG")
+    timeout --signal=TERM --kill-after=10 "$l" "$@" >>"$LOG" 2>&1
+    rc=$?
+    tail -n +"$((before + 1))" "$LOG" | grep -v '^\s*$' | grep -v 'INFO | mmftrain : \(loaded\|checkpoints\|----\)' |
+        tail -n 14
+    say "=== $name rc=$rc (t=$(($(date +%s) - START))s)"
+    return $rc
+}
+losses() {  # losses SAVE_DIR: samples/s and whether the logged losses are finite and decreasing
+    python - "$1" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, math, sys
+recs = [json.loads(x) for x in open(sys.argv[1] + "/metrics.jsonl") if x.strip()]
+tr = [r for r in recs if "train/total_loss/avg" in r]
+avg = [r["train/total_loss/avg"] for r in tr]
+sps = [r["samples_per_s"] for r in tr[1:]] or [0.0]
+wait = [r["data_wait_share"] for r in tr[1:]] or [0.0]
+finite = all(math.isfinite(x) for x in avg)
+print(f"losses {sys.argv[1]}: window averages {[round(x, 3) for x in avg]}; finite {finite}; decreasing "
+      f"{finite and len(avg) > 1 and avg[-1] < avg[0]}; samples/s after the first window "
+      f"{sum(sps) / len(sps):.0f}; data wait {100 * sum(wait) / len(wait):.2f}%")
+EOF
+}
+train() {  # train NAME UPDATES OVERRIDES...
+    local name=$1 n=$2
+    shift 2
+    # shellcheck disable=SC2086
+    step "$name" python -m mmf_cli train $CFG run_type=train env.save_dir="$WORK/save-$name" \
+        training.max_updates="$n" training.log_interval=$WINDOW training.evaluation_interval=100000 \
+        training.checkpoint_interval=100000 "$@"
+    losses "$WORK/save-$name"
+    cp "$WORK/save-$name/metrics.jsonl" "$OUTDIR/metrics-$name.jsonl" 2>/dev/null
+}
+
+: >"$LOG"
+say "gpu_check: $(date -u +%FT%TZ) budget ${BUDGET}s, repo $(git rev-parse --short HEAD 2>/dev/null)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
+python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$LOG"
+missing=$(python - <<'EOF'
+import importlib.util as u
+mods = {"lmdb": "lmdb", "isal": "isal", "xxhash": "xxhash", "typer": "typer", "filelock": "filelock",
+        "yaml": "pyyaml", "tqdm": "tqdm", "requests": "requests"}
+print(" ".join(p for m, p in mods.items() if u.find_spec(m) is None))
+EOF
+)
+if [ -n "$missing" ]; then
+    if [ -d "$WHEELS" ]; then
+        say "installing from .gpu-wheels: $missing"
+        pip install -q --no-index --find-links "$WHEELS" $missing >>"$LOG" 2>&1 || say "pip install failed"
+    else
+        say "missing $missing and no .gpu-wheels/ (run bash bench/gpu_check.sh --prepare on the host, carry it)"
+    fi
+fi
+
+step data bash -c "python -m mmf_cli data synth --out $D --questions $QUESTIONS --images $IMAGES &&
+                   python -m mmf_cli data pack textvqa --data-dir $D"
+step recipe python bench/recipe.py $TINY --data-dir "$D" --ours training.features_on_device=true
+train bf16 "$UPDATES" training.bf16=true training.compile=true training.features_on_device=true
+train fp16 "$UPDATES" training.fp16=true
+train lmdb "$UPDATES" training.bf16=true training.prefer_packed=false
+# shellcheck disable=SC2086
+step decode python bench/decode.py $DECODE
+step graphs python bench/recipe.py $TINY --data-dir "$D" --skip-mmf \
+    --ours training.features_on_device=true,training.compile_mode=reduce-overhead
+say "gpu_check done in $(($(date +%s) - START))s"
