@@ -117,7 +117,7 @@ class Trainer:
                 log.warning("torch.compile unavailable (%s); training eager", e)
 
     def _forward(self, batch: dict) -> torch.Tensor:
-        if self.t["compile_mode"] == "reduce-overhead" and self.train_model is not self.model:
+        if self.training["compile_mode"] == "reduce-overhead" and self.train_model is not self.model:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
         if self._compile_checked or self.train_model is self.model:
             return self.train_model(batch)
