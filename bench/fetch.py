@@ -9,8 +9,8 @@ single process). Bytes fetched come from the servers' counters. Each extracted t
 (xxh3) against the generated one; a wrong tree is reported as such, never timed as a success.
 
 Scenarios (loopback only):
-  A "CDN": 3 range servers (tests/faultserver.py), every connection capped at 25/25/8 MB/s (--caps).
-  B "fast link": one uncapped nginx (tests/nginxserver.py), plus `pigz -dc | tar x` of the local archive.
+  A "CDN": 3 range servers (zoo/testing/faultserver.py), every connection capped at 25/25/8 MB/s (--caps).
+  B "fast link": one uncapped nginx (zoo/testing/nginxserver.py), plus `pigz -dc | tar x` of the local archive.
   C "flaky": A, and each time a mirror has sent another 32 MB (--fault-every-mb) its next request is reset
      after 1 MiB, and every third time one also stalls for 3 s (--stall-seconds); the engine runs with
      --stall-timeout 1 (aria2c with --timeout=1). --fault-period S arms the faults every S seconds instead.
@@ -213,13 +213,13 @@ class Mirrors:
     """Range servers for a scenario: FaultServers (live byte counters) or nginx (access log at request end)."""
 
     def __init__(self, root: Path, kind: str, caps: list[float], faults: dict | None = None):
-        from tests.faultserver import FaultServer, Faults
+        from zoo.testing.faultserver import FaultServer, Faults
 
         self.kind, self.faults, self.live, self.counts = kind, faults, kind == "fault", True
         self.injected = 0
         self.servers, self.ticker, self.stop = [], None, threading.Event()
         if kind == "nginx":
-            from tests.nginxserver import NginxServer
+            from zoo.testing.nginxserver import NginxServer
 
             self.servers = [NginxServer(root).start()]
             return
@@ -389,7 +389,7 @@ def run_scenario(sc: str, archive: Archive, work: Path, args) -> tuple[list[Resu
         errors = mirrors.close()
     if errors:
         raise BenchError(f"scenario {sc}: the test server itself failed ({errors[0].splitlines()[-1]}); "
-                         "fix tests/faultserver.py before trusting these numbers")
+                         "fix zoo/testing/faultserver.py before trusting these numbers")
     return results, {"caps": caps, "faults": faults}
 
 

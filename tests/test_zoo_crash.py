@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.faultserver import FaultServer, Faults
+from zoo.testing.faultserver import FaultServer, Faults
 from tests.zoo_helpers import ROOT, assert_tree, make_zoo, run_mmf
 
 CHUNK_MIB = 0.5

@@ -1,4 +1,4 @@
-"""The transfer engine against a fault-injecting Range server on 127.0.0.1 (tests/faultserver.py)."""
+"""The transfer engine against a fault-injecting Range server on 127.0.0.1 (zoo/testing/faultserver.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.faultserver import FaultServer, Faults
+from zoo.testing.faultserver import FaultServer, Faults
 from zoo.errors import HashMismatchError, MirrorsExhaustedError, OfflineError
 from zoo.journal import Journal
 from zoo.transfer import Transfer, TransferOptions
