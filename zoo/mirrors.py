@@ -3,7 +3,11 @@
 Order of roots: `--mirror NAME|URL` (first, in the order given), `MMF_ZOO_MIRRORS`, the `default: true` roots of
 configs/zoo/mirrors.yaml (the origin among them). With `mirror_only` (or MMF_ZOO_MIRROR_ONLY=1) only the roots
 given on the command line and in MMF_ZOO_MIRRORS are used: nothing reaches the origin. A resource's own `mirrors:`
-list is appended. Local folders and file:// roots are mirrors too.
+list is appended. Local folders and file:// roots are mirrors too. A manifest URL that points into a known root
+(MMF's manifests carry the origin's full https URL) is re-rooted onto the mirrors like an `mmf://` one.
+
+The transfer contacts a default root (the origin) only when the mirrors listed before it cannot serve the file
+(`fallback_urls`), so a machine that reaches only its --mirror sees no retries against the origin.
 """
 from __future__ import annotations
 
@@ -71,18 +75,33 @@ def mirror_roots(cli: list[str] | None = None, *, mirror_only: bool | None = Non
     roots = [expand(m) for m in cli or []]
     roots += [expand(m) for m in env.get("MMF_ZOO_MIRRORS", "").split(",") if m.strip()]
     if not mirror_only:
-        roots += [normalize_root(spec["url"]) for spec in named.values() if spec.get("default")]
+        roots += _default_roots(named)
     return list(dict.fromkeys(roots))
 
 
-def resource_urls(res: Resource, roots: list[str]) -> list[str]:
+def _default_roots(named: dict[str, dict] | None = None) -> list[str]:
+    named = load_named_mirrors() if named is None else named
+    return [normalize_root(spec["url"]) for spec in named.values() if spec.get("default")]
+
+
+def resource_urls(res: Resource, roots: list[str], named: dict[str, dict] | None = None) -> list[str]:
     """Every full URL of a resource, in preference order."""
+    rel = None
     if res.url.startswith(MMF_PREFIX):
         rel = res.url[len(MMF_PREFIX):].lstrip("/")
-        urls = [root + rel for root in roots]
     else:
-        urls = [res.url]
+        rel = next((res.url[len(r):] for r in _default_roots(named) if res.url.startswith(r)), None)
+    urls = [root + rel for root in roots] if rel is not None else []
+    if not urls and not res.url.startswith(MMF_PREFIX):
+        urls = [res.url]  # an absolute URL outside every root, or no roots at all: as the manifest says
     return list(dict.fromkeys(urls + list(res.mirrors)))
+
+
+def fallback_urls(urls: list[str], named: dict[str, dict] | None = None) -> set[str]:
+    """The URLs under a default root (the origin) when other URLs exist: contacted only if those fail."""
+    roots = _default_roots(named)
+    fallback = {u for u in urls if any(u.startswith(r) for r in roots)}
+    return fallback if len(fallback) < len(urls) else set()
 
 
 def is_local(url: str) -> bool:
@@ -118,6 +137,12 @@ class Mirror:
     backoff_until: float = 0.0
     rate: float | None = None  # EWMA bytes/s per connection
     bytes: int = 0
+    probed: bool = False  # size, validator and first bytes known and accepted: it may be given work
+    fallback: bool = False  # a default root (the origin): contacted only when the others cannot serve
+    head: bytes = b""  # the first bytes of its file, from the probe (judged by content)
+    modified: float | None = None  # Last-Modified as a timestamp (a tie-break between two disagreeing mirrors)
+    unstable: bool = False  # its ETag changes on every request: the validator is Last-Modified or nothing
+    suspect: str = ""  # lost a dispute it could not be convicted of: no new work while others can serve
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -150,6 +175,13 @@ class Mirror:
                 self.failures = 0
             self.bytes += nbytes
             if seconds > 0 and nbytes > 0:
+                sample = nbytes / seconds
+                self.rate = sample if self.rate is None else 0.6 * self.rate + 0.4 * sample
+
+    def observe(self, nbytes: int, seconds: float) -> None:
+        """Speed seen while a chunk is still in flight: enough to trust it with a split or a race."""
+        if seconds > 0 and nbytes > 0:
+            with self.lock:
                 sample = nbytes / seconds
                 self.rate = sample if self.rate is None else 0.6 * self.rate + 0.4 * sample
 
