@@ -200,7 +200,7 @@ def test_full_disk_keeps_journal_and_resumes(tmp_path, blob):
             resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
             from pathlib import Path
             from zoo.transfer import Transfer, TransferOptions
-from zoo.errors import DiskError
+            from zoo.errors import DiskError
             t = Transfer("blob", ["{srv.url_for('blob.bin')}"], Path("{tmp_path}/out.part"), Path("{tmp_path}/out.journal"),
                          opts=TransferOptions(connections=1, chunk_size={CHUNK}))
             try:
