@@ -221,7 +221,8 @@ def test_full_disk_keeps_journal_and_resumes(tmp_path, blob):
 
 def test_resets_on_two_mirrors_keep_partial_bytes_across_the_switch(tmp_path, blob):
     # mirror a resets chunk 0 after 60 kB, then its file changes (dropped); b must finish chunk 0 from 60 kB on
-    rules = [Faults(reset_after=60_000, first_n=2), Faults(change_etag_after=2)]
+    # (requests to a: the probe, its HEAD, then chunk 0, reset after 60 kB; the 4th sees the replaced file)
+    rules = [Faults(reset_after=60_000, first_n=2), Faults(change_etag_after=3)]
     with FaultServer(tmp_path / "a", faults=rules) as a, FaultServer(tmp_path / "b") as b:
         result = _run(tmp_path, [a.url_for("blob.bin"), b.url_for("blob.bin")], blob, connections=1)
     # nothing that arrived was thrown away, whichever mirror finished a chunk (extra: cross-check samples)

@@ -244,6 +244,25 @@ def probe(m: Mirror, opts) -> None:
         _release()
 
 
+def check_validator(m: Mirror, opts) -> None:
+    """After `probe`: ask again with a HEAD; an ETag that already changed marks the mirror unstable (validator
+    Last-Modified, or none), so no ranged request is sent with an If-Range that can never match."""
+    if is_local(m.url) or not m.validator or m.unstable:
+        return
+    try:
+        resp = session().head(m.url, allow_redirects=True, timeout=(opts.connect_timeout, opts.stall_timeout))
+    except (requests.RequestException, OSError):
+        return
+    try:
+        etag = resp.headers.get("ETag")
+        if resp.status_code in (200, 206) and etag and etag != m.validator and not etag.startswith("W/"):
+            m.unstable = True
+            m.validator = _validator(resp, m)
+    finally:
+        resp.close()
+        _release()
+
+
 def _read_sample(stream, want: int, opts) -> bytes:
     head, t0 = bytearray(), time.monotonic()
     while len(head) < want:

@@ -26,6 +26,7 @@ from zoo.manifest import CONFIG_DIR, Resource
 
 ORIGIN = "https://dl.fbaipublicfiles.com/mmf/data/"
 MMF_PREFIX = "mmf://"
+PROGRESS = 1 << 20  # bytes one attempt must deliver to count as progress for a flaky mirror
 
 
 def load_named_mirrors(path: Path | None = None) -> dict[str, dict]:
@@ -168,10 +169,11 @@ class Mirror:
             return delay
 
     def record(self, nbytes: int, seconds: float, completed: bool) -> None:
-        """Account bytes and speed; only a completed chunk clears the failure streak (partial progress between
-        resets must not keep a flaky mirror's back-off from growing)."""
+        """Account bytes and speed; a completed chunk or PROGRESS bytes in one attempt clear the failure streak (a
+        little progress between resets must not keep a flaky mirror's back-off from growing, but a mirror that
+        resets every few MB still moves the transfer on)."""
         with self.lock:
-            if completed:
+            if completed or nbytes >= PROGRESS:
                 self.failures = 0
             self.bytes += nbytes
             if seconds > 0 and nbytes > 0:

@@ -93,7 +93,7 @@ class ChunkBoard:
                 self.done.discard(i)
                 self.checked.discard(i)
                 self.partials.pop(i, None)
-                if i not in self.pending and i not in self.inflight:
+                if i not in self.pending:  # even if in flight: that attempt may be the one being rejected
                     self.pending.insert(0, i)
                 if i < self.cursor or i == self.reading:
                     self.rewind = i if self.rewind is None else min(self.rewind, i)

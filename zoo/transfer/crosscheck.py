@@ -5,7 +5,7 @@ with the bytes on disk. Evidence, in order: a mirror that returns different byte
 (a flipping disk or proxy); with a third mirror the minority is convicted; two self-consistent mirrors that
 disagree are only a dispute: the one serving the older file (Last-Modified) becomes a suspect that gets no new
 work, and both are suspected first by the repair step if the sha256 fails. Each mirror is checked on its first
-chunk; later checks are paced to keep the extra bytes under `opts.crosscheck` of the file.
+SAMPLE bytes (during its first chunk); later checks are paced to keep the extra bytes under `opts.crosscheck` of the file.
 """
 from __future__ import annotations
 
@@ -28,10 +28,28 @@ class CrossCheck:
         self.budget = t.opts.crosscheck * t.journal.size
         self.spent = 0
         self.committed = 0
-        self.seen: set[str] = set()
+        self.seen: set[str] = set()  # first check started
+        self.passed: set[str] = set()  # first check done without a conviction
         self.suspicion: Counter = Counter()
         self.lock = threading.Lock()
         self.rng = random.Random()
+
+    def early(self, url: str, span: list) -> None:
+        """A mirror's first SAMPLE bytes are in: check them now, before it is trusted with more work."""
+        if not self.enabled or url in self.seen or span[1] - span[0] + 1 < SAMPLE:
+            return
+        with self.lock:
+            if url in self.seen:
+                return
+            self.seen.add(url)
+            self.spent += 2 * SAMPLE
+        self.check(url, span[1] - SAMPLE + 1, span[1])
+        self.passed.add(url)
+
+    def vetted(self, m) -> bool:
+        """May m get more than one connection? Yes once its first check passed, or when nobody can check it."""
+        return (not self.enabled or m.url in self.passed or m.url in self.seen and not m.alive
+                or sum(1 for o in self.t.pool.usable() if o.ranges) < 2)
 
     def after_commit(self, spans: list) -> None:
         """Called by the worker that committed a chunk with these spans."""

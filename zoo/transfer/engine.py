@@ -111,6 +111,7 @@ class Transfer:
     def _transfer(self, journal: Journal) -> str:
         self.board = ChunkBoard(journal.num_chunks, set(journal.chunks))
         self.checks = CrossCheck(self)
+        self.pool.vetted = self.checks.vetted
         self.fd = os.open(self.part, os.O_RDWR)
         workers = [threading.Thread(target=self._worker, name=f"zoo-conn-{k}", daemon=True)
                    for k in range(max(1, self.opts.connections))]

@@ -47,6 +47,7 @@ class MirrorPool:
         self._lock = threading.Condition()
         self._probing: set[str] = set()
         self._answered: list[Mirror] = []
+        self.vetted: Callable[[Mirror], bool] = lambda m: True  # set by the engine: passed its first cross-check
         if opts.offline:
             remote = [m for m in self.mirrors if not is_local(m.url)]
             for m in remote:
@@ -68,16 +69,23 @@ class MirrorPool:
         clean = [m for m in ok if not m.suspect]
         return clean or ok
 
-    def pick(self, exclude=(), measured: bool = False) -> Mirror | None:
-        """The ready usable mirror (range-capable ones first) with the best expected speed, or None."""
+    def pick(self) -> Mirror | None:
+        """The ready usable mirror (range-capable ones first) with the best expected speed, or None. Its `active`
+        count is already raised (the caller lowers it): connections starting together spread over the mirrors."""
         self.maintain()
-        now = time.monotonic()
-        pool = [m for m in self.usable() if m.url not in exclude and (not measured or m.rate)]
-        pool = [m for m in pool if m.ranges] or pool
-        ready = [m for m in pool if m.backoff_until <= now]
-        if not ready:
-            return None
-        return max(ready, key=lambda m: (m.score(), -self.mirrors.index(m)))
+        with self._lock:
+            now = time.monotonic()
+            pool = self.usable()
+            pool = [m for m in pool if m.ranges] or pool
+            ready = [m for m in pool if m.backoff_until <= now]
+            # a mirror not yet vouched for by a cross-check gets one connection (its check takes milliseconds)
+            ready = [m for m in ready if m.active == 0 or self.vetted(m)]
+            if not ready:
+                return None
+            m = max(ready, key=lambda m: (m.score(), -self.mirrors.index(m)))
+            with m.lock:
+                m.active += 1
+            return m
 
     def alternative_to(self, m: Mirror) -> bool:
         """Could another mirror take over m's work at a useful speed (the condition for --min-rate)?"""
@@ -158,6 +166,7 @@ class MirrorPool:
     def _probe_one(self, m: Mirror) -> None:
         try:
             http.probe(m, self.opts)
+            http.check_validator(m, self.opts)
             problem = not_the_file(m.head, self.file_name)
             if problem:
                 self.drop(m, problem)

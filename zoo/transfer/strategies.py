@@ -43,15 +43,18 @@ def fetch_chunk(t, i: int) -> None:
                 board.cond.wait(0.05)
             continue
         if not m.ranges:
+            with m.lock:
+                m.active -= 1
             sequential(t, m)
             return
         partial = board.partial(i, start)
+        if partial.urls() & set(pool.verdicts):
+            with board.cond:  # it holds bytes of a mirror convicted since: start the chunk again
+                partial = board.partials[i] = Partial(start)
         if i in board.whole and partial.spans and partial.urls() != {m.url}:
             with board.cond:  # after a chunk-hash failure with several sources: one mirror per attempt
                 partial = board.partials[i] = Partial(start)
         board.begin(i, partial, m.url)
-        with m.lock:
-            m.active += 1
         t0, got0 = time.monotonic(), partial.done
         try:
             with http.open_range(m, start + partial.done, end, t.opts) as stream:
@@ -110,6 +113,10 @@ def copy(t, stream, pos: int, end: int, partial: Partial, i: int, m: Mirror) -> 
         t.count(len(data))
         if board.stopping:
             raise Fatal("stopped")
+        if m.url not in t.checks.seen:
+            t.checks.early(m.url, partial.spans[-1])
+            if not m.alive:
+                raise http.Permanent(m.reason)
         win_n += len(data)
         seen_n += len(data)
         now = time.monotonic()
@@ -126,14 +133,17 @@ def read_range(t, m: Mirror, start: int, end: int, tries: int = 1, extra: bool =
     """Bytes start..end from m into memory, or None when it failed `tries` times (no mirror state changed).
     `extra`: a cross-check or repair read, counted apart from the file's own bytes."""
     for attempt in range(tries):
-        data = bytearray()
+        data, t0 = bytearray(), time.monotonic()
         try:
             with http.open_range(m, start, end, t.opts) as stream:
                 while len(data) < end - start + 1:
                     block = stream.read(min(BLOCK, end - start + 1 - len(data)))
-                    if not block:
+                    if not block or (t.board is not None and t.board.stopping):
                         break
                     data += block
+                    elapsed = time.monotonic() - t0
+                    if elapsed > t.opts.stall_timeout and len(data) < t.opts.min_rate * elapsed:
+                        break  # a tarpit: this reading is not worth waiting for
         except (http.Permanent, http.Transient):
             pass
         t.count(len(data), extra)
