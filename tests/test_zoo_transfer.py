@@ -69,6 +69,7 @@ def test_resets_resume_inside_the_chunk(tmp_path, blob):
 def test_stall_is_dropped_and_requeued(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(stall_after=50_000, stall_seconds=4, first_n=1)) as srv:
         _run(tmp_path, [srv.url_for("blob.bin")], blob, stall_timeout=0.5)
+        assert srv.faults[0].used == 1
 
 
 def test_503_and_429_retry_after_are_retried(tmp_path, blob):
@@ -98,6 +99,7 @@ def test_corrupt_mirror_with_chunk_hashes_is_dropped_and_chunk_refetched(tmp_pat
         result = _run(tmp_path, [bad.url_for("blob.bin"), good.url_for("blob.bin")], blob,
                       chunk_hashes=_chunk_hashes(blob))
         assert "xxh3" in result.mirrors[bad.url_for("blob.bin")]
+        assert bad.faults[0].used >= 1
         # only a few chunks refetched, not the file
         assert result.fetched <= SIZE + 4 * CHUNK
 
@@ -107,12 +109,14 @@ def test_corrupt_mirror_without_chunk_hashes_is_repaired_by_comparing_mirrors(tm
     with FaultServer(tmp_path / "a", faults=Faults(corrupt=bad_offsets)) as bad, FaultServer(tmp_path / "b") as good:
         result = _run(tmp_path, [bad.url_for("blob.bin"), good.url_for("blob.bin")], blob)
         assert "sha256" in result.mirrors[bad.url_for("blob.bin")]
+        assert bad.faults[0].used >= 1 and bad.stats.bytes_sent["blob.bin"] > 0
 
 
 def test_single_corrupt_source_fails_and_starts_over(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(corrupt=[5])) as bad:
         with pytest.raises(HashMismatchError, match="only one mirror"):
             _run(tmp_path, [bad.url_for("blob.bin")], blob)
+        assert bad.faults[0].used >= 1
     assert not (tmp_path / "out.part").exists() and not (tmp_path / "out.journal").exists()
 
 
@@ -145,6 +149,7 @@ def test_wrong_content_range_is_rejected(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(wrong_content_range=7)) as bad, FaultServer(tmp_path / "b") as good:
         result = _run(tmp_path, [bad.url_for("blob.bin"), good.url_for("blob.bin")], blob)
         assert "Content-Range" in result.mirrors[bad.url_for("blob.bin")]
+        assert bad.faults[0].used >= 1
 
 
 def test_html_error_page_with_200_is_rejected(tmp_path, blob):
@@ -156,6 +161,7 @@ def test_html_error_page_with_200_is_rejected(tmp_path, blob):
 def test_short_body_is_retried(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(short_body=True, first_n=3)) as srv:
         _run(tmp_path, [srv.url_for("blob.bin")], blob)
+        assert srv.faults[0].used == 3
 
 
 def test_resume_trusts_only_chunks_whose_hash_matches(tmp_path, blob):
@@ -235,6 +241,7 @@ def test_slow_chunk_is_raced_on_a_faster_mirror(tmp_path, blob):
     # the slow mirror is tried first (unmeasured), then its chunk would take ~2.5 s: the end game races it
     with FaultServer(tmp_path / "a", faults=Faults(rate_bps=100_000)) as slow, FaultServer(tmp_path / "b") as fast:
         result = _run(tmp_path, [slow.url_for("blob.bin"), fast.url_for("blob.bin")], blob, connections=2)
+    assert slow.faults[0].used >= 1
     slow_bytes = int(result.mirrors[slow.url_for("blob.bin")].split("(")[1].split()[0])
     assert slow_bytes < CHUNK  # it never got to finish a chunk: the fast mirror won the race
     assert result.fetched <= SIZE + CHUNK
@@ -245,6 +252,7 @@ def test_flaky_mirror_failures_accumulate_until_dropped(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(reset_after=20_000)) as flaky:
         with pytest.raises(MirrorsExhaustedError, match="failed 8 times in a row"):
             _run(tmp_path, [flaky.url_for("blob.bin")], blob, connections=1)
+        assert flaky.faults[0].used >= 8
     journal = Journal.load(tmp_path / "out.journal")
     assert journal is not None  # the partial download stays resumable
 

@@ -12,7 +12,14 @@ Modules, one job each: options (settings and result), pool (mirrors: probes, siz
 cursor (in-order verify), locate (the pure bad-range locator), repair (sha256 failure), engine (wires them).
 See zoo/journal.py for the crash-safety invariant and zoo/http.py for what is accepted from a server.
 """
-from zoo.transfer.engine import Transfer
 from zoo.transfer.options import TransferOptions, TransferResult
 
 __all__ = ["Transfer", "TransferOptions", "TransferResult"]
+
+
+def __getattr__(name: str):
+    if name == "Transfer":  # lazily: the engine pulls in requests, which `mmf --help` does not need
+        from zoo.transfer.engine import Transfer
+
+        return Transfer
+    raise AttributeError(f"module 'zoo.transfer' has no attribute {name!r}")
