@@ -286,3 +286,25 @@ def test_idle_connections_split_the_last_chunks(tmp_path):
     assert part.read_bytes() == data
     assert any(a % (8 << 20) for a in starts)  # some request began inside a chunk: a split
     assert result.fetched == len(data)
+
+
+def test_given_mirrors_first_origin_only_as_fallback(tmp_path, blob, caplog):
+    """--mirror roots come first; the origin (a default root) is not even probed while they can serve."""
+    from zoo.manifest import Resource
+    from zoo.mirrors import ORIGIN, fallback_urls, mirror_roots, resource_urls
+
+    # MMF's manifests carry the origin's absolute URL: it is re-rooted onto the given mirror, origin last
+    res = Resource(url=ORIGIN + "datasets/x/blob.bin", file_name="blob.bin", category=None)
+    roots = mirror_roots(["http://127.0.0.1:1/"], mirror_only=False, env={})
+    urls = resource_urls(res, roots)
+    assert urls == ["http://127.0.0.1:1/datasets/x/blob.bin", ORIGIN + "datasets/x/blob.bin"]
+    assert fallback_urls(urls) == {ORIGIN + "datasets/x/blob.bin"}
+    with FaultServer(tmp_path / "a") as srv:
+        t = Transfer("blob", [srv.url_for("blob.bin"), ORIGIN + "datasets/x/blob.bin"], tmp_path / "out.part",
+                     tmp_path / "out.journal", sha256=hashlib.sha256(blob).hexdigest(), opts=_opts())
+        with caplog.at_level("INFO", logger="zoo"):
+            result = t.run()
+    origin = t.pool.by_url(ORIGIN + "datasets/x/blob.bin")
+    assert origin.size is None and origin.failures == 0 and not origin.probed  # never contacted
+    assert result.mirrors[origin.url] == "ok (0 bytes)"
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
