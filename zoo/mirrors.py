@@ -138,6 +138,7 @@ class Mirror:
     backoff_until: float = 0.0
     rate: float | None = None  # EWMA bytes/s per connection
     bytes: int = 0
+    delivered: int = 0  # bytes seen arriving (in flight included): PROGRESS of them earns splits and races
     probed: bool = False  # size, validator and first bytes known and accepted: it may be given work
     fallback: bool = False  # a default root (the origin): contacted only when the others cannot serve
     head: bytes = b""  # the first bytes of its file, from the probe (judged by content)
@@ -184,6 +185,7 @@ class Mirror:
         """Speed seen while a chunk is still in flight: enough to trust it with a split or a race."""
         if seconds > 0 and nbytes > 0:
             with self.lock:
+                self.delivered += nbytes
                 sample = nbytes / seconds
                 self.rate = sample if self.rate is None else 0.6 * self.rate + 0.4 * sample
 

@@ -5,7 +5,8 @@ with the bytes on disk. Evidence, in order: a mirror that returns different byte
 (a flipping disk or proxy); with a third mirror the minority is convicted; two self-consistent mirrors that
 disagree are only a dispute: the one serving the older file (Last-Modified) becomes a suspect that gets no new
 work, and both are suspected first by the repair step if the sha256 fails. Each mirror is checked on its first
-SAMPLE bytes (during its first chunk); later checks are paced to keep the extra bytes under `opts.crosscheck` of the file.
+SAMPLE bytes (and gets one connection until then); later checks, only without chunk hashes, are paced to keep the
+extra bytes under `opts.crosscheck` of the file.
 """
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ from zoo.transfer.strategies import read_range
 
 log = logging.getLogger("zoo")
 SAMPLE = 64 << 10
+CHECK_DEADLINE = 1.0  # seconds per sample read: a slower witness makes the check inconclusive, not the transfer slow
 
 
 class CrossCheck:
     def __init__(self, t):
         self.t = t
-        self.enabled = t.chunk_hashes is None and t.opts.crosscheck > 0
+        # the first check of each mirror runs with chunk hashes too (it costs 128 KiB and catches a liar before it
+        # is trusted with several chunks); paced checks only without them
+        self.enabled = t.opts.crosscheck > 0
+        self.paced = self.enabled and t.chunk_hashes is None
         self.budget = t.opts.crosscheck * t.journal.size
         self.spent = 0
         self.committed = 0
@@ -53,7 +58,7 @@ class CrossCheck:
 
     def after_commit(self, spans: list) -> None:
         """Called by the worker that committed a chunk with these spans."""
-        if not self.enabled or sum(1 for m in self.t.pool.usable() if m.ranges) < 2:
+        if not self.paced or sum(1 for m in self.t.pool.usable() if m.ranges) < 2:
             return
         for url in dict.fromkeys(s[2] for s in spans):
             mine = [s for s in spans if s[2] == url]
@@ -75,17 +80,17 @@ class CrossCheck:
         if served is None or not served.alive or other is None:
             return
         disk = os.pread(t.fd, b - a + 1, a)
-        again = read_range(t, served, a, b, tries=2, extra=True)
-        theirs = read_range(t, other, a, b, tries=2, extra=True)
+        again = read_range(t, served, a, b, tries=2, extra=True, deadline=CHECK_DEADLINE)
+        theirs = read_range(t, other, a, b, tries=2, extra=True, deadline=CHECK_DEADLINE)
         if again is not None and again != disk:
             return t.convict(served, f"served different bytes for the same range on two requests (bytes {a}-{b})")
         if theirs is None or theirs == disk:
             return
-        twice = read_range(t, other, a, b, tries=2, extra=True)
+        twice = read_range(t, other, a, b, tries=2, extra=True, deadline=CHECK_DEADLINE)
         if twice is not None and twice != theirs:
             return t.convict(other, f"served different bytes for the same range on two requests (bytes {a}-{b})")
         third = _witness(pool, {url, other.url})
-        vote = read_range(t, third, a, b, tries=2, extra=True) if third is not None else None
+        vote = read_range(t, third, a, b, tries=2, extra=True, deadline=CHECK_DEADLINE) if third is not None else None
         if vote is not None and vote == theirs:
             return t.convict(served, f"outvoted on bytes {a}-{b} by {other.host} and {third.host}")
         if vote is not None and vote == disk:

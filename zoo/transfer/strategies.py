@@ -13,7 +13,7 @@ import time
 import xxhash
 
 from zoo import http
-from zoo.mirrors import Mirror
+from zoo.mirrors import PROGRESS, Mirror
 from zoo.transfer.board import Partial, Tail
 from zoo.transfer.options import BLOCK
 
@@ -69,7 +69,10 @@ def fetch_chunk(t, i: int) -> None:
             pool.drop(m, str(exc))
             continue
         except http.Transient as exc:
-            m.record(partial.done - got0, time.monotonic() - t0, completed=False)
+            # an attempt that moved the chunk on (a quarter of it, or PROGRESS bytes) clears the failure streak:
+            # a mirror that resets every few MB is flaky but good; one that resets after a few kB is not
+            got = partial.done - got0
+            m.record(got, time.monotonic() - t0, completed=got >= min(PROGRESS, (end - start + 1) // 4))
             pool.transient(m, exc)
             continue
         finally:
@@ -129,9 +132,11 @@ def copy(t, stream, pos: int, end: int, partial: Partial, i: int, m: Mirror) -> 
             win_t, win_n = now, 0
 
 
-def read_range(t, m: Mirror, start: int, end: int, tries: int = 1, extra: bool = False) -> bytes | None:
+def read_range(t, m: Mirror, start: int, end: int, tries: int = 1, extra: bool = False,
+               deadline: float | None = None) -> bytes | None:
     """Bytes start..end from m into memory, or None when it failed `tries` times (no mirror state changed).
-    `extra`: a cross-check or repair read, counted apart from the file's own bytes."""
+    `extra`: a cross-check or repair read, counted apart from the file's own bytes; `deadline`: seconds one
+    attempt may take (a cross-check must not hold up the transfer behind a slow witness)."""
     for attempt in range(tries):
         data, t0 = bytearray(), time.monotonic()
         try:
@@ -144,6 +149,8 @@ def read_range(t, m: Mirror, start: int, end: int, tries: int = 1, extra: bool =
                     elapsed = time.monotonic() - t0
                     if elapsed > t.opts.stall_timeout and len(data) < t.opts.min_rate * elapsed:
                         break  # a tarpit: this reading is not worth waiting for
+                    if deadline is not None and elapsed > deadline:
+                        break
         except (http.Permanent, http.Transient):
             pass
         t.count(len(data), extra)
@@ -165,17 +172,25 @@ def steal_candidate(t):
 
 
 def _helpers(t, i: int, holder: str) -> list[Mirror]:
-    """Mirrors that may take over part of chunk i: measured faster than --min-rate, ready, range-capable."""
+    """Mirrors that may take over part of chunk i: measured progress (PROGRESS bytes delivered, a rate above
+    --min-rate), ready, range-capable. A tarpit's first burst earns it nothing."""
     now = time.monotonic()
     return [m for m in t.pool.usable() if m.ranges and m.rate and m.rate >= t.opts.min_rate
-            and m.backoff_until <= now and m.url != holder]
+            and max(m.delivered, m.bytes) >= PROGRESS and m.backoff_until <= now and m.url != holder]
+
+
+def _stalled(t, p: Partial, now: float) -> bool:
+    """The holder's current attempt has run over a second below --min-rate: its chunk is raced, never split (the
+    split's owner would still have to crawl to the cut)."""
+    elapsed = now - p.since
+    return elapsed > 1.0 and (p.done - p.done_at_start) < t.opts.min_rate * elapsed
 
 
 def _split_candidate(t):
-    board, best = t.board, None
+    board, best, now = t.board, None, time.monotonic()
     for i in board.inflight - board.racing - board.done - board.whole:
         p = board.partials.get(i)
-        if p is None or p.tail is not None or not p.mirror:
+        if p is None or p.tail is not None or not p.mirror or _stalled(t, p, now):
             continue
         start, end = t.journal.chunk_range(i)
         left = (end if p.limit is None else p.limit) - (start + p.done) + 1
@@ -203,7 +218,7 @@ def _race_candidate(t):
         elapsed = now - p.since
         rate = (p.done - p.done_at_start) / elapsed if elapsed > 0.2 else None
         eta = left / rate if rate else (float("inf") if elapsed > 1.0 else None)
-        stalled = elapsed > 1.0 and (rate or 0) < t.opts.min_rate
+        stalled = _stalled(t, p, now)
         if eta is None or (left < (end - start + 1) // 8 and not stalled):
             continue
         if board.raced_bytes > RACE_SHARE * t.journal.size and not stalled:
