@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from zoo.errors import HashMismatchError
+from zoo.errors import HashMismatchError, MirrorsExhaustedError
 from zoo.transfer.cursor import hash_on_disk
 from zoo.transfer.locate import Span, locate
 from zoo.transfer.options import BLOCK
@@ -120,6 +120,11 @@ def repair(t, digest: str) -> str:
                     return t.sha256
     finally:
         alt.close()
+    unasked = [m.url for m in pool.mirrors if m.alive and m not in witnesses]
+    if unasked:  # a mirror that could not be asked now (backing off, not probed) may still repair it
+        raise MirrorsExhaustedError(f"{t.name}: sha256 is {digest}, the manifest says {t.sha256}; the mirrors asked "
+                                    f"so far could not locate the bad bytes and {len(unasked)} could not be asked "
+                                    f"({', '.join(unasked)}); the partial download is kept: run the fetch again")
     t.discard()
     raise HashMismatchError(f"{t.name}: sha256 is {digest}, the manifest says {t.sha256}, and comparing the ranges "
                             f"with {len(witnesses)} mirror(s) did not explain it; the partial file was deleted, run "
