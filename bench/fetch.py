@@ -9,8 +9,8 @@ single process). Bytes fetched come from the servers' counters. Each extracted t
 (xxh3) against the generated one; a wrong tree is reported as such, never timed as a success.
 
 Scenarios (loopback only):
-  A "CDN": 3 range servers (tests/faultserver.py), every connection capped at 25/25/8 MB/s (--caps).
-  B "fast link": one uncapped nginx (tests/nginxserver.py), plus `pigz -dc | tar x` of the local archive.
+  A "CDN": 3 range servers (zoo/testing/faultserver.py), every connection capped at 25/25/8 MB/s (--caps).
+  B "fast link": one uncapped nginx (zoo/testing/nginxserver.py), plus `pigz -dc | tar x` of the local archive.
   C "flaky": A, and each time a mirror has sent another 32 MB (--fault-every-mb) its next request is reset
      after 1 MiB, and every third time one also stalls for 3 s (--stall-seconds); the engine runs with
      --stall-timeout 1 (aria2c with --timeout=1). --fault-period S arms the faults every S seconds instead.
@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -213,13 +212,13 @@ class Mirrors:
     """Range servers for a scenario: FaultServers (live byte counters) or nginx (access log at request end)."""
 
     def __init__(self, root: Path, kind: str, caps: list[float], faults: dict | None = None):
-        from tests.faultserver import FaultServer, Faults
+        from zoo.testing.faultserver import FaultServer, Faults
 
         self.kind, self.faults, self.live, self.counts = kind, faults, kind == "fault", True
         self.injected = 0
         self.servers, self.ticker, self.stop = [], None, threading.Event()
         if kind == "nginx":
-            from tests.nginxserver import NginxServer
+            from zoo.testing.nginxserver import NginxServer
 
             self.servers = [NginxServer(root).start()]
             return
@@ -295,7 +294,8 @@ class Mirrors:
 
 
 # ------------------------------------------------------------------------------------------- contenders
-def engine_cmd(urls: list[str], archive: Archive, extra: list[str]):
+def engine_cmd(urls: list[str], archive: Archive, extra: list[str], root: Path | None = None):
+    """`mmf zoo fetch` of this tree, or of the project copy at `root` (a baseline revision)."""
     def make(out: Path) -> list[str]:
         manifest = out / "zoo.yaml"
         manifest.write_text(json.dumps({KEY: {"defaults": {"version": "1", "resources": {"features": [
@@ -305,6 +305,9 @@ def engine_cmd(urls: list[str], archive: Archive, extra: list[str]):
                "--data-dir", str(out / "data"), "--json"]
         for u in urls:
             cmd += ["--mirror", u]
+        if root is not None:  # its own code first on sys.path, whatever is installed
+            cmd[1:3] = ["-c", f"import sys, runpy; sys.path.insert(0, {str(root)!r}); "
+                              "sys.argv[0] = 'mmf'; runpy.run_module('mmf_cli', run_name='__main__')"]
         return cmd + extra
     return make
 
@@ -377,8 +380,13 @@ def run_scenario(sc: str, archive: Archive, work: Path, args) -> tuple[list[Resu
     tree = lambda out: out / "tree"  # noqa: E731
     contenders = [("mmf zoo fetch", engine_cmd(mirrors.urls, archive, extra), engine_tree),
                   ("mmf approach", mmf_cmd(mirrors.urls[0], archive), tree)]
+    if args.baseline_root:
+        contenders.insert(1, ("mmf fetch base", engine_cmd(mirrors.urls, archive, extra, args.baseline_root),
+                              engine_tree))
     if shutil.which("aria2c"):
         contenders.append(("aria2c", aria2_cmd(mirrors.urls, archive, aria_extra), tree))
+    if args.only:
+        contenders = [c for c in contenders if c[0] in args.only.split(",")]
     results = []
     try:
         for name, make, tree_of in contenders:
@@ -389,7 +397,7 @@ def run_scenario(sc: str, archive: Archive, work: Path, args) -> tuple[list[Resu
         errors = mirrors.close()
     if errors:
         raise BenchError(f"scenario {sc}: the test server itself failed ({errors[0].splitlines()[-1]}); "
-                         "fix tests/faultserver.py before trusting these numbers")
+                         "fix zoo/testing/faultserver.py before trusting these numbers")
     return results, {"caps": caps, "faults": faults}
 
 
@@ -434,6 +442,8 @@ def targets(results: list[Result], archive: Archive, caps: list[float]) -> list[
         net = e.net_mbps or 0.0
         out.append((f"A: transfer >= 0.9 x {conns} conns x {max(caps):g} MB/s = {0.9 * cap:.0f} MB/s",
                     f"{net:.0f} MB/s ({net / cap:.2f})", "PASS" if e.ok and net >= 0.9 * cap else "MISS"))
+    for sc in "ABC":
+        ratio(f"{sc}: time-to-tree <= the baseline revision", sc, "mmf zoo fetch", "mmf fetch base", 1.0, "<=")
     ratio("A: time-to-tree <= aria2c", "A", "mmf zoo fetch", "aria2c", 1.0, "<=")
     ratio("A: >= 5x faster than the MMF approach", "A", "mmf zoo fetch", "mmf approach", 5.0, ">=")
     ratio("B: time-to-tree <= 1.15 x local pigz|tar", "B", "mmf zoo fetch", "local pigz|tar", 1.15, "<=")
@@ -480,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-size", type=float, default=None, help="MiB; default: the engine's default")
     ap.add_argument("--timeout", type=float, default=900, help="seconds before a contender is killed")
     ap.add_argument("--json-out", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--baseline-root", type=Path, help="a copy of another revision (git archive REV | tar x -C DIR): "
+                    "its `mmf zoo fetch` runs as the contender 'mmf fetch base', for ratios in the same run")
+    ap.add_argument("--only", help="comma-separated contenders to run (e.g. 'mmf zoo fetch,mmf fetch base')")
     ap.add_argument("--mmf-approach", nargs=3, metavar=("URL", "OUT", "SHA256"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.mmf_approach:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.faultserver import HTML_ERROR_PAGE, FaultServer, Faults
-from tests.nginxserver import NginxError, NginxServer
+from zoo.testing.faultserver import HTML_ERROR_PAGE, FaultServer, Faults
+from zoo.testing.nginxserver import NginxError, NginxServer
 
 SIZE = 256 * 1024
 

@@ -1,15 +1,19 @@
 """Crashes and concurrency with real processes: SIGKILL mid-fetch, then resume; four fetches of one key at once."""
 from __future__ import annotations
 
-import os
+import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-from tests.faultserver import FaultServer, Faults
+import pytest
+
 from tests.zoo_helpers import ROOT, assert_tree, make_zoo, run_mmf
+from zoo.journal import Journal
+from zoo.testing.faultserver import FaultServer, Faults
 
 CHUNK_MIB = 0.5
 CONNS = 4
@@ -83,3 +87,80 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
                     srv.url, "--quiet", "--lock-timeout", "20", timeout=60)
         assert r.returncode == 0, r.stderr
     assert_tree(data, zoo)
+
+
+def _journal_chunks(data) -> int:
+    journals = list((data / "datasets").rglob("*.journal.json"))
+    return sum(len(j.chunks) for j in map(Journal.load, journals) if j)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_interrupt_exits_within_two_seconds_at_50kbs_and_resumes(tmp_path, sig, code):
+    zoo = make_zoo(tmp_path, feature_bytes=3 << 20)
+    data = tmp_path / "data"
+    with FaultServer(zoo.mirror, faults=Faults(rate_bps=50_000)) as srv:
+        cmd = [sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
+               str(data), "--mirror", srv.url, "--quiet", "--chunk-size", "0.25", "--connections", "4"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while _journal_chunks(data) < 2 and time.monotonic() < deadline:  # mid-transfer: some chunks are done
+            time.sleep(0.1)
+        assert proc.poll() is None, "finished before the signal"
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+        assert proc.returncode == code, err
+        assert took < 2.0, f"took {took:.2f}s to exit after the signal"
+        assert "interrupted" in err and "Traceback" not in err
+        kept = _journal_chunks(data)
+        assert kept >= 2
+        srv.faults[0].update(rate_bps=None)
+        r = run_mmf("zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir", str(data), "--mirror", srv.url,
+                    "--chunk-size", "0.25", "--json", timeout=60)
+    assert r.returncode == 0, r.stderr
+    reports = {x["file_name"]: x for x in json.loads(r.stdout)}
+    assert reports["features.tar.gz"]["resumed"] > 0  # the rerun resumed the journaled chunks
+    assert_tree(data, zoo)
+    print(f"signal {sig.name}: exit {code} after {took:.2f}s; {kept} chunks kept and resumed")
+
+
+def test_three_mirrors_one_bad_one_flaky_two_sigkills(tmp_path):
+    zoo = make_zoo(tmp_path, feature_bytes=8 << 20)
+    size = sum(p.stat().st_size for p in zoo.archives.values())
+    data = tmp_path / "data"
+    roots = {}
+    for name in ("bad", "flaky", "good"):
+        roots[name] = tmp_path / name
+        shutil.copytree(zoo.mirror, roots[name])
+    rate = Faults(rate_bps=700_000)
+    with FaultServer(roots["bad"], faults=[Faults(flip_per_body=True, rate_bps=700_000)]) as bad, \
+            FaultServer(roots["flaky"], faults=[Faults(reset_after=150_000, rate_bps=700_000)]) as flaky, \
+            FaultServer(roots["good"], faults=[rate]) as good:
+        cmd = [sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
+               str(data), "--mirror", bad.url, "--mirror", flaky.url, "--mirror", good.url, "--quiet",
+               "--chunk-size", "0.25", "--connections", "4", "--stall-timeout", "2"]
+        kills = 0
+        for wait in (1.2, 1.0):
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(wait)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+        for srv in (bad, flaky, good):
+            srv.faults[-1].update(rate_bps=None)
+        r = subprocess.run(cmd[:-1] + ["2", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        wire = 0
+        for srv in (bad, flaky, good):
+            srv.stats.wait_idle(2)
+            wire += sum(srv.stats.bytes_sent.values())
+        fired = bad.faults[0].used, flaky.faults[0].used
+    assert r.returncode == 0, r.stderr
+    assert kills == 2
+    assert_tree(data, zoo)
+    assert fired[0] > 0 and fired[1] > 0, fired
+    print(f"3 mirrors, 2 SIGKILLs: {wire / size:.2f}x the archives on the wire; faults fired (bad, flaky): {fired}")
+    assert wire <= 1.5 * size, f"{wire} bytes on the wire for {size} bytes of archives"
+    mirrors = json.loads(r.stdout)[0]["mirrors"]
+    assert all(v.startswith("ok") for u, v in mirrors.items() if u.startswith(good.url)), mirrors

@@ -1,15 +1,15 @@
-"""The transfer engine against a fault-injecting Range server on 127.0.0.1 (tests/faultserver.py)."""
+"""The transfer engine against a fault-injecting Range server on 127.0.0.1 (zoo/testing/faultserver.py)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 
 import pytest
 import xxhash
 
-from tests.faultserver import FaultServer, Faults
+from zoo.testing.faultserver import FaultServer, Faults
+from zoo import http
 from zoo.errors import HashMismatchError, MirrorsExhaustedError, OfflineError
 from zoo.journal import Journal
 from zoo.transfer import Transfer, TransferOptions
@@ -68,6 +68,7 @@ def test_resets_resume_inside_the_chunk(tmp_path, blob):
 def test_stall_is_dropped_and_requeued(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(stall_after=50_000, stall_seconds=4, first_n=1)) as srv:
         _run(tmp_path, [srv.url_for("blob.bin")], blob, stall_timeout=0.5)
+        assert srv.faults[0].used == 1
 
 
 def test_503_and_429_retry_after_are_retried(tmp_path, blob):
@@ -97,6 +98,7 @@ def test_corrupt_mirror_with_chunk_hashes_is_dropped_and_chunk_refetched(tmp_pat
         result = _run(tmp_path, [bad.url_for("blob.bin"), good.url_for("blob.bin")], blob,
                       chunk_hashes=_chunk_hashes(blob))
         assert "xxh3" in result.mirrors[bad.url_for("blob.bin")]
+        assert bad.faults[0].used >= 1
         # only a few chunks refetched, not the file
         assert result.fetched <= SIZE + 4 * CHUNK
 
@@ -106,12 +108,14 @@ def test_corrupt_mirror_without_chunk_hashes_is_repaired_by_comparing_mirrors(tm
     with FaultServer(tmp_path / "a", faults=Faults(corrupt=bad_offsets)) as bad, FaultServer(tmp_path / "b") as good:
         result = _run(tmp_path, [bad.url_for("blob.bin"), good.url_for("blob.bin")], blob)
         assert "sha256" in result.mirrors[bad.url_for("blob.bin")]
+        assert bad.faults[0].used >= 1 and bad.stats.bytes_sent["blob.bin"] > 0
 
 
 def test_single_corrupt_source_fails_and_starts_over(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(corrupt=[5])) as bad:
         with pytest.raises(HashMismatchError, match="only one mirror"):
             _run(tmp_path, [bad.url_for("blob.bin")], blob)
+        assert bad.faults[0].used >= 1
     assert not (tmp_path / "out.part").exists() and not (tmp_path / "out.journal").exists()
 
 
@@ -144,6 +148,7 @@ def test_wrong_content_range_is_rejected(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(wrong_content_range=7)) as bad, FaultServer(tmp_path / "b") as good:
         result = _run(tmp_path, [bad.url_for("blob.bin"), good.url_for("blob.bin")], blob)
         assert "Content-Range" in result.mirrors[bad.url_for("blob.bin")]
+        assert bad.faults[0].used >= 1
 
 
 def test_html_error_page_with_200_is_rejected(tmp_path, blob):
@@ -155,6 +160,7 @@ def test_html_error_page_with_200_is_rejected(tmp_path, blob):
 def test_short_body_is_retried(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(short_body=True, first_n=3)) as srv:
         _run(tmp_path, [srv.url_for("blob.bin")], blob)
+        assert srv.faults[0].used == 3
 
 
 def test_resume_trusts_only_chunks_whose_hash_matches(tmp_path, blob):
@@ -173,7 +179,7 @@ def test_resume_trusts_only_chunks_whose_hash_matches(tmp_path, blob):
         result = _run(tmp_path, [srv.url_for("blob.bin")], blob)
         assert result.resumed == SIZE - 2 * CHUNK
         assert result.fetched == 3 * CHUNK
-        assert srv.stats.bytes_sent["blob.bin"] <= 3 * CHUNK + 1
+        assert srv.stats.bytes_sent["blob.bin"] <= 3 * CHUNK + http.SAMPLE  # + the probe's first block
 
 
 def test_offline_refuses_http_and_names_the_resource(tmp_path, blob):
@@ -220,10 +226,12 @@ def test_full_disk_keeps_journal_and_resumes(tmp_path, blob):
 
 def test_resets_on_two_mirrors_keep_partial_bytes_across_the_switch(tmp_path, blob):
     # mirror a resets chunk 0 after 60 kB, then its file changes (dropped); b must finish chunk 0 from 60 kB on
-    rules = [Faults(reset_after=60_000, first_n=2), Faults(change_etag_after=2)]
+    # (requests to a: the probe, its HEAD, then chunk 0, reset after 60 kB; the 4th sees the replaced file)
+    rules = [Faults(reset_after=60_000, first_n=2), Faults(change_etag_after=3)]
     with FaultServer(tmp_path / "a", faults=rules) as a, FaultServer(tmp_path / "b") as b:
         result = _run(tmp_path, [a.url_for("blob.bin"), b.url_for("blob.bin")], blob, connections=1)
-    assert result.fetched == SIZE  # nothing that arrived was thrown away, whichever mirror finished a chunk
+    # nothing that arrived was thrown away, whichever mirror finished a chunk (extra: cross-check samples)
+    assert result.fetched - result.extra == SIZE
     journal = Journal.load(tmp_path / "out.journal")
     assert any(len(urls) == 2 for urls in journal.served_by.values())  # some chunk was finished elsewhere
 
@@ -232,6 +240,7 @@ def test_slow_chunk_is_raced_on_a_faster_mirror(tmp_path, blob):
     # the slow mirror is tried first (unmeasured), then its chunk would take ~2.5 s: the end game races it
     with FaultServer(tmp_path / "a", faults=Faults(rate_bps=100_000)) as slow, FaultServer(tmp_path / "b") as fast:
         result = _run(tmp_path, [slow.url_for("blob.bin"), fast.url_for("blob.bin")], blob, connections=2)
+    assert slow.faults[0].used >= 1
     slow_bytes = int(result.mirrors[slow.url_for("blob.bin")].split("(")[1].split()[0])
     assert slow_bytes < CHUNK  # it never got to finish a chunk: the fast mirror won the race
     assert result.fetched <= SIZE + CHUNK
@@ -242,6 +251,7 @@ def test_flaky_mirror_failures_accumulate_until_dropped(tmp_path, blob):
     with FaultServer(tmp_path / "a", faults=Faults(reset_after=20_000)) as flaky:
         with pytest.raises(MirrorsExhaustedError, match="failed 8 times in a row"):
             _run(tmp_path, [flaky.url_for("blob.bin")], blob, connections=1)
+        assert flaky.faults[0].used >= 8
     journal = Journal.load(tmp_path / "out.journal")
     assert journal is not None  # the partial download stays resumable
 
@@ -249,14 +259,15 @@ def test_flaky_mirror_failures_accumulate_until_dropped(tmp_path, blob):
 def test_journal_ignores_a_record_torn_by_a_crash(tmp_path):
     j = Journal(tmp_path / "j", size=10 * CHUNK, chunk_size=CHUNK)
     j.commit()
-    j.commit(0, "a" * 32, ["http://m1/"])
-    j.commit(3, "b" * 32, ["http://m1/", "http://m2/"])
+    j.commit(0, "a" * 32, [[0, CHUNK - 1, "http://m1/"]])
+    j.commit(3, "b" * 32, [[3 * CHUNK, 3 * CHUNK + 99, "http://m2/"], [3 * CHUNK + 100, 4 * CHUNK - 1, "http://m1/"]])
     j.close()
     with open(tmp_path / "j", "a") as f:
         f.write('[4, "cccccccc')  # the process died mid-append
     loaded = Journal.load(tmp_path / "j")
     assert loaded.chunks == {0: "a" * 32, 3: "b" * 32}
     assert loaded.served_by[3] == ["http://m1/", "http://m2/"]
+    assert loaded.spans[3][0] == [3 * CHUNK, 3 * CHUNK + 99, "http://m2/"]  # provenance per byte range
     # appending is O(1): the header is not rewritten per chunk
     assert (tmp_path / "j").read_text().count("journal_version") == 1
 
@@ -274,3 +285,25 @@ def test_idle_connections_split_the_last_chunks(tmp_path):
     assert part.read_bytes() == data
     assert any(a % (8 << 20) for a in starts)  # some request began inside a chunk: a split
     assert result.fetched == len(data)
+
+
+def test_given_mirrors_first_origin_only_as_fallback(tmp_path, blob, caplog):
+    """--mirror roots come first; the origin (a default root) is not even probed while they can serve."""
+    from zoo.manifest import Resource
+    from zoo.mirrors import ORIGIN, fallback_urls, mirror_roots, resource_urls
+
+    # MMF's manifests carry the origin's absolute URL: it is re-rooted onto the given mirror, origin last
+    res = Resource(url=ORIGIN + "datasets/x/blob.bin", file_name="blob.bin", category=None)
+    roots = mirror_roots(["http://127.0.0.1:1/"], mirror_only=False, env={})
+    urls = resource_urls(res, roots)
+    assert urls == ["http://127.0.0.1:1/datasets/x/blob.bin", ORIGIN + "datasets/x/blob.bin"]
+    assert fallback_urls(urls) == {ORIGIN + "datasets/x/blob.bin"}
+    with FaultServer(tmp_path / "a") as srv:
+        t = Transfer("blob", [srv.url_for("blob.bin"), ORIGIN + "datasets/x/blob.bin"], tmp_path / "out.part",
+                     tmp_path / "out.journal", sha256=hashlib.sha256(blob).hexdigest(), opts=_opts())
+        with caplog.at_level("INFO", logger="zoo"):
+            result = t.run()
+    origin = t.pool.by_url(ORIGIN + "datasets/x/blob.bin")
+    assert origin.size is None and origin.failures == 0 and not origin.probed  # never contacted
+    assert result.mirrors[origin.url] == "ok (0 bytes)"
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]

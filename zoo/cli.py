@@ -15,6 +15,7 @@ from typing import List, Optional
 import typer
 
 from zoo.errors import EXIT_CODES, ZooError
+from zoo.transfer.options import DEFAULT_MIN_RATE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Fetch, verify and install MMF zoo datasets and models.\n\nExit codes: "
@@ -41,9 +42,27 @@ def _run(fn):
     except ZooError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         typer.echo("interrupted: partial downloads are kept and resume on the next run", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop like Ctrl-C (journal consistent, partial kept), exit 143."""
+
+    exit_code = 143
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave the default
+        pass
 
 
 def _zoo(zoo_paths, from_path=None):
@@ -161,7 +180,8 @@ def fetch(
     zoo: Optional[List[Path]] = ZooOpt,
     connections: int = typer.Option(8, "--connections", min=1, max=64, help="Parallel connections per file."),
     chunk_size: float = typer.Option(8.0, "--chunk-size", help="Chunk size in MiB (resume and verification unit)."),
-    stall_timeout: float = typer.Option(30.0, "--stall-timeout", help="Drop a connection silent for this many seconds."),
+    stall_timeout: float = typer.Option(30.0, "--stall-timeout", help="Drop a connection silent for this many seconds (also the limit for headers and the window of --min-rate)."),
+    min_rate: float = typer.Option(DEFAULT_MIN_RATE / 1000, "--min-rate", min=0, help="KB/s a connection must sustain (over --stall-timeout) while another mirror could take its work; 0 = off."),
     from_path: Optional[Path] = typer.Option(None, "--from", help="Install from an archive, a folder of archives or a pack; no network."),
     offline: bool = typer.Option(False, "--offline", help="Refuse any network access (also MMF_ZOO_OFFLINE=1)."),
     force: bool = typer.Option(False, "--force", help="Fetch and extract again even if installed."),
@@ -177,6 +197,7 @@ def fetch(
     from zoo.transfer import TransferOptions
 
     _setup_logging(quiet or as_json)
+    _stop_on_sigterm()
     offline = offline or os.environ.get("MMF_ZOO_OFFLINE", "") not in ("", "0")
 
     def go():
@@ -187,7 +208,7 @@ def fetch(
         opts = FetchOptions(
             data_dir=_data_dir(data_dir), mirrors=mirror or [], mirror_only=mirror_only or None,
             transfer=TransferOptions(connections=connections, chunk_size=max(1, int(chunk_size * (1 << 20))),
-                                     stall_timeout=stall_timeout, offline=offline),
+                                     stall_timeout=stall_timeout, min_rate=min_rate * 1000, offline=offline),
             from_path=from_path, force=force, extract=not no_extract, delete_archives=delete_archives,
             stream_extract=not no_stream, lock_timeout=lock_timeout, progress=bars,
             say=(lambda m: typer.echo(f"mmf zoo: {m}", err=True)) if not as_json else (lambda m: None))

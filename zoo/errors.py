@@ -76,4 +76,5 @@ EXIT_CODES = {
     4: "disk problem (not enough space, read-only data dir)",
     5: "timed out waiting for another process's lock",
     130: "interrupted (Ctrl-C); partial downloads stay resumable",
+    143: "terminated (SIGTERM); partial downloads stay resumable",
 }

@@ -3,16 +3,25 @@
 Every response is checked: 206 with a Content-Range equal to the request and the known total, 200 only where a
 full body was asked for, no HTML error pages, If-Range on every ranged request so a file replaced on the server
 answers 200 (detected) instead of splicing new bytes onto old ones. Failures are sorted into `Transient` (retry,
-maybe elsewhere) and `Permanent` (drop this mirror for this resource).
+maybe elsewhere) and `Permanent` (drop this mirror for this resource); `Changed` is a Permanent that the engine
+re-checks first (a mirror whose ETag changes on every request has no usable validator, not a new file).
+
+A watchdog bounds the time to the status line and headers (a tarpit that sends one byte a second never trips a
+read timeout) and lets the engine cut the connections of its workers when it stops (`cancel`).
 """
 from __future__ import annotations
 
+import email.utils
 import os
 import re
+import socket
 import threading
+import time
 from contextlib import contextmanager
 
 import requests
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from zoo.mirrors import Mirror, is_local, local_slice
 
@@ -31,6 +40,89 @@ class Permanent(Exception):
     pass
 
 
+class Changed(Permanent):
+    """The mirror's validator differs from the one the transfer uses (replaced file, or an unstable ETag)."""
+
+
+class Slow(Transient):
+    """The connection delivers less than --min-rate."""
+
+
+# ---- watchdog: header deadline and cancellation ----------------------------------------------------------------
+_reg = threading.Lock()
+_socks: dict[int, socket.socket] = {}  # thread -> socket of the request it is making or reading
+_deadlines: dict[int, float] = {}  # thread -> when its status line and headers must have arrived
+_fired: set[int] = set()
+_watchdog: threading.Thread | None = None
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recv; urllib3 then discards the connection
+    except (OSError, AttributeError):
+        pass
+
+
+def _watch() -> None:
+    while True:
+        time.sleep(0.1)
+        now = time.monotonic()
+        with _reg:
+            late = [tid for tid, t in _deadlines.items() if t < now]
+            for tid in late:
+                _deadlines.pop(tid, None)
+                _fired.add(tid)
+                _shut(_socks.get(tid))
+
+
+class _Watched:
+    def getresponse(self, *args, **kwargs):
+        global _watchdog
+        tid, limit = threading.get_ident(), getattr(_local, "header_timeout", None)
+        with _reg:
+            _socks[tid] = self.sock
+            if limit:
+                _deadlines[tid] = time.monotonic() + limit
+            if _watchdog is None:
+                _watchdog = threading.Thread(target=_watch, name="zoo-http-watchdog", daemon=True)
+                _watchdog.start()
+        try:
+            return super().getresponse(*args, **kwargs)
+        finally:
+            with _reg:
+                _deadlines.pop(tid, None)
+
+
+class _Conn(_Watched, HTTPConnection):
+    pass
+
+
+class _SConn(_Watched, HTTPSConnection):
+    pass
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Conn
+
+
+class _SPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _SConn
+
+
+def _release() -> None:
+    tid = threading.get_ident()
+    with _reg:
+        _socks.pop(tid, None)
+        _fired.discard(tid)
+
+
+def cancel(threads) -> None:
+    """Cut the connection each of these threads is using now (the engine stopping: Ctrl-C, or done)."""
+    with _reg:
+        for tid in threads:
+            _shut(_socks.get(tid))
+
+
 def session() -> requests.Session:
     """One Session per thread (requests' Session is not thread-safe); keep-alive across chunks."""
     s = getattr(_local, "session", None)
@@ -38,6 +130,7 @@ def session() -> requests.Session:
         s = requests.Session()
         s.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _SPool}
         s.mount("http://", adapter)
         s.mount("https://", adapter)
         _local.session = s
@@ -68,20 +161,26 @@ def _check_status(resp, m: Mirror) -> None:
         raise Permanent(f"HTTP {code} with an HTML page instead of the file (error page or login portal)")
 
 
-def _validator(resp) -> str | None:
+def _validator(resp, m: Mirror) -> str | None:
     etag = resp.headers.get("ETag")
-    if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
+    if etag and not etag.startswith("W/") and not m.unstable:  # If-Range needs a strong validator
         return etag
     return resp.headers.get("Last-Modified")
 
 
 def _get(m: Mirror, headers: dict, opts):
+    _local.header_timeout = opts.stall_timeout  # status line + headers, in total (see _watch)
     try:
         return session().get(m.url, headers=headers, stream=True, allow_redirects=True,
                              timeout=(opts.connect_timeout, opts.stall_timeout))
     except requests.exceptions.InvalidURL as exc:
+        _release()
         raise Permanent(f"invalid URL: {exc}") from None
     except (requests.RequestException, OSError) as exc:
+        fired = threading.get_ident() in _fired
+        _release()
+        if fired:
+            raise Slow(f"headers not complete after {opts.stall_timeout:g}s (a tarpit?)") from None
         raise Transient(_short(exc)) from None
 
 
@@ -96,8 +195,18 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:120]}"
 
 
+SAMPLE = 4096  # first bytes read by a probe: enough to tell an archive from an HTML page by content
+
+
+def _modified(resp) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(resp.headers["Last-Modified"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def probe(m: Mirror, opts) -> None:
-    """Learn size, validator and Range support of a mirror with a 1-byte ranged GET."""
+    """Learn size, validator, Range support and the first bytes (`m.head`) of a mirror with one ranged GET."""
     if is_local(m.url):
         path, offset, length = local_slice(m.url)
         try:
@@ -108,23 +217,62 @@ def probe(m: Mirror, opts) -> None:
             raise Permanent(f"{path}: {exc.strerror}") from None
         size = st.st_size - offset if length is None else length
         m.size, m.validator, m.ranges = size, f"{st.st_size}-{st.st_mtime_ns}", True
+        m.modified = st.st_mtime
+        with open(path, "rb") as f:
+            f.seek(offset)
+            m.head = f.read(min(SAMPLE, size))
         return
-    resp = _get(m, {"Range": "bytes=0-0"}, opts)
+    resp = _get(m, {"Range": f"bytes=0-{SAMPLE - 1}"}, opts)
     try:
         _check_status(resp, m)
-        m.validator = _validator(resp)
+        m.validator, m.modified = _validator(resp, m), _modified(resp)
         if resp.status_code == 206:
             match = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
-            if not match or match.group(3) == "*":
-                raise Permanent(f"bad Content-Range {resp.headers.get('Content-Range')!r} for bytes=0-0")
+            if not match or match.group(3) == "*" or int(match.group(1)) != 0:
+                raise Permanent(f"bad Content-Range {resp.headers.get('Content-Range')!r} for bytes=0-{SAMPLE - 1}")
             m.size, m.ranges = int(match.group(3)), True
+            want = int(match.group(2)) + 1
         else:
             length = resp.headers.get("Content-Length")
             if length is None:
                 raise Permanent("ignores Range and sends no Content-Length: size unknown")
             m.size, m.ranges = int(length), False
+            want = min(SAMPLE, m.size)
+        m.head = _read_sample(_HttpStream(resp), want, opts)
     finally:
         resp.close()
+        _release()
+
+
+def check_validator(m: Mirror, opts) -> None:
+    """After `probe`: ask again with a HEAD; an ETag that already changed marks the mirror unstable (validator
+    Last-Modified, or none), so no ranged request is sent with an If-Range that can never match."""
+    if is_local(m.url) or not m.validator or m.unstable:
+        return
+    try:
+        resp = session().head(m.url, allow_redirects=True, timeout=(opts.connect_timeout, opts.stall_timeout))
+    except (requests.RequestException, OSError):
+        return
+    try:
+        etag = resp.headers.get("ETag")
+        if resp.status_code in (200, 206) and etag and etag != m.validator and not etag.startswith("W/"):
+            m.unstable = True
+            m.validator = _validator(resp, m)
+    finally:
+        resp.close()
+        _release()
+
+
+def _read_sample(stream, want: int, opts) -> bytes:
+    head, t0 = bytearray(), time.monotonic()
+    while len(head) < want:
+        block = stream.read(want - len(head))
+        if not block:
+            raise Transient("connection closed during the probe")
+        head += block
+        if time.monotonic() - t0 > opts.stall_timeout:
+            raise Slow(f"{len(head)} bytes in {opts.stall_timeout:g}s while probing (a tarpit?)")
+    return bytes(head)
 
 
 class _LocalStream:
@@ -159,9 +307,9 @@ class _HttpStream:
 
 
 def _same_file(m: Mirror, resp) -> None:
-    new = _validator(resp)
+    new = _validator(resp, m)
     if m.validator and new and new != m.validator:
-        raise Permanent(f"file changed on this mirror during the transfer (validator {m.validator} -> {new})")
+        raise Changed(f"file changed on this mirror during the transfer (validator {m.validator} -> {new})")
 
 
 @contextmanager
@@ -185,8 +333,9 @@ def open_range(m: Mirror, start: int, end: int, opts):
     try:
         _check_status(resp, m)
         if resp.status_code == 200:
-            raise Permanent("answered 200 to If-Range: the file changed on this mirror during the transfer"
-                            if m.validator else "stopped honouring Range requests")
+            if m.validator:
+                raise Changed("answered 200 to If-Range: the file changed on this mirror during the transfer")
+            raise Permanent("stopped honouring Range requests")
         cr = resp.headers.get("Content-Range", "").strip()
         match = _CONTENT_RANGE.fullmatch(cr)
         if not match or (int(match.group(1)), int(match.group(2))) != (start, end) or \
@@ -196,6 +345,7 @@ def open_range(m: Mirror, start: int, end: int, opts):
         yield _HttpStream(resp)
     finally:
         resp.close()
+        _release()
 
 
 @contextmanager
@@ -214,6 +364,7 @@ def open_full(m: Mirror, opts):
         yield _HttpStream(resp)
     finally:
         resp.close()
+        _release()
 
 
 def discard(stream, n: int) -> None:

@@ -1,7 +1,8 @@
 """The crash-safe sidecar of a partial download.
 
-It records the total size, the chunk size, each mirror's validator (ETag / Last-Modified) and, per finished
-chunk, its xxh3-128. Invariant: the journal never claims a chunk whose bytes are not durable. Callers fsync the
+It records the total size, the chunk size, each mirror's validator (ETag / Last-Modified), the verdicts against
+mirrors proven bad for this file (so a rerun does not trust them again) and, per finished chunk, its xxh3-128 and
+which mirror served which byte range of it (provenance: the evidence for blame after a failed sha256). Invariant: the journal never claims a chunk whose bytes are not durable. Callers fsync the
 data file before `commit`, and `commit` replaces the journal atomically (temp file, fsync, rename, fsync dir),
 so a SIGKILL or power loss at any instant leaves either the old or the new journal; per-chunk records are
 appended after the data is durable (see `Journal`).
@@ -35,9 +36,16 @@ class Journal:
     sha256: str | None = None
     validators: dict[str, dict] = field(default_factory=dict)  # mirror url -> {validator}
     chunks: dict[int, str] = field(default_factory=dict)  # chunk index -> xxh3_128 hex
-    served_by: dict[int, list[str]] = field(default_factory=dict)  # chunk index -> mirror urls (for repair)
+    verdicts: dict[str, str] = field(default_factory=dict)  # mirror url -> why it is proven bad for this file
+    spans: dict[int, list[list]] = field(default_factory=dict)  # chunk index -> [[start, end, url], ...] inclusive
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _log: object = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def served_by(self) -> dict[int, list[str]]:
+        """Chunk index -> the mirrors that served any of its bytes."""
+        return {i: sorted({s[2] for s in spans}) for i, spans in self.spans.items()}
 
     @property
     def num_chunks(self) -> int:
@@ -48,19 +56,25 @@ class Journal:
         start = index * self.chunk_size
         return start, min(self.size, start + self.chunk_size) - 1
 
-    def commit(self, index: int | None = None, digest: str | None = None, mirrors: list[str] | None = None) -> None:
-        """Append the record of a durable chunk; without an index, rewrite header + records atomically."""
+    def commit(self, index: int | None = None, digest: str | None = None, spans: list | None = None) -> None:
+        """Append the record of a durable chunk; without an index, rewrite header + records atomically.
+
+        After `close(final=True)` (an interrupted transfer whose stragglers may still finish chunks) nothing is
+        recorded: an unrecorded chunk is merely fetched again, a record written behind a closed journal is not safe.
+        """
         with self._lock:
+            if self._closed:
+                return
             if index is None:
                 self._rewrite()
                 return
             self.chunks[index] = digest
-            if mirrors:
-                self.served_by[index] = sorted(mirrors)
+            if spans:
+                self.spans[index] = [list(s) for s in spans]
             if self._log is None:
                 self._rewrite()
                 return
-            self._log.write(json.dumps([index, digest, self.served_by.get(index, [])]) + "\n")
+            self._log.write(json.dumps(self._record(index)) + "\n")
             self._log.flush()
             os.fdatasync(self._log.fileno())
 
@@ -68,19 +82,23 @@ class Journal:
         """Drop a chunk from memory; the caller then calls commit() to rewrite the file without it."""
         with self._lock:
             self.chunks.pop(index, None)
-            self.served_by.pop(index, None)
+            self.spans.pop(index, None)
 
-    def close(self) -> None:
+    def close(self, final: bool = False) -> None:
         with self._lock:
+            self._closed = self._closed or final
             if self._log is not None:
                 self._log.close()
                 self._log = None
 
+    def _record(self, index: int) -> list:
+        spans = self.spans.get(index, [])
+        return [index, self.chunks[index], sorted({s[2] for s in spans}), spans]
+
     def _rewrite(self) -> None:
         header = {"journal_version": JOURNAL_VERSION, "size": self.size, "chunk_size": self.chunk_size,
-                  "sha256": self.sha256, "validators": self.validators}
-        lines = [json.dumps(header)] + [json.dumps([i, h, self.served_by.get(i, [])])
-                                        for i, h in sorted(self.chunks.items())]
+                  "sha256": self.sha256, "validators": self.validators, "verdicts": self.verdicts}
+        lines = [json.dumps(header)] + [json.dumps(self._record(i)) for i in sorted(self.chunks)]
         if self._log is not None:
             self._log.close()
         atomic_write_text(self.path, "\n".join(lines) + "\n")
@@ -95,14 +113,19 @@ class Journal:
                 if header.get("journal_version") != JOURNAL_VERSION:
                     return None
                 j = cls(path=Path(path), size=int(header["size"]), chunk_size=int(header["chunk_size"]),
-                        sha256=header.get("sha256"), validators=dict(header.get("validators") or {}))
+                        sha256=header.get("sha256"), validators=dict(header.get("validators") or {}),
+                        verdicts=dict(header.get("verdicts") or {}))
                 for line in f:
                     try:
-                        index, digest, mirrors = json.loads(line)
+                        record = json.loads(line)
                     except ValueError:
                         break  # torn by a crash mid-append: nothing after it was written either
+                    index, digest, mirrors = record[:3]
                     j.chunks[int(index)] = str(digest)
-                    j.served_by[int(index)] = list(mirrors)
+                    start, end = j.chunk_range(int(index))
+                    # records of the first version name mirrors only: each then counts as serving the whole chunk
+                    j.spans[int(index)] = ([list(s) for s in record[3]] if len(record) > 3
+                                           else [[start, end, u] for u in mirrors])
             return j
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None

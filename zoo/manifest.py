@@ -84,7 +84,8 @@ class Zoo:
                 candidate = self.aliases[candidate]
             if candidate in self.entries:
                 return self.entries[candidate]
-        close = difflib.get_close_matches(key, self.keys(), n=4, cutoff=0.5)
+        short = sorted({k[: -len(".defaults")] for k in self.keys() if k.endswith(".defaults")})  # `textvqa`
+        close = difflib.get_close_matches(key, short + self.keys(), n=4, cutoff=0.5)
         if not close:
             close = [k for k in self.keys() if k.startswith(key.split(".")[0])][:4]
         hint = f"closest: {', '.join(close)}" if close else "run `mmf zoo list` to see all keys"

@@ -3,7 +3,11 @@
 Order of roots: `--mirror NAME|URL` (first, in the order given), `MMF_ZOO_MIRRORS`, the `default: true` roots of
 configs/zoo/mirrors.yaml (the origin among them). With `mirror_only` (or MMF_ZOO_MIRROR_ONLY=1) only the roots
 given on the command line and in MMF_ZOO_MIRRORS are used: nothing reaches the origin. A resource's own `mirrors:`
-list is appended. Local folders and file:// roots are mirrors too.
+list is appended. Local folders and file:// roots are mirrors too. A manifest URL that points into a known root
+(MMF's manifests carry the origin's full https URL) is re-rooted onto the mirrors like an `mmf://` one.
+
+The transfer contacts a default root (the origin) only when the mirrors listed before it cannot serve the file
+(`fallback_urls`), so a machine that reaches only its --mirror sees no retries against the origin.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from zoo.manifest import CONFIG_DIR, Resource
 
 ORIGIN = "https://dl.fbaipublicfiles.com/mmf/data/"
 MMF_PREFIX = "mmf://"
+PROGRESS = 1 << 20  # bytes one attempt must deliver to count as progress for a flaky mirror
 
 
 def load_named_mirrors(path: Path | None = None) -> dict[str, dict]:
@@ -71,18 +76,33 @@ def mirror_roots(cli: list[str] | None = None, *, mirror_only: bool | None = Non
     roots = [expand(m) for m in cli or []]
     roots += [expand(m) for m in env.get("MMF_ZOO_MIRRORS", "").split(",") if m.strip()]
     if not mirror_only:
-        roots += [normalize_root(spec["url"]) for spec in named.values() if spec.get("default")]
+        roots += _default_roots(named)
     return list(dict.fromkeys(roots))
 
 
-def resource_urls(res: Resource, roots: list[str]) -> list[str]:
+def _default_roots(named: dict[str, dict] | None = None) -> list[str]:
+    named = load_named_mirrors() if named is None else named
+    return [normalize_root(spec["url"]) for spec in named.values() if spec.get("default")]
+
+
+def resource_urls(res: Resource, roots: list[str], named: dict[str, dict] | None = None) -> list[str]:
     """Every full URL of a resource, in preference order."""
+    rel = None
     if res.url.startswith(MMF_PREFIX):
         rel = res.url[len(MMF_PREFIX):].lstrip("/")
-        urls = [root + rel for root in roots]
     else:
-        urls = [res.url]
+        rel = next((res.url[len(r):] for r in _default_roots(named) if res.url.startswith(r)), None)
+    urls = [root + rel for root in roots] if rel is not None else []
+    if not urls and not res.url.startswith(MMF_PREFIX):
+        urls = [res.url]  # an absolute URL outside every root, or no roots at all: as the manifest says
     return list(dict.fromkeys(urls + list(res.mirrors)))
+
+
+def fallback_urls(urls: list[str], named: dict[str, dict] | None = None) -> set[str]:
+    """The URLs under a default root (the origin) when other URLs exist: contacted only if those fail."""
+    roots = _default_roots(named)
+    fallback = {u for u in urls if any(u.startswith(r) for r in roots)}
+    return fallback if len(fallback) < len(urls) else set()
 
 
 def is_local(url: str) -> bool:
@@ -118,6 +138,13 @@ class Mirror:
     backoff_until: float = 0.0
     rate: float | None = None  # EWMA bytes/s per connection
     bytes: int = 0
+    delivered: int = 0  # bytes seen arriving (in flight included): PROGRESS of them earns splits and races
+    probed: bool = False  # size, validator and first bytes known and accepted: it may be given work
+    fallback: bool = False  # a default root (the origin): contacted only when the others cannot serve
+    head: bytes = b""  # the first bytes of its file, from the probe (judged by content)
+    modified: float | None = None  # Last-Modified as a timestamp (a tie-break between two disagreeing mirrors)
+    unstable: bool = False  # its ETag changes on every request: the validator is Last-Modified or nothing
+    suspect: str = ""  # lost a dispute it could not be convicted of: no new work while others can serve
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -143,13 +170,22 @@ class Mirror:
             return delay
 
     def record(self, nbytes: int, seconds: float, completed: bool) -> None:
-        """Account bytes and speed; only a completed chunk clears the failure streak (partial progress between
-        resets must not keep a flaky mirror's back-off from growing)."""
+        """Account bytes and speed; a completed chunk or PROGRESS bytes in one attempt clear the failure streak (a
+        little progress between resets must not keep a flaky mirror's back-off from growing, but a mirror that
+        resets every few MB still moves the transfer on)."""
         with self.lock:
-            if completed:
+            if completed or nbytes >= PROGRESS:
                 self.failures = 0
             self.bytes += nbytes
             if seconds > 0 and nbytes > 0:
+                sample = nbytes / seconds
+                self.rate = sample if self.rate is None else 0.6 * self.rate + 0.4 * sample
+
+    def observe(self, nbytes: int, seconds: float) -> None:
+        """Speed seen while a chunk is still in flight: enough to trust it with a split or a race."""
+        if seconds > 0 and nbytes > 0:
+            with self.lock:
+                self.delivered += nbytes
                 sample = nbytes / seconds
                 self.rate = sample if self.rate is None else 0.6 * self.rate + 0.4 * sample
 

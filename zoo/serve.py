@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import os
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if n == 0:
                         break
                     sent, left = sent + n, left - n
-            except (BrokenPipeError, ConnectionResetError):
+            except OSError:  # the client went away mid-body (ConnectionError, EPIPE, ...)
                 self.close_connection = True
 
     def _plain(self, code: int, body: bytes, head: bool) -> None:
@@ -90,11 +91,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # A client that closes early (the fetch engine does on purpose when it splits or races chunks, and a
+        # Ctrl-C does) is normal for a mirror: no traceback. Anything else is still reported.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class FolderMirror:
     """Serve `root` on host:port in a background thread; use as a context manager."""
 
     def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd = _Server((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.root = Path(root).resolve()
         self.httpd.verbose = verbose

@@ -4,27 +4,22 @@ from __future__ import annotations
 import logging
 import shutil
 
-from zoo import http, layout
-from zoo.errors import DiskError
+from zoo import layout
+from zoo.errors import DiskError, ZooError
 from zoo.fsutil import existing_ancestor, human
 from zoo.journal import Journal
-from zoo.mirrors import Mirror
 
 log = logging.getLogger("zoo")
 
 
 def discover_size(urls: list[str], opts) -> int | None:
-    """Size from the first mirror that answers a 1-byte probe (cheap; the transfer probes again anyway)."""
-    for url in urls:
-        if opts.offline and not url.startswith("file://"):
-            continue
-        m = Mirror(url)
-        try:
-            http.probe(m, opts)
-            return m.size
-        except (http.Permanent, http.Transient):
-            continue
-    return None
+    """The size the mirrors agree on (probed in parallel, with a deadline: one tarpit does not hold it up)."""
+    from zoo.transfer.pool import MirrorPool
+
+    try:
+        return MirrorPool(urls[0].rsplit("/", 1)[-1] if urls else "?", urls, opts, lambda: None).settle(None)
+    except ZooError:
+        return None
 
 
 def preflight(todo, opts, urls_for) -> dict[int, int]:

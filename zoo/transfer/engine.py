@@ -1,0 +1,273 @@
+"""`Transfer`: wires the pool, the board, the strategies, the cross-check, the cursor and the repair together."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from zoo import http
+from zoo.errors import DiskError, VerificationError
+from zoo.journal import Journal
+from zoo.mirrors import Mirror
+from zoo.transfer import strategies
+from zoo.transfer.board import ChunkBoard, Partial
+from zoo.transfer.crosscheck import CrossCheck
+from zoo.transfer.cursor import run_cursor
+from zoo.transfer.options import TransferOptions, TransferResult
+from zoo.transfer.pool import MirrorPool
+from zoo.transfer.repair import repair
+
+log = logging.getLogger("zoo")
+EXIT_GRACE = 1.0  # seconds the workers get to stop when the transfer ends (Ctrl-C must exit within 2 s)
+
+
+class Transfer:
+    """Download `urls` (mirrors of one file) -> `part` with a journal. `run()` raises ZooError subclasses."""
+
+    def __init__(self, name: str, urls: list[str], part: Path, journal_path: Path, *, size: int | None = None,
+                 sha256: str | None = None, chunk_hashes: list[str] | None = None, chunk_size: int | None = None,
+                 opts: TransferOptions | None = None, progress: Callable[[int], None] | None = None,
+                 sink: Callable[[memoryview], None] | None = None):
+        self.name, self.part, self.journal_path = name, Path(part), Path(journal_path)
+        self.opts = opts or TransferOptions()
+        self.expected_size, self.sha256, self.chunk_hashes = size, sha256, chunk_hashes
+        self.chunk_size = chunk_size or self.opts.chunk_size
+        self.progress, self.sink = progress, sink
+        self.board: ChunkBoard | None = None
+        self.pool = MirrorPool(name, urls, self.opts, self._wake)
+        self.mirrors = self.pool.mirrors
+        self.fetched = 0
+        self.extra = 0  # of which cross-check and repair reads
+        self.sink_error: str | None = None
+        self._count_lock = threading.Lock()
+
+    # ---- public ---------------------------------------------------------------------------------------------
+    def run(self) -> TransferResult:
+        journal = Journal.load(self.journal_path)
+        if journal is not None:
+            self.pool.remember(journal.verdicts)
+        size = self.pool.settle(self.expected_size)
+        if journal and (journal.size != size or journal.chunk_size != self.chunk_size or not self.part.exists()):
+            log.info("%s: partial download does not match (size/chunk size changed); starting over", self.name)
+            journal = None
+        if journal and self._changed_everywhere(journal):
+            log.warning("%s: the file changed on every mirror since the partial download began; starting over",
+                        self.name)
+            journal = None
+        if journal is None:
+            journal = Journal(self.journal_path, size, self.chunk_size, self.sha256, verdicts=dict(self.pool.verdicts))
+            self._fresh_part()
+        for m in self.pool.usable():
+            if m.validator and not m.unstable:
+                journal.validators.setdefault(m.url, {"validator": m.validator})
+        journal.commit()
+        self.journal = journal
+        if self.chunk_hashes is not None and len(self.chunk_hashes) != journal.num_chunks:
+            raise VerificationError(f"{self.name}: manifest lists {len(self.chunk_hashes)} chunk hashes but the file "
+                                    f"has {journal.num_chunks} chunks of {self.chunk_size} bytes; fix chunk_hashes")
+        resumed = sum(journal.chunk_range(i)[1] - journal.chunk_range(i)[0] + 1 for i in journal.chunks)
+        if resumed:
+            log.info("%s: resuming, %d of %d chunks already on disk", self.name, len(journal.chunks), journal.num_chunks)
+        digest = self._transfer(journal)
+        if self.sha256 and digest != self.sha256:
+            self.board = None  # the workers are gone; the repair makes its own requests
+            self.fd = os.open(self.part, os.O_RDWR)
+            try:
+                digest = repair(self, digest)
+            finally:
+                os.close(self.fd)
+                journal.close()
+        return TransferResult(size, digest, self.fetched, resumed, self.pool.report(), self.sink_error, self.extra)
+
+    # ---- setup ----------------------------------------------------------------------------------------------
+    def _changed_everywhere(self, journal: Journal) -> bool:
+        """Drop mirrors whose validator differs from the one recorded when the partial file began (unless their
+        ETag changes on every request); True when that leaves none."""
+        changed = []
+        for m in self.pool.usable():
+            old = journal.validators.get(m.url, {}).get("validator")
+            if m.validator and old and old != m.validator and not self.pool.recheck_validator(m):
+                self.pool.drop(m, f"changed since the partial download began ({old} -> {m.validator})")
+                changed.append(m)
+        if changed and not self.pool.usable():
+            for m in changed:
+                m.alive, m.reason = True, ""
+            return True
+        return False
+
+    def _fresh_part(self) -> None:
+        try:
+            self.part.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.part, "wb") as f:
+                f.truncate(0)  # sparse growth by pwrite; a full disk shows up on the chunk that hits it
+        except OSError as exc:
+            raise self.disk_error(exc, "creating") from None
+
+    # ---- the transfer ---------------------------------------------------------------------------------------
+    def _transfer(self, journal: Journal) -> str:
+        self.board = ChunkBoard(journal.num_chunks, set(journal.chunks))
+        self.checks = CrossCheck(self)
+        self.pool.vetted = self.checks.vetted
+        self.fd = os.open(self.part, os.O_RDWR)
+        workers = [threading.Thread(target=self._worker, name=f"zoo-conn-{k}", daemon=True)
+                   for k in range(max(1, self.opts.connections))]
+        for w in workers:
+            w.start()
+        clean = False
+        try:
+            digest = run_cursor(self)
+            clean = True
+            return digest
+        finally:
+            self.board.stop()
+            http.cancel([w.ident for w in workers])  # a worker blocked in a read (a race, a tarpit) stops now
+            deadline = time.monotonic() + EXIT_GRACE
+            for w in workers:
+                w.join(max(0.0, deadline - time.monotonic()))
+            if any(w.is_alive() for w in workers):
+                # stragglers may still write: nothing more is journaled, and the fd stays open until they end
+                journal.close(final=True)
+                if clean:
+                    log.info("%s: %d connection(s) still closing", self.name, sum(w.is_alive() for w in workers))
+            else:
+                os.close(self.fd)
+                journal.close()
+
+    def _worker(self) -> None:
+        board = self.board
+        while True:
+            job = None
+            with board.cond:
+                while not board.stopping and not (board.pending and self.pool.can_serve()):
+                    job = strategies.steal_candidate(self)
+                    if job is not None:
+                        break
+                    board.cond.wait(0.25)
+                if board.stopping:
+                    return
+                if job is None:
+                    job = ("chunk", board.pending.pop(0), None)
+                    board.inflight.add(job[1])
+                else:
+                    board.racing.add(job[1])
+            kind, i, m = job
+            try:
+                if kind == "chunk":
+                    strategies.fetch_chunk(self, i)
+                elif kind == "split":
+                    strategies.split(self, i, m)
+                else:
+                    strategies.race(self, i, m)
+            except strategies.Fatal:
+                return
+            except BaseException as exc:  # noqa: BLE001 - any failure here must stop the whole transfer
+                board.fail(exc if isinstance(exc, Exception) else strategies.Fatal(str(exc)))
+                return
+            finally:
+                with board.cond:
+                    (board.inflight if kind == "chunk" else board.racing).discard(i)
+                    board.cond.notify_all()
+
+    # ---- called by the parts --------------------------------------------------------------------------------
+    def settle(self, i: int, partial: Partial, data: bytes | None = None) -> bool:
+        """Chunk i's bytes are all there: check and commit them. False when they were rejected (fetch again)."""
+        board = self.board
+        urls = partial.urls()
+        digest = partial.hasher.hexdigest()
+        if urls & set(self.pool.verdicts):
+            with board.cond:  # bytes from a mirror convicted while this chunk was in flight
+                board.partials.pop(i, None)
+            return False
+        if self.chunk_hashes is not None and digest != self.chunk_hashes[i]:
+            with board.cond:
+                board.partials.pop(i, None)
+                if len(urls) > 1:
+                    board.whole.add(i)  # which source lied is unknown: refetch it from one mirror only
+            if len(urls) == 1:
+                self.convict(self.pool.by_url(next(iter(urls))), f"served chunk {i} with a wrong xxh3-128 hash",
+                             requeue=False)
+            else:
+                log.info("%s: chunk %d failed its hash; it came from %d mirrors, refetching it from one",
+                         self.name, i, len(urls))
+            return False
+        if self._commit(i, digest, partial.spans, data):
+            self.checks.after_commit(partial.spans)
+        return True
+
+    def _commit(self, i: int, digest: str, spans: list, data: bytes | None = None) -> bool:
+        """Make chunk i durable and journaled (writing `data` first for a race winner); False if already done."""
+        with self.board.lock_for(i):
+            if i in self.board.done:
+                return False
+            try:
+                if data is not None:
+                    os.pwrite(self.fd, data, self.journal.chunk_range(i)[0])
+                os.fdatasync(self.fd)  # data durable before the journal claims it
+                self.journal.commit(i, digest, spans)
+            except OSError as exc:
+                raise self.disk_error(exc, "saving the journal of") from None
+            self.board.finish(i)
+            return True
+
+    def convict(self, m: Mirror | None, reason: str, requeue: bool = True) -> None:
+        """Drop m on evidence, remember why in the journal, and refetch what it served (without chunk hashes the
+        chunks it served cannot be trusted)."""
+        if m is None:
+            return
+        self.pool.convict(m, reason)
+        self.journal.verdicts[m.url] = reason
+        bad = [i for i, spans in list(self.journal.spans.items()) if any(s[2] == m.url for s in spans)] if requeue else []
+        for i in bad:
+            self.journal.forget(i)
+        self.journal.commit()
+        if bad and self.board is not None:
+            log.warning("%s: refetching %d chunk(s) %s served", self.name, len(bad), m.host)
+            self.board.requeue(bad)
+
+    def count(self, n: int, extra: bool = False) -> None:
+        with self._count_lock:
+            self.fetched += n
+            self.extra += n if extra else 0
+        if self.progress:
+            self.progress(n)
+            if hasattr(self.progress, "note"):
+                busy = sorted({m.host for m in self.mirrors if m.active > 0})
+                self.progress.note(f"{len(busy)} mirror{'s' if len(busy) != 1 else ''}: {', '.join(busy)[:60]}")
+
+    def feed(self, view: memoryview) -> None:
+        if self.sink is None or self.sink_error:
+            return
+        try:
+            self.sink(view)
+        except Exception as exc:  # the archive is judged after the hash; a bad mirror may have caused this
+            self.stop_sink(f"{type(exc).__name__}: {exc}")
+
+    def stop_sink(self, why: str) -> None:
+        if self.sink is not None and not self.sink_error:
+            log.info("%s: streaming extraction stopped (%s); will extract after verification", self.name, why)
+        self.sink_error = self.sink_error or why
+
+    def _wake(self) -> None:
+        if self.board is not None:
+            with self.board.cond:
+                self.board.cond.notify_all()
+
+    def disk_error(self, exc: OSError, doing: str) -> DiskError:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return DiskError(f"{self.name}: disk full while {doing} {self.part} ({os.strerror(exc.errno)}); the "
+                             "partial download and its journal are kept: free space and run the same command to resume")
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return DiskError(f"{self.name}: cannot write {self.part} ({os.strerror(exc.errno)}); choose a writable "
+                             "--data-dir or MMF_DATA_DIR")
+        return DiskError(f"{self.name}: {doing} {self.part} failed: {exc}")
+
+    def discard(self) -> None:
+        for p in (self.part, self.journal_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass

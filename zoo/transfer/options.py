@@ -1,0 +1,33 @@
+"""Settings of a transfer and what it reports."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 1 << 20
+BLOCK = 1 << 20  # read / pwrite unit
+DEFAULT_MIN_RATE = 10_000.0  # bytes/s per connection; a mirror below it loses its chunks to a faster one
+
+
+@dataclass
+class TransferOptions:
+    connections: int = 8
+    chunk_size: int = 8 * MiB
+    stall_timeout: float = 30.0  # silence, headers, and the window over which --min-rate is judged
+    connect_timeout: float = 10.0
+    min_rate: float = DEFAULT_MIN_RATE  # 0 = off; only applied while another mirror could take over
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_failures: int = 8  # consecutive transient failures before a mirror is dropped
+    crosscheck: float = 0.02  # share of the file sampled against a second mirror when there are no chunk hashes
+    offline: bool = False
+
+
+@dataclass
+class TransferResult:
+    size: int
+    sha256: str
+    fetched: int  # bytes received from the network (or local mirrors) in this run
+    resumed: int  # bytes of the partial file reused from an earlier run
+    mirrors: dict[str, str] = field(default_factory=dict)  # url -> "ok (N bytes)" or the reason it was dropped
+    sink_error: str | None = None
+    extra: int = 0  # of `fetched`, bytes read to cross-check mirrors or to repair the file (not file data)

@@ -1,0 +1,259 @@
+"""The mirrors of one file: parallel probes with a deadline, the size by evidence, health, back-off, verdicts.
+
+A mirror is given work only once its probe answered with the agreed size and a first block that looks like the
+file (judged by content, not by Content-Type). The size is the manifest's when it has one, else the majority of
+the mirrors' answers (a minority answer is not used). Default roots (the origin) are probed only when the other
+mirrors cannot serve. A mirror is dropped for a permanent error, too many transient ones, or on evidence
+(`convict`: the reason is kept in the journal, so a rerun does not trust it again).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from zoo import http
+from zoo.decoders import describe, sniff
+from zoo.errors import MirrorsExhaustedError, OfflineError
+from zoo.mirrors import Mirror, fallback_urls, is_local
+
+log = logging.getLogger("zoo")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".gz", ".tar", ".zip", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".tzst")
+_HTML = (b"<!doctype", b"<html", b"<head", b"<body")
+ANSWER_GRACE = 0.5  # after the first probe answer, how long the others get before the transfer starts
+
+
+def not_the_file(head: bytes, file_name: str) -> str | None:
+    """Why these first bytes cannot be the start of `file_name`, or None. By content, whatever the headers said."""
+    name = file_name.lower()
+    if name.endswith(ARCHIVE_SUFFIXES):
+        return None if sniff(head) is not None or not head else f"its body is not an archive: {describe(head)}"
+    if not name.endswith((".html", ".htm", ".xml")) and head[:4096].lstrip().lower().startswith(_HTML):
+        return f"its body is an HTML page, not {file_name}"
+    return None
+
+
+class MirrorPool:
+    def __init__(self, name: str, urls: list[str], opts, wake: Callable[[], None]):
+        self.name, self.opts, self.wake = name, opts, wake
+        self.file_name = name.rsplit(":", 1)[-1]
+        urls = list(dict.fromkeys(urls))
+        fallback = fallback_urls(urls)
+        self.mirrors = [Mirror(u, fallback=u in fallback) for u in urls]
+        self.size: int | None = None
+        self.verdicts: dict[str, str] = {}  # url -> why it is proven bad for this file
+        self._lock = threading.Condition()
+        self._probing: set[str] = set()
+        self._answered: list[Mirror] = []
+        self.vetted: Callable[[Mirror], bool] = lambda m: True  # set by the engine: passed its first cross-check
+        if opts.offline:
+            remote = [m for m in self.mirrors if not is_local(m.url)]
+            for m in remote:
+                m.drop("offline mode")
+            if not self.alive():
+                raise OfflineError(f"{name}: needs the network ({remote[0].url if remote else 'no URL'}) but offline "
+                                   "mode is on; install it with `mmf zoo fetch KEY --from PATH` or drop --offline")
+
+    # ---- views ----------------------------------------------------------------------------------------------
+    def by_url(self, url: str) -> Mirror | None:
+        return next((m for m in self.mirrors if m.url == url), None)
+
+    def alive(self) -> list[Mirror]:
+        return [m for m in self.mirrors if m.alive]
+
+    def usable(self) -> list[Mirror]:
+        """Probed, alive mirrors; suspects only when nobody else is left."""
+        ok = [m for m in self.mirrors if m.alive and m.probed]
+        clean = [m for m in ok if not m.suspect]
+        return clean or ok
+
+    def pick(self) -> Mirror | None:
+        """The ready usable mirror (range-capable ones first) with the best expected speed, or None. Its `active`
+        count is already raised (the caller lowers it): connections starting together spread over the mirrors."""
+        self.maintain()
+        with self._lock:
+            now = time.monotonic()
+            pool = self.usable()
+            pool = [m for m in pool if m.ranges] or pool
+            ready = [m for m in pool if m.backoff_until <= now]
+            # a mirror not yet vouched for by a cross-check gets one connection (its check takes milliseconds)
+            ready = [m for m in ready if m.active == 0 or self.vetted(m)]
+            if not ready:
+                return None
+            m = max(ready, key=lambda m: (m.score(), -self.mirrors.index(m)))
+            with m.lock:
+                m.active += 1
+            return m
+
+    def alternative_to(self, m: Mirror) -> bool:
+        """Could another mirror take over m's work at a useful speed (the condition for --min-rate)?"""
+        return any(o is not m and (o.rate is None or o.rate > self.opts.min_rate) for o in self.usable())
+
+    def can_serve(self, exclude=()) -> bool:
+        """Some alive mirror not in `exclude` may still get work (now or after a probe / back-off)."""
+        return any(m.url not in exclude for m in self.alive())
+
+    # ---- probes ---------------------------------------------------------------------------------------------
+    def settle(self, expected: int | None) -> int:
+        """Probe (preferred mirrors first, in parallel) and return the file's size, by evidence."""
+        first = [m for m in self.mirrors if not m.fallback]
+        self._probe_round(first)
+        with self._lock:
+            need_fallback = not self._answered
+        if need_fallback:
+            self._probe_round([m for m in self.mirrors if m.fallback])
+        while True:
+            with self._lock:
+                answers = [m for m in self._answered if m.alive]
+                if answers:
+                    return self._decide(answers, expected)
+                if not self.alive():
+                    raise self.exhausted()
+            self.maintain(force_fallback=True)
+            with self._lock:
+                self._lock.wait(0.2)
+
+    def settle_fallback(self) -> None:
+        """Probe the held-back default roots now (more witnesses for a repair)."""
+        held = [m for m in self.mirrors if m.fallback and m.alive and not m.probed]
+        if held:
+            self._probe_round(held)
+
+    def _probe_round(self, mirrors: list[Mirror]) -> None:
+        """Probe in parallel; return when all answered, or ANSWER_GRACE after the first answer, or at the deadline."""
+        self.probe(mirrors)
+        deadline = time.monotonic() + self.opts.connect_timeout + self.opts.stall_timeout
+        first_answer = None
+        with self._lock:
+            while any(m.url in self._probing for m in mirrors):
+                now = time.monotonic()
+                if self._answered and first_answer is None:
+                    first_answer = now
+                if now > deadline or (first_answer is not None and now - first_answer > ANSWER_GRACE):
+                    return
+                self._lock.wait(0.05)
+
+    def _decide(self, answers: list[Mirror], expected: int | None) -> int:
+        if expected is not None:
+            size, why = expected, f"the manifest says {expected}"
+        else:
+            votes = Counter(m.size for m in answers)
+            # majority; on a tie the larger size (a mirror with an interrupted copy serves fewer bytes)
+            size = max(votes, key=lambda s: (votes[s], s))
+            why = f"{votes[size]} other mirror(s) serve {size}"
+        self.size, self.size_reason = size, why
+        for m in answers:
+            if m.size == size:
+                m.probed = True
+        for m in list(self._answered):
+            if m.size != size:
+                self.drop(m, f"serves {m.size} bytes, {why}")
+        if not any(m.probed for m in answers):
+            raise self.exhausted()
+        return size
+
+    def probe(self, mirrors: list[Mirror]) -> None:
+        """Start a background probe of each alive, unprobed mirror that has none running."""
+        for m in mirrors:
+            with self._lock:
+                if m.url in self._probing or not m.alive or m.probed or m in self._answered:
+                    continue
+                self._probing.add(m.url)
+            threading.Thread(target=self._probe_one, args=(m,), name="zoo-probe", daemon=True).start()
+
+    def _probe_one(self, m: Mirror) -> None:
+        try:
+            http.probe(m, self.opts)
+            http.check_validator(m, self.opts)
+            problem = not_the_file(m.head, self.file_name)
+            if problem:
+                self.drop(m, problem)
+                return
+            with self._lock:
+                if self.size is None:
+                    self._answered.append(m)
+                elif m.size == self.size:
+                    self._answered.append(m)
+                    m.probed = True
+                else:
+                    m.drop(f"serves {m.size} bytes, {self.size_reason}")
+        except http.Permanent as exc:
+            self.drop(m, str(exc))
+        except http.Transient as exc:
+            self.transient(m, exc)
+        finally:
+            with self._lock:
+                self._probing.discard(m.url)
+                self._lock.notify_all()
+            self.wake()
+
+    def maintain(self, force_fallback: bool = False) -> None:
+        """Re-probe mirrors whose probe failed once their back-off is over; bring in the fallback roots when the
+        preferred mirrors are all gone."""
+        now = time.monotonic()
+        preferred_alive = any(m.alive and not m.fallback for m in self.mirrors)
+        due = [m for m in self.mirrors if m.alive and not m.probed and m not in self._answered
+               and m.backoff_until <= now and m.url not in self._probing
+               and (not m.fallback or not preferred_alive or force_fallback and not self._answered)]
+        if due:
+            self.probe(due)
+
+    def recheck_validator(self, m: Mirror) -> bool:
+        """After a validator mismatch: True when the mirror's ETag changes on every request (then it is marked
+        unstable and uses Last-Modified, or no validator: the sha256 still protects the file)."""
+        seen = []
+        for _ in range(2):
+            probe = Mirror(m.url)
+            try:
+                http.probe(probe, self.opts)
+            except (http.Permanent, http.Transient):
+                return False
+            seen.append(probe.validator)
+        if seen[0] == seen[1]:
+            return False
+        m.unstable = True
+        probe = Mirror(m.url, unstable=True)
+        try:
+            http.probe(probe, self.opts)
+            m.validator = probe.validator
+        except (http.Permanent, http.Transient):
+            m.validator = None
+        log.info("%s: %s changes its ETag on every request; using %s", self.name, m.host,
+                 "Last-Modified" if m.validator else "no validator (the sha256 still guards the file)")
+        return True
+
+    # ---- health ---------------------------------------------------------------------------------------------
+    def drop(self, m: Mirror, reason: str) -> None:
+        if m.drop(reason):
+            log.warning("%s: dropping mirror %s: %s", self.name, m.url, reason)
+        self.wake()
+
+    def convict(self, m: Mirror, reason: str) -> None:
+        """Drop on evidence; the reason is persisted so a rerun does not trust this mirror for this file."""
+        self.verdicts.setdefault(m.url, reason)
+        self.drop(m, reason)
+
+    def remember(self, verdicts: dict[str, str]) -> None:
+        for url, reason in verdicts.items():
+            m = self.by_url(url)
+            if m is not None:
+                self.verdicts[url] = reason
+                m.drop(f"proven bad for this file in an earlier run: {reason}")
+
+    def transient(self, m: Mirror, exc: Exception) -> None:
+        if m.failures + 1 >= self.opts.max_failures:
+            self.drop(m, f"failed {self.opts.max_failures} times in a row (last: {exc})")
+            return
+        delay = m.transient(self.opts.backoff_base, self.opts.backoff_cap, getattr(exc, "retry_after", None))
+        log.info("%s: %s: %s; retrying in %.1fs", self.name, m.host, exc, delay)
+
+    def exhausted(self, chunk: int | None = None) -> MirrorsExhaustedError:
+        reasons = "; ".join(f"{m.url}: {m.reason or 'no answer'}" for m in self.mirrors) or "no URL"
+        what = f" (chunk {chunk})" if chunk is not None else ""
+        return MirrorsExhaustedError(f"{self.name}: no mirror left{what}: {reasons}. The partial download is kept; "
+                                     "run again later or add --mirror NAME|URL")
+
+    def report(self) -> dict[str, str]:
+        return {m.url: (f"ok ({m.bytes} bytes)" if m.alive else f"dropped: {m.reason}") for m in self.mirrors}
