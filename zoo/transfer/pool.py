@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from zoo import http
-from zoo.decoders import describe, sniff
+from zoo.archive.formats import describe, sniff
 from zoo.errors import MirrorsExhaustedError, OfflineError
 from zoo.mirrors import Mirror, fallback_urls, is_local
 
