@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.faultserver import FaultServer, Faults
+from zoo.testing.faultserver import FaultServer, Faults
 from tests.zoo_helpers import assert_tree, make_zoo, run_mmf, sha256, tar_gz
 
 
@@ -388,7 +388,7 @@ def test_single_archive_from_and_missing_resource_is_named(tmp_path):
 
 
 def test_nginx_mirror_serves_a_real_install(tmp_path):
-    from tests.nginxserver import NginxServer
+    from zoo.testing.nginxserver import NginxServer
 
     zoo = make_zoo(tmp_path, feature_bytes=6 << 20)
     with NginxServer(zoo.mirror) as ngx:
