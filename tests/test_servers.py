@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import email.utils
 import http.client
-import os
 import random
 import socket
 import threading
@@ -259,7 +258,7 @@ def test_change_etag_with_replacement_file(srv, root, data):
     srv.set_faults(Faults(change_etag_after=0, replacement=root / "other.dat"))
     r = get(srv, Range="bytes=-11")
     assert r.status_code == 206
-    assert r.headers["Content-Range"] == f"bytes 1089-1099/1100"
+    assert r.headers["Content-Range"] == "bytes 1089-1099/1100"
     assert r.content == b"other file\n"
 
 

@@ -48,7 +48,7 @@ def make_zoo(root: Path, *, key: str = "toyset", feature_bytes: int = 3 << 20, s
              chunk_hash_size: int | None = None, with_size: bool = True, version: str = "1.0_2026_11_26") -> ToyZoo:
     """A dataset entry with features / annotations / extras archives, laid out like MMF's origin."""
     rng = __import__("random").Random(seed)
-    feats = {f"open_images/detectron.lmdb/data.mdb": rng.randbytes(feature_bytes),
+    feats = {"open_images/detectron.lmdb/data.mdb": rng.randbytes(feature_bytes),
              "open_images/detectron.lmdb/lock.mdb": rng.randbytes(8192)}
     ann = {"imdb_train.npy": rng.randbytes(50_000), "imdb_val.npy": rng.randbytes(20_000)}
     extras = {"extras/vocabs/fixed_answer_vocab.txt": b"<pad>\n<s>\n</s>\n<unk>\nyes\nno\n"}
