@@ -244,6 +244,7 @@ def test_html_page_served_as_archive_is_refused(tmp_path):
     data = tmp_path / "data"
     with FaultServer(zoo.mirror, faults=Faults(glob="*features*", html_200=True)) as srv:
         r = fetch(zoo, data, mirror=srv.url)
+        assert srv.faults[0].used > 0  # the HTML page was served
     assert r.returncode == 3 and "HTML" in r.stderr
     assert not (data / "datasets/toyset/defaults/features/open_images").exists()
 
@@ -410,6 +411,7 @@ def test_two_mirrors_one_404_one_corrupt_one_good(tmp_path):
         feats = next(x for x in json.loads(r.stdout) if x["file_name"] == "features.tar.gz")
         reasons = " ".join(feats["mirrors"].values())
         assert "404" in reasons and "xxh3" in reasons
+        assert gone.faults[0].used > 0 and bad.faults[0].used > 0  # both faults fired
     assert_tree(tmp_path / "data", zoo)
 
 
@@ -544,6 +546,7 @@ def test_chunk_hash_sidecar_url_is_used_and_catches_a_corrupt_mirror(tmp_path):
         assert r.returncode == 0, r.stderr
         feats = next(x for x in json.loads(r.stdout) if x["file_name"] == "features.tar.gz")
         assert "xxh3" in feats["mirrors"][bad.url + rel]  # caught per chunk by the sidecar's hashes
+        assert bad.faults[0].used > 0
     assert_tree(tmp_path / "data", zoo)
 
 
