@@ -141,9 +141,15 @@ def test_three_mirrors_one_bad_one_flaky_two_sigkills(tmp_path):
                str(data), "--mirror", bad.url, "--mirror", flaky.url, "--mirror", good.url, "--quiet",
                "--chunk-size", "0.25", "--connections", "4", "--stall-timeout", "2"]
         kills = 0
-        for wait in (1.2, 1.0):
+        servers = (bad, flaky, good)
+        for _ in range(2):
+            # kill once this run has drawn a quarter of the archives: mid-transfer whatever the machine's speed
+            base = sum(sum(srv.stats.bytes_sent.values()) for srv in servers)
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(wait)
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline and \
+                    sum(sum(srv.stats.bytes_sent.values()) for srv in servers) - base < size // 4:
+                time.sleep(0.02)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1

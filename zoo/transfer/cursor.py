@@ -73,5 +73,7 @@ def run_cursor(t) -> str:
                 t.stop_sink("bytes already streamed were replaced")
                 continue
             board.cursor = i + 1
+            if board.cursor == journal.num_chunks:
+                board.finished = True  # atomically with the rewind check: a later conviction cannot requeue
         i += 1
     return sha.hexdigest()

@@ -220,13 +220,25 @@ class Transfer:
             return
         self.pool.convict(m, reason)
         self.journal.verdicts[m.url] = reason
-        bad = [i for i, spans in list(self.journal.spans.items()) if any(s[2] == m.url for s in spans)] if requeue else []
-        for i in bad:
-            self.journal.forget(i)
-        self.journal.commit()
-        if bad and self.board is not None:
-            log.warning("%s: refetching %d chunk(s) %s served", self.name, len(bad), m.host)
-            self.board.requeue(bad)
+        board = self.board
+        if board is None or not requeue:  # before the transfer, forgotten chunks are simply fetched with the rest
+            for i in self._served_by(m) if requeue else []:
+                self.journal.forget(i)
+            self.journal.commit()
+            return
+        # decided under the board's lock: once the cursor has read the last chunk, nothing is refetched and the
+        # chunks keep their provenance, so a sha256 mismatch is located and repaired from it
+        with board.cond:
+            bad = [] if board.stopping else self._served_by(m)
+            for i in bad:
+                self.journal.forget(i)
+            self.journal.commit()
+            if bad:
+                log.warning("%s: refetching %d chunk(s) %s served", self.name, len(bad), m.host)
+                board.requeue(bad)
+
+    def _served_by(self, m: Mirror) -> list[int]:
+        return [i for i, spans in list(self.journal.spans.items()) if any(s[2] == m.url for s in spans)]
 
     def count(self, n: int, extra: bool = False) -> None:
         with self._count_lock:
