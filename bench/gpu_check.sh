@@ -12,12 +12,12 @@
 #   data     mmf data synth --questions 3000 --images 700, mmf data pack textvqa
 #   recipe   bench/recipe.py full size: ours (bf16 + compile + incremental decoding + resident features) vs
 #            MMF's setting (strict fp32 eager, full recompute, synchronous checkpoints), projected recipe
-#   bf16     mmf train bf16 + compile, resident features, 200 updates on the packed store: samples/s, data wait,
-#            finite decreasing losses
+#   graphs   mmf train bf16 + compile_mode=reduce-overhead (CUDA graphs), resident features, 200 updates:
+#            samples/s, data wait, finite decreasing losses
 #   fp16     mmf train training.fp16=true (MMF's AMP), 200 updates, packed: finite decreasing losses
-#   lmdb     mmf train bf16 on the LMDB path (prefer_packed=false), 200 updates: samples/s, losses
 #   decode   bench/decode.py full size, batch 128, bf16: incremental vs full recompute, identical argmax
-#   graphs   bench/recipe.py ours only with compile_mode=reduce-overhead (CUDA graphs)
+#   lmdb     mmf train bf16 on the LMDB path (prefer_packed=false), 200 updates: samples/s, losses
+#   bf16     mmf train bf16 + compile (default mode), resident features, 200 updates (recipe measured it too)
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,11 +26,14 @@ NEED="lmdb isal xxhash typer filelock pyyaml tqdm requests"
 
 if [ "${1:-}" = "--prepare" ]; then
     mkdir -p "$WHEELS"
-    exec pip download --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+    exec "${PY:-python3}" -m pip download --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$WHEELS" $NEED
 fi
 
 START=$(date +%s)
+PY=${PY:-python3}  # the GPU machine's torch lives in python3; a bare `python` may be another interpreter
+command -v python >/dev/null || { mkdir -p /tmp/gpu-check-bin && ln -sf "$(command -v "$PY")" /tmp/gpu-check-bin/python; }
+export PATH=/tmp/gpu-check-bin:$PATH
 BUDGET=${BUDGET:-520}
 OUTDIR=${OUT:-/tmp/gpu-check-out}
 WORK=${WORK:-/tmp/gpu-check}
@@ -66,7 +69,7 @@ step() {  # step NAME COMMAND...: runs under the remaining budget, output to the
     return $rc
 }
 losses() {  # losses SAVE_DIR: samples/s and whether the logged losses are finite and decreasing
-    python - "$1" <<'EOF' 2>&1 | tee -a "$LOG"
+    $PY - "$1" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, math, sys
 recs = [json.loads(x) for x in open(sys.argv[1] + "/metrics.jsonl") if x.strip()]
 tr = [r for r in recs if "train/total_loss/avg" in r]
@@ -83,7 +86,7 @@ train() {  # train NAME UPDATES OVERRIDES...
     local name=$1 n=$2
     shift 2
     # shellcheck disable=SC2086
-    step "$name" python -m mmf_cli train $CFG run_type=train env.save_dir="$WORK/save-$name" \
+    step "$name" $PY -m mmf_cli train $CFG run_type=train env.save_dir="$WORK/save-$name" \
         training.max_updates="$n" training.log_interval=$WINDOW training.evaluation_interval=100000 \
         training.checkpoint_interval=100000 "$@"
     losses "$WORK/save-$name"
@@ -93,8 +96,8 @@ train() {  # train NAME UPDATES OVERRIDES...
 : >"$LOG"
 say "gpu_check: $(date -u +%FT%TZ) budget ${BUDGET}s, repo $(git rev-parse --short HEAD 2>/dev/null)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
-python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$LOG"
-missing=$(python - <<'EOF'
+$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$LOG"
+missing=$($PY - <<'EOF'
 import importlib.util as u
 mods = {"lmdb": "lmdb", "isal": "isal", "xxhash": "xxhash", "typer": "typer", "filelock": "filelock",
         "yaml": "pyyaml", "tqdm": "tqdm", "requests": "requests"}
@@ -104,20 +107,23 @@ EOF
 if [ -n "$missing" ]; then
     if [ -d "$WHEELS" ]; then
         say "installing from .gpu-wheels: $missing"
-        pip install -q --no-index --find-links "$WHEELS" $missing >>"$LOG" 2>&1 || say "pip install failed"
+        # into a folder of our own: the image's site-packages may be read-only or externally managed
+        $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu-check-site --find-links "$WHEELS" \
+            $missing >>"$LOG" 2>&1 || say "pip install failed"
+        export PYTHONPATH=$PYTHONPATH:/tmp/gpu-check-site
     else
         say "missing $missing and no .gpu-wheels/ (run bash bench/gpu_check.sh --prepare on the host, carry it)"
     fi
 fi
 
-step data bash -c "python -m mmf_cli data synth --out $D --questions $QUESTIONS --images $IMAGES &&
-                   python -m mmf_cli data pack textvqa --data-dir $D"
-step recipe python bench/recipe.py $TINY --data-dir "$D" --ours training.features_on_device=true
-train bf16 "$UPDATES" training.bf16=true training.compile=true training.features_on_device=true
+step data bash -c "$PY -m mmf_cli data synth --out $D --questions $QUESTIONS --images $IMAGES &&
+                   $PY -m mmf_cli data pack textvqa --data-dir $D"
+step recipe $PY bench/recipe.py $TINY --data-dir "$D" --ours training.features_on_device=true
+train graphs "$UPDATES" training.bf16=true training.compile=true training.compile_mode=reduce-overhead \
+    training.features_on_device=true
 train fp16 "$UPDATES" training.fp16=true
-train lmdb "$UPDATES" training.bf16=true training.prefer_packed=false
 # shellcheck disable=SC2086
-step decode python bench/decode.py $DECODE
-step graphs python bench/recipe.py $TINY --data-dir "$D" --skip-mmf \
-    --ours training.features_on_device=true,training.compile_mode=reduce-overhead
+step decode $PY bench/decode.py $DECODE
+train lmdb "$UPDATES" training.bf16=true training.prefer_packed=false
+train bf16 "$UPDATES" training.bf16=true training.compile=true training.features_on_device=true
 say "gpu_check done in $(($(date +%s) - START))s"
