@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mmfdata.batch import expand_targets
@@ -36,6 +37,20 @@ def assemble_answer(ids, ocr_tokens: list[str], vocab: list[str], eos_idx: int) 
             words.append(vocab[i])
             sources.append("VOCAB")
     return " ".join(words).replace(" 's", "'s"), sources
+
+
+def padded_chunks(idx, batch_size: int) -> tuple[list, dict[int, int]]:
+    """Batches of `idx` as (start, indices), the last one padded to `batch_size` by repeating its last index,
+    and {start: number of real rows}. Every batch then has one shape: a short last batch would otherwise build
+    new kernel plans (and CUDA graphs) for each decoding step of every val pass."""
+    chunks, real = [], {}
+    for i in range(0, len(idx), batch_size):
+        part = np.asarray(idx[i:i + batch_size])
+        real[i] = len(part)
+        if len(part) < batch_size:
+            part = np.concatenate([part, np.full(batch_size - len(part), part[-1], dtype=part.dtype)])
+        chunks.append((i, part))
+    return chunks, real
 
 
 def evaluate_all(model, datasets: dict, *, split: str, cfg: dict, dist: distributed.DistInfo, device,
@@ -82,7 +97,7 @@ def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, 
     vocab = list(dataset.answer_vocab)
     eos, bos = vocab.index("</s>"), vocab.index("<s>")
     idx = eval_shard(len(dataset), dist.rank, dist.world)
-    chunks = [(i, idx[i:i + batch_size]) for i in range(0, len(idx), batch_size)]
+    chunks, real = padded_chunks(idx, batch_size)
     was_training = model.training
     model.eval()
     records, loss_sum, loss_n = [], 0.0, 0
@@ -93,15 +108,17 @@ def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, 
                         device=device if pin else None)
     try:
         with torch.no_grad():
-            for _, cpu_batch, _ in loader:
+            for start, cpu_batch, _ in loader:
                 batch = to_device(cpu_batch, device)
                 with amp or contextlib.nullcontext():
                     scores = model.greedy_decode(batch, bos, eos if early_exit else None)
+                n = real[start]  # the padding rows of a short last batch are decoded, then dropped
+                scores = scores[:n]
                 ids = scores.argmax(-1).cpu()
-                has_answers = any(len(g) for g in cpu_batch["gt_answers"])
+                has_answers = any(len(g) for g in cpu_batch["gt_answers"][:n])
                 if has_answers:
-                    targets = expand_targets(batch, scores.size(-1))
-                    loss_sum += float(m4c_decoding_bce_with_mask(scores, targets, batch["train_loss_mask"]))
+                    targets = expand_targets(batch, scores.size(-1))[:n]
+                    loss_sum += float(m4c_decoding_bce_with_mask(scores, targets, batch["train_loss_mask"][:n]))
                     loss_n += 1
                 qids = cpu_batch["question_id"].tolist()  # one copy, not one device sync per question
                 for b in range(ids.size(0)):

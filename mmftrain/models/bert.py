@@ -126,7 +126,9 @@ class BertLayer(nn.Module):
         k, v = (self._heads(lin, x) for lin in (sa.key, sa.value))
         q = self._heads(sa.query, x[:, rows])
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
-        cache = KVCache(k.new_empty(k.shape[:2] + (k.size(2) + extra, k.size(3))), v.new_empty(
+        # zeros, not empty: the positions not yet written are attended to (behind the mask), and masking only
+        # works on finite keys/values
+        cache = KVCache(k.new_zeros(k.shape[:2] + (k.size(2) + extra, k.size(3))), v.new_zeros(
             v.shape[:2] + (v.size(2) + extra, v.size(3))), k.size(2))
         cache.k[:, :, :cache.length], cache.v[:, :, :cache.length] = k, v
         return self._rest(ctx, x[:, rows]), cache
@@ -134,15 +136,17 @@ class BertLayer(nn.Module):
     def extend(self, x: torch.Tensor, cache: "KVCache", mask: torch.Tensor) -> torch.Tensor:
         """Output of new positions `x` [B, n, d] attending to the cached positions and to themselves.
 
-        `mask` is additive over the keys [cached ; new], broadcastable to [B, heads, n, cached + n]; the new
-        keys/values are appended to `cache`. Equals `forward` on the whole sequence for rows no earlier row sees.
+        The new keys/values are appended to `cache`, and attention runs over the cache's whole capacity:
+        `mask` is additive over all of it, broadcastable to [B, heads, n, capacity], and must block the
+        positions not yet written. Every step thus has the same shapes (one kernel plan, one CUDA graph, no
+        strided copies of a growing prefix). Equals `forward` on the whole sequence for rows no earlier row sees.
         """
         sa = self.attention.self
         q, k, v = (self._heads(lin, x) for lin in (sa.query, sa.key, sa.value))
         end = cache.length + x.size(1)
         cache.k[:, :, cache.length:end], cache.v[:, :, cache.length:end] = k, v
         cache.length = end
-        ctx = F.scaled_dot_product_attention(q, cache.k[:, :, :end], cache.v[:, :, :end], attn_mask=mask.to(q.dtype))
+        ctx = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=mask.to(q.dtype))
         return self._rest(ctx, x)
 
 

@@ -292,11 +292,13 @@ class M4C(nn.Module):
         ocr_out, caches = self.mmt.encoder.prefill(self._encoder_input(enc, x.dtype), enc_add, steps,
                                                    rows=slice(b0, b0 + n_ocr))
         ocr_keys = self.ocr_ptr_net.key(ocr_out)
-        # keys: [encoder | decoder steps]; a new decoder position sees the valid encoder ones and all steps so far
-        step_mask = torch.cat([enc_add, enc_add.new_zeros(b, 1, 1, steps)], dim=-1)
-        n_enc = enc_add.size(-1)
+        # keys: [encoder | decoder steps]; decoder position `step` sees the valid encoder ones and steps <= step
+        # (the later ones are not written yet): row `step` of a causal block over the decoder slots
+        later = torch.triu(enc_add.new_full((steps, steps), MASK_VALUE), diagonal=1)
+        step_masks = torch.cat([enc_add.expand(b, steps, 1, -1), later[None, :, None, :].expand(b, -1, -1, -1)],
+                               dim=-1)  # [B, steps, 1, N + steps]: the mask of step s is step_masks[:, s, None]
         for step in range(steps):
-            h = self.mmt.encoder.extend(x, caches, step_mask[..., :n_enc + step + 1])
+            h = self.mmt.encoder.extend(x, caches, step_masks[:, step, None])
             scores = self._outputs(h, ocr_keys, enc["ocr_mask"])[:, 0]
             if step + 1 < steps:
                 x = ppe.embed(tables, scores.argmax(-1)[:, None], start=step + 1)
