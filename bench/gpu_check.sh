@@ -8,16 +8,20 @@
 #    run(command="bash bench/gpu_check.sh", carry=[".gpu-wheels"], timeout_s=600)
 #    Everything it prints also goes to $OUT/gpu_check.log (plus the train runs' metrics.jsonl).
 #
-# Steps, most important first; a step that would start with < 25 s left is skipped (and said so):
+# Steps, in this order; STEPS="data attn recipe ..." runs a subset (default: all). A step that would start with
+# < 25 s left is skipped (and said so):
 #   data     mmf data synth --questions 3000 --images 700, mmf data pack textvqa
-#   recipe   bench/recipe.py full size: ours (bf16 + compile + incremental decoding + resident features) vs
-#            MMF's setting (strict fp32 eager, full recompute, synchronous checkpoints), projected recipe
-#   graphs   mmf train bf16 + compile_mode=reduce-overhead (CUDA graphs), resident features, 200 updates:
-#            samples/s, data wait, finite decreasing losses
-#   fp16     mmf train training.fp16=true (MMF's AMP), 200 updates, packed: finite decreasing losses
-#   decode   bench/decode.py full size, batch 128, bf16: incremental vs full recompute, identical argmax
+#   attn     mmf train bf16 + compile (auto: CUDA graphs) + resident features, ATTN_UPDATES (100) updates, once per
+#            training.attention_backend in $ATTN (auto math efficient): samples/s; the fastest goes to recipe
+#   recipe   bench/recipe.py full size: ours (bf16 + compile + incremental decoding + resident features + the
+#            fastest attention backend) vs MMF's setting (strict fp32 eager, full recompute, synchronous
+#            checkpoints), projected recipe; val pass first/steady/loader alone
+#   decode   bench/decode.py full size, batch 128: fp32 (identical argmax required) and bf16 (agreement vs the
+#            precision's own disagreement with fp32), incremental vs full recompute speed
+#   bf16     mmf train bf16 + compile (auto) + resident features, 200 updates: samples/s, data wait, finite
+#            decreasing losses
+#   fp16     mmf train training.fp16=true (MMF's AMP), eager, 200 updates, packed: finite decreasing losses
 #   lmdb     mmf train bf16 on the LMDB path (prefer_packed=false), 200 updates: samples/s, losses
-#   bf16     mmf train bf16 + compile (default mode), resident features, 200 updates (recipe measured it too)
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -43,11 +47,11 @@ export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 D=$WORK/data
 # SMOKE=1: the same plumbing on a CPU with the tiny model and data (checks this script, measures nothing)
 if [ "${SMOKE:-0}" = 1 ]; then
-    MODEL=tiny.yaml BATCH=16 QUESTIONS=160 IMAGES=40 UPDATES=6 WINDOW=2 TINY=--tiny
-    DECODE="--device cpu --models tiny --batch 16 --questions 32 --amp fp32 --repeat 1"
+    MODEL=tiny.yaml BATCH=16 QUESTIONS=160 IMAGES=40 UPDATES=6 WINDOW=2 TINY=--tiny ATTN_UPDATES=${ATTN_UPDATES:-6}
+    DECODE="--device cpu --models tiny --batch 16 --questions 32 --repeat 1"
 else
-    MODEL=defaults.yaml BATCH=128 QUESTIONS=3000 IMAGES=700 UPDATES=200 WINDOW=40 TINY=
-    DECODE="--device cuda --models full --batch 128 --questions 1280 --amp bf16 --repeat 2"
+    MODEL=defaults.yaml BATCH=128 QUESTIONS=3000 IMAGES=700 UPDATES=200 WINDOW=40 TINY= ATTN_UPDATES=${ATTN_UPDATES:-100}
+    DECODE="--device cuda --models full --batch 128 --questions 640 --repeat 2"
 fi
 CFG="config=projects/m4c/configs/textvqa/$MODEL datasets=textvqa model=m4c env.data_dir=$D
      env.fetch_missing_data=false training.batch_size=$BATCH training.progress_bar=false training.seed=1"
@@ -116,14 +120,40 @@ if [ -n "$missing" ]; then
     fi
 fi
 
-step data bash -c "$PY -m mmf_cli data synth --out $D --questions $QUESTIONS --images $IMAGES &&
-                   $PY -m mmf_cli data pack textvqa --data-dir $D"
-step recipe $PY bench/recipe.py $TINY --data-dir "$D" --ours training.features_on_device=true
-train graphs "$UPDATES" training.bf16=true training.compile=true training.compile_mode=reduce-overhead \
-    training.features_on_device=true
-train fp16 "$UPDATES" training.fp16=true
-# shellcheck disable=SC2086
-step decode $PY bench/decode.py $DECODE
-train lmdb "$UPDATES" training.bf16=true training.prefer_packed=false
-train bf16 "$UPDATES" training.bf16=true training.compile=true training.features_on_device=true
+want() { case " ${STEPS:-data attn recipe decode bf16 fp16 lmdb} " in *" $1 "*) return 0 ;; esac; return 1; }
+want data && step data bash -c "$PY -m mmf_cli data synth --out $D --questions $QUESTIONS --images $IMAGES &&
+                                 $PY -m mmf_cli data pack textvqa --data-dir $D"
+BEST=auto
+if want attn; then
+    for backend in ${ATTN:-auto math efficient}; do
+        train "attn-$backend" "$ATTN_UPDATES" training.bf16=true training.compile=true \
+            training.features_on_device=true training.attention_backend="$backend"
+    done
+    BEST=$($PY - "$WORK" ${ATTN:-auto math efficient} <<'EOF'
+import json, sys
+rate = {}
+for b in sys.argv[2:]:
+    try:
+        recs = [json.loads(x) for x in open(f"{sys.argv[1]}/save-attn-{b}/metrics.jsonl") if x.strip()]
+        tr = [r["samples_per_s"] for r in recs if "train/total_loss/avg" in r][1:]
+        rate[b] = sum(tr) / len(tr)
+    except (OSError, ZeroDivisionError, KeyError, ValueError):
+        pass
+print(max(rate, key=rate.get) if rate else "auto")
+EOF
+)
+    say "fastest attention backend: $BEST"
+fi
+want recipe && step recipe $PY bench/recipe.py $TINY --data-dir "$D" \
+    --ours training.features_on_device=true,training.attention_backend="$BEST"
+if want decode; then
+    # shellcheck disable=SC2086
+    step decode-fp32 $PY bench/decode.py $DECODE --amp fp32
+    # shellcheck disable=SC2086
+    step decode-bf16 $PY bench/decode.py $DECODE --amp bf16
+fi
+want bf16 && train bf16 "$UPDATES" training.bf16=true training.compile=true training.features_on_device=true \
+    training.attention_backend="$BEST"
+want fp16 && train fp16 "$UPDATES" training.fp16=true
+want lmdb && train lmdb "$UPDATES" training.bf16=true training.prefer_packed=false
 say "gpu_check done in $(($(date +%s) - START))s"

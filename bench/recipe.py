@@ -11,12 +11,14 @@ Measured parts, each with the real code on synthetic full-shape data (`mmf data 
 - steps: `mmftrain.run.run` (what `mmf train` runs) for warm-up + timed log windows; samples/s of the timed
   windows from metrics.jsonl (the trainer's own loader, packed store, optimizer, clipping, scheduler);
 - evaluation: `mmftrain.evaluate.evaluate` (the trainer's val pass: loader, greedy decoding with early exit,
-  val loss, answers, metrics) over 5,000 questions drawn from the val split;
+  val loss, answers, metrics) over 5,000 questions drawn from the val split, twice: the second pass is what
+  counts (the recipe runs 24); the first pass and the loader alone over the same batches are printed too;
 - checkpoint: `Trainer.save` of the full training state; the time until it returns is what the training loop
   waits for, the time until the file is in place is what a synchronous writer costs.
 
-Settings: ours = bf16 autocast + torch.compile + incremental decoding + the trainer's checkpoint writer (on a
-CPU fp32 eager: no fast bf16 matmuls there, and compiling would dominate a smoke run);
+Settings: ours = bf16 autocast + torch.compile (compile_mode auto: CUDA graphs on one GPU) + incremental
+decoding + the trainer's checkpoint writer (on a CPU fp32 eager: no fast bf16 matmuls there, and compiling
+would dominate a smoke run);
 MMF's = fp32 (strict, no TF32) eager, full-recompute decoding (12 MMT passes per batch), synchronous
 checkpoints. MMF's evaluation is timed on `--mmf-eval-questions` and scaled to 5,000 (it is linear in the
 number of batches). The ratio printed is MMF's projected recipe / ours.
@@ -124,20 +126,38 @@ def trainer_for(a, data_dir: Path, work: Path, name: str, setting: list[str]):
     return Trainer(cfg, dist, len(val.answer_vocab), 1), val, dist
 
 
-def measure_eval(trainer, val, dist, questions: int) -> float:
-    """Seconds for one val pass over `questions` questions (after a short warm-up pass)."""
-    from mmftrain.evaluate import evaluate
+def measure_eval(trainer, val, dist, questions: int) -> dict:
+    """Seconds of val passes over `questions` questions after a short warm-up pass: the first and second full
+    pass (the recipe runs 24, so the second is the steady state), and the loader alone over the same batches."""
+    from mmftrain.data import Prefetcher, loader_workers
+    from mmftrain.evaluate import evaluate, padded_chunks
 
     kw = dict(dataset_name="textvqa", split="val", batch_size=int(trainer.cfg["evaluation"]["batch_size"]),
               device=trainer.device, dist=dist, metrics=["textvqa_accuracy"], pin=trainer.cuda, early_exit=True)
+
+    def timed(fn) -> float:
+        if trainer.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if trainer.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
     evaluate(trainer.model, Repeated(val, min(questions, kw["batch_size"])), amp=trainer.amp(), **kw)
-    if trainer.cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    evaluate(trainer.model, Repeated(val, questions), amp=trainer.amp(), **kw)
-    if trainer.cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    passes = [timed(lambda: evaluate(trainer.model, Repeated(val, questions), amp=trainer.amp(), **kw))
+              for _ in range(2)]
+    chunks, _ = padded_chunks(np.arange(questions), kw["batch_size"])
+
+    def load_only() -> None:  # what evaluate's loader does (same workers, pinning, side-stream copies)
+        loader = Prefetcher(Repeated(val, questions), chunks, pin=trainer.cuda, depth=2, workers=loader_workers(4),
+                            device=trainer.device if trainer.cuda else None)
+        try:
+            for _ in loader:
+                pass
+        finally:
+            loader.close()
+    return {"first": passes[0], "steady": passes[1], "loader": timed(load_only)}
 
 
 def measure_checkpoint(trainer, timeout: float = 300.0) -> tuple[float, float]:
@@ -207,7 +227,9 @@ def main() -> None:
             steps = measure_steps(a, data_dir, work, key, setting)
             trainer, val, dist = trainer_for(a, data_dir, work, key, setting)
             try:
-                eval_s = measure_eval(trainer, val, dist, questions) * RECIPE["val_questions"] / questions
+                ev = {k: v * RECIPE["val_questions"] / questions for k, v in
+                      measure_eval(trainer, val, dist, questions).items()}
+                eval_s = ev["steady"]
                 blocked, written = measure_checkpoint(trainer)
             finally:
                 from mmftrain import distributed as D
@@ -217,7 +239,8 @@ def main() -> None:
             parts[key] = project(steps, eval_s, ckpt_s)
             print(f"{key:>4}: steps {steps['samples_per_s']:8.1f} samples/s (data wait {100 * steps['data_wait']:.1f}%"
                   f", losses {', '.join(f'{x:.3f}' for x in steps['losses'])}); val pass of 5,000 questions "
-                  f"{eval_s:.2f} s (timed on {questions}); checkpoint: save() returned after {blocked:.3f} s, "
+                  f"{eval_s:.2f} s (timed on {questions}; first pass {ev['first']:.2f} s, its loader alone "
+                  f"{ev['loader']:.2f} s); checkpoint: save() returned after {blocked:.3f} s, "
                   f"file in place after {written:.3f} s", flush=True)
         print("\nprojected recipe (24,000 updates x 128, 24 val passes of 5,000, 24 checkpoints, 5,734 test "
               "predictions; start-up and compilation not included):")

@@ -29,6 +29,10 @@ STRICT_SECTIONS = ("training", "evaluation", "checkpoint", "env", "distributed")
 _ENV_DIRS = {"data_dir": "MMF_DATA_DIR", "save_dir": "MMF_SAVE_DIR", "cache_dir": "MMF_CACHE_DIR",
              "log_dir": "MMF_LOG_DIR", "report_dir": "MMF_REPORT_DIR", "tensorboard_logdir": "MMF_TENSORBOARD_LOGDIR"}
 LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
+# training.compile_mode: torch.compile's modes, plus auto = CUDA graphs where they are safe (see Trainer.wrap)
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# training.attention_backend: which fused attention kernels scaled_dot_product_attention may pick on CUDA
+ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 # MMF keys this trainer does not implement (they are not in configs/defaults.yaml). A config may set one only to
 # the value that describes what this trainer does anyway (MMF's project configs do); any other value is an error
 # naming the key, so no setting is silently ignored. key -> (accepted values or a predicate, what to do instead)
@@ -398,9 +402,11 @@ def validate(cfg: dict) -> None:
     per_device = t["batch_size_per_device"]
     if per_device is not None and (not isinstance(per_device, int) or per_device < 1):
         raise ConfigError(f"training.batch_size_per_device must be a positive integer or null, got {per_device!r}")
-    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-    if t.get("compile_mode", "default") not in modes:
-        raise ConfigError(f"training.compile_mode={t['compile_mode']!r} is not one of {', '.join(modes)}")
+    if t.get("compile_mode", "auto") not in COMPILE_MODES:
+        raise ConfigError(f"training.compile_mode={t['compile_mode']!r} is not one of {', '.join(COMPILE_MODES)}")
+    if t.get("attention_backend", "auto") not in ATTENTION_BACKENDS:
+        raise ConfigError(f"training.attention_backend={t['attention_backend']!r} is not one of "
+                          f"{', '.join(ATTENTION_BACKENDS)}")
     if t["fp16"] and t["bf16"]:
         raise ConfigError("training.fp16 and training.bf16 are both true; pick one")
     if cfg["evaluation"].get("predict_file_format") not in ("json", "csv"):

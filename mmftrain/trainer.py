@@ -29,6 +29,7 @@ from mmftrain import checkpoint, distributed
 from mmftrain.data import Prefetcher, TrainSampler, loader_workers, to_device
 from mmftrain.errors import CheckpointError, ConfigError, TrainError
 from mmftrain.evaluate import evaluate_all
+from mmftrain.kernels import set_attention_backend
 from mmftrain.logs import MetricsWriter, format_line, log
 from mmftrain.loss import m4c_decoding_bce_with_mask
 from mmftrain.models import build_model, load_mmf_state_dict
@@ -81,7 +82,7 @@ class Trainer:
                                                     background=bool(options["background_write"]))
         self.git = checkpoint.git_details() if options["save_git_details"] else None
 
-    # ---- precision
+    # ---- precision and kernels
     def _set_precision(self) -> None:
         if self.training["fp16"] and not self.cuda:
             raise ConfigError("training.fp16=true needs a CUDA device; use training.bf16=true on CPU")
@@ -91,6 +92,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = tf32
             torch.set_float32_matmul_precision("high" if tf32 else "highest")
             torch.backends.cudnn.benchmark = bool(self.training["cudnn_benchmark"])
+            set_attention_backend(str(self.training["attention_backend"]))
             if not (self.training["fp16"] or self.training["bf16"]):
                 log.info("precision: fp32 with %s matmuls (training.tf32=%s)", "TF32" if tf32 else "strict fp32",
                          str(tf32).lower())
@@ -112,12 +114,22 @@ class Trainer:
         if self.training["compile"]:
             try:
                 # "reduce-overhead" = CUDA graphs (the batch shapes are static: the sampler drops ragged batches)
-                self.train_model = torch.compile(self.train_model, mode=self.training["compile_mode"])
+                self.train_model = torch.compile(self.train_model, mode=self.compile_mode())
             except Exception as e:  # noqa: BLE001 - any backend failure means: run eager
                 log.warning("torch.compile unavailable (%s); training eager", e)
 
+    def compile_mode(self) -> str:
+        """training.compile_mode, with auto resolved: CUDA graphs on one CUDA device without gradient
+        accumulation (a graph's outputs are overwritten by its next replay, so accumulated gradients and DDP's
+        bucket hooks stay eager), torch's default mode otherwise."""
+        mode = str(self.training["compile_mode"])
+        if mode != "auto":
+            return mode
+        graphs = self.cuda and self.dist.world == 1 and int(self.training["update_frequency"]) == 1
+        return "reduce-overhead" if graphs else "default"
+
     def _forward(self, batch: dict) -> torch.Tensor:
-        if self.training["compile_mode"] == "reduce-overhead" and self.train_model is not self.model:
+        if self.compile_mode() == "reduce-overhead" and self.train_model is not self.model:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
         if self._compile_checked or self.train_model is self.model:
             return self.train_model(batch)

@@ -127,3 +127,46 @@ def test_unknown_compile_mode_is_a_config_error(data, tmp_path):
 
     with pytest.raises(ConfigError, match="compile_mode"):
         build_config([f"config={TINY}", "datasets=textvqa", "model=m4c", "training.compile_mode=fast"])
+
+
+def test_unknown_attention_backend_is_a_config_error():
+    from mmftrain.config import build_config
+
+    with pytest.raises(ConfigError, match="attention_backend=.*one of auto, cudnn, flash, efficient, math"):
+        build_config([f"config={TINY}", "datasets=textvqa", "model=m4c", "training.attention_backend=fast"])
+
+
+@pytest.mark.parametrize("cuda,world,accumulate,expected", [
+    (True, 1, 1, "reduce-overhead"),  # one GPU: CUDA graphs
+    (True, 2, 1, "default"),  # DDP's hooks stay out of graphs
+    (True, 1, 2, "default"),  # a graph's next replay would overwrite the accumulated gradients
+    (False, 1, 1, "default"),  # no CUDA graphs on a CPU
+])
+def test_compile_mode_auto_uses_cuda_graphs_only_where_they_are_safe(cuda, world, accumulate, expected):
+    from types import SimpleNamespace
+
+    from mmftrain.config import build_config
+    from mmftrain.trainer import Trainer
+
+    cfg = build_config([f"config={TINY}", "datasets=textvqa", "model=m4c", f"training.update_frequency={accumulate}"])
+    assert cfg["training"]["compile_mode"] == "auto"
+    t = SimpleNamespace(training=cfg["training"], cuda=cuda, dist=SimpleNamespace(world=world))
+    assert Trainer.compile_mode(t) == expected
+    t.training = dict(cfg["training"], compile_mode="max-autotune")
+    assert Trainer.compile_mode(t) == "max-autotune"  # an explicit mode is kept
+
+
+def test_attention_backend_enables_exactly_its_kernels():
+    from mmftrain.kernels import set_attention_backend
+
+    def enabled():
+        b = torch.backends.cuda
+        return (b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled())
+    try:
+        set_attention_backend("math")
+        assert enabled() == (False, False, False, True)
+        set_attention_backend("efficient")
+        assert enabled() == (False, False, True, True)
+    finally:
+        set_attention_backend("auto")
+    assert enabled() == (True, True, True, True)
