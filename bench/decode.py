@@ -9,10 +9,13 @@ the same random full-shape batches (real feature shapes, varied text/object/OCR 
 difference, then prints questions/s and the ratio incremental / full recompute measured in the same run (each
 way timed `--repeat` times, alternating, the fastest run counting).
 
-Identical predictions are a property of the arithmetic in fp32. Under bf16/fp16 autocast neither way is exact:
-a 182-key and a 1-query attention round differently, and a near-tie at one step changes every later step. There
-the bench also decodes with full recompute in fp32 and requires that incremental decoding disagree with full
-recompute (same precision) on no more questions than the low precision itself does with fp32.
+Identical predictions are what the arithmetic gives when both ways round alike: fp32 on a CPU, where the bench
+requires them. Elsewhere (GPU kernels picked per shape, bf16/fp16 autocast) a 182-key and a 1-query attention
+round differently, and where two candidates are tied within that rounding at some step the ways may pick
+differently there, and everything after differs (the pick is fed back). There the bench counts the questions
+decoded differently and requires no more than the precision's own scale of such flips: full recompute in bf16
+against fp32 (for an fp32 run) or in fp32 against the autocast precision. A cache that attended to a wrong
+position flips far more (tested: attending to the unwritten slots flips 57 of 100 questions against bf16's 26).
 """
 from __future__ import annotations
 
@@ -118,7 +121,6 @@ def main() -> None:
             t, s_inc = run(model, batches, True, device, amp)
             t_inc = min(t_inc, t)
         same = all(torch.equal(f.argmax(-1), i.argmax(-1)) for f, i in zip(s_full, s_inc))
-        differ = lambda xs, ys: sum(int((x.argmax(-1) != y.argmax(-1)).any(-1).sum()) for x, y in zip(xs, ys))  # noqa: E731
         diff = max(float((f - i)[f > -5000].abs().max()) for f, i in zip(s_full, s_inc))
         steps_vary = any(bool((f.argmax(-1)[:, 1:] != f.argmax(-1)[:, :-1]).any()) for f in s_full)
         q = len(batches) * bs
@@ -127,17 +129,26 @@ def main() -> None:
               f"({t_full:.2f} s)  incremental {q / t_inc:9.1f} q/s ({t_inc:.2f} s)  x{t_full / t_inc:.2f}  "
               f"argmax identical at every step: {same}  max |score diff| {diff:.2e}  "
               f"predictions vary across steps: {steps_vary}", flush=True)
-        if dtype is None and not same:
-            raise SystemExit(f"{which}: incremental decoding predicted differently from full recompute: a bug")
-        if dtype is not None:  # rounding, not the algorithm, decides near-ties: compare with the precision's own
-            _, s_ref = run(model, batches, False, device, lambda: torch.autocast(device.type, enabled=False))
-            inc_vs_full, low_vs_fp32 = differ(s_inc, s_full), differ(s_full, s_ref)
-            print(f"{which:>5} {a.amp}: questions whose 12 predictions differ: incremental vs full recompute "
-                  f"{inc_vs_full}/{q}; full recompute {a.amp} vs fp32 {low_vs_fp32}/{q}", flush=True)
-            if inc_vs_full > low_vs_fp32:
-                raise SystemExit(f"{which}: incremental decoding disagrees with full recompute more than {a.amp} "
-                                 "rounding does: a bug")
+        if not cuda and dtype is None:
+            if not same:
+                raise SystemExit(f"{which}: incremental decoding predicted differently from full recompute in fp32 "
+                                 "on the CPU: a bug")
+            continue
+        other = (lambda: torch.autocast(device.type, enabled=False)) if dtype is not None else (
+            lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        _, s_other = run(model, batches, False, device, other)
+        flips, scale = differ(s_inc, s_full), differ(s_full, s_other)
+        print(f"{which:>5} {a.amp}: questions decoded differently by incremental and full recompute {flips}/{q}; "
+              f"by full recompute in {a.amp} and in {'fp32' if dtype is not None else 'bf16'} {scale}/{q} "
+              f"(the scale of rounding flips)", flush=True)
+        if flips > scale:
+            raise SystemExit(f"{which}: incremental decoding disagrees with full recompute on more questions than "
+                             "rounding does: a bug")
 
+
+def differ(xs: list, ys: list) -> int:
+    """Questions whose predicted sequences differ between two decodings of the same batches."""
+    return sum(int((x.argmax(-1) != y.argmax(-1)).any(-1).sum()) for x, y in zip(xs, ys))
 
 if __name__ == "__main__":
     main()

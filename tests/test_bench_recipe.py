@@ -36,3 +36,15 @@ def test_decode_bench_tiny_checks_identical_predictions_and_prints_the_ratio():
     line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("tiny"))
     assert "argmax identical at every step: True" in line and "predictions vary across steps: True" in line
     assert re.search(r"incremental\s+[\d.]+ q/s \([\d.]+ s\)\s+x[\d.]+", line), line
+
+
+def test_decode_bench_under_bf16_compares_the_flips_with_the_precisions_own():
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "decode.py"), "--models", "tiny", "--batch", "16",
+                           "--questions", "32", "--repeat", "1", "--amp", "bf16"], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = re.search(r"incremental and full recompute (\d+)/32; by full recompute in bf16 and in fp32 (\d+)/32",
+                  proc.stdout)
+    assert m, proc.stdout[-2000:]
+    assert int(m.group(1)) <= int(m.group(2))
