@@ -29,7 +29,7 @@ STRICT_SECTIONS = ("training", "evaluation", "checkpoint", "env", "distributed")
 _ENV_DIRS = {"data_dir": "MMF_DATA_DIR", "save_dir": "MMF_SAVE_DIR", "cache_dir": "MMF_CACHE_DIR",
              "log_dir": "MMF_LOG_DIR", "report_dir": "MMF_REPORT_DIR", "tensorboard_logdir": "MMF_TENSORBOARD_LOGDIR"}
 LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
-# training.compile_mode: torch.compile's modes, plus auto = CUDA graphs where they are safe (see Trainer.wrap)
+# training.compile_mode: torch.compile's modes, plus auto = CUDA graphs where they are safe (see kernels.compile_mode)
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # training.attention_backend: which fused attention kernels scaled_dot_product_attention may pick on CUDA
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from mmfdata.batch import expand_targets
-from mmftrain import checkpoint, distributed
+from mmftrain import checkpoint, distributed, kernels
 from mmftrain.data import Prefetcher, TrainSampler, loader_workers, to_device
 from mmftrain.errors import CheckpointError, ConfigError, TrainError
 from mmftrain.evaluate import evaluate_all
-from mmftrain.kernels import set_attention_backend
 from mmftrain.logs import MetricsWriter, format_line, log
 from mmftrain.loss import m4c_decoding_bce_with_mask
 from mmftrain.models import build_model, load_mmf_state_dict
@@ -64,7 +63,7 @@ class Trainer:
         self.device = dist.device
         self.save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
         self.cuda = self.device.type == "cuda"
-        self._set_precision()
+        kernels.set_precision(self.training, self.cuda)
         seed_everything(seed)  # same initial weights on every rank
         self.model = build_model(cfg, answer_vocab_size).to(self.device)
         seed_everything(seed + dist.rank)
@@ -73,75 +72,22 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=bool(self.training["fp16"]))
         self.num_updates = self.iteration = self.epoch = self.batch_in_epoch = 0
         self.best_update, self.best_metric = 0, None
-        self.train_model = self.model
+        self.forward = kernels.TrainForward(self.model, dict(self.training, compile=False), self.device, 1)
         self.features = None  # DeviceFeatures while training with training.features_on_device
         self.stop_signal = None
-        self._compile_checked = False
         options = cfg["checkpoint"]
         self.checkpointer = checkpoint.Checkpointer(self.save_dir, int(options["max_to_keep"]),
                                                     background=bool(options["background_write"]))
         self.git = checkpoint.git_details() if options["save_git_details"] else None
 
-    # ---- precision and kernels
-    def _set_precision(self) -> None:
-        if self.training["fp16"] and not self.cuda:
-            raise ConfigError("training.fp16=true needs a CUDA device; use training.bf16=true on CPU")
-        if self.cuda:
-            tf32 = bool(self.training["tf32"])
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
-            torch.set_float32_matmul_precision("high" if tf32 else "highest")
-            torch.backends.cudnn.benchmark = bool(self.training["cudnn_benchmark"])
-            set_attention_backend(str(self.training["attention_backend"]))
-            if not (self.training["fp16"] or self.training["bf16"]):
-                log.info("precision: fp32 with %s matmuls (training.tf32=%s)", "TF32" if tf32 else "strict fp32",
-                         str(tf32).lower())
-
+    # ---- precision and compilation (mmftrain.kernels)
     def amp(self):
         """Autocast for fp16/bf16 (fp32 otherwise)."""
-        if self.training["fp16"]:
-            return torch.autocast(self.device.type, dtype=torch.float16)
-        if self.training["bf16"]:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return kernels.autocast(self.training, self.device.type)
 
     def wrap(self) -> None:
         """DDP across ranks, then torch.compile when asked (eager fallback on failure)."""
-        if self.dist.world > 1:
-            ids = [self.device.index] if self.cuda else None
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=bool(self.training["find_unused_parameters"]))
-        if self.training["compile"]:
-            try:
-                # "reduce-overhead" = CUDA graphs (the batch shapes are static: the sampler drops ragged batches)
-                self.train_model = torch.compile(self.train_model, mode=self.compile_mode())
-            except Exception as e:  # noqa: BLE001 - any backend failure means: run eager
-                log.warning("torch.compile unavailable (%s); training eager", e)
-
-    def compile_mode(self) -> str:
-        """training.compile_mode, with auto resolved: CUDA graphs on one CUDA device without gradient
-        accumulation (a graph's outputs are overwritten by its next replay, so accumulated gradients and DDP's
-        bucket hooks stay eager), torch's default mode otherwise."""
-        mode = str(self.training["compile_mode"])
-        if mode != "auto":
-            return mode
-        graphs = self.cuda and self.dist.world == 1 and int(self.training["update_frequency"]) == 1
-        return "reduce-overhead" if graphs else "default"
-
-    def _forward(self, batch: dict) -> torch.Tensor:
-        if self.compile_mode() == "reduce-overhead" and self.train_model is not self.model:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
-        if self._compile_checked or self.train_model is self.model:
-            return self.train_model(batch)
-        try:  # the first compiled call is where torch.compile fails (no compiler, unsupported op, ...)
-            out = self.train_model(batch)
-        except Exception as e:  # noqa: BLE001 - any compile failure means: run eager
-            log.warning("torch.compile failed on the first step (%s: %s); falling back to eager",
-                        type(e).__name__, (str(e).splitlines() or [""])[0][:200])
-            self.train_model = getattr(self.train_model, "_orig_mod", self.model)
-            out = self.train_model(batch)
-        self._compile_checked = True
-        return out
+        self.forward = kernels.TrainForward(self.model, self.training, self.device, self.dist.world)
 
     # ---- checkpoints
     def state(self) -> dict:
@@ -333,9 +279,9 @@ class Trainer:
             if self.features is not None:
                 batch = self.features.materialize(batch)
             sync_grads = micro == accumulate - 1 or self.dist.world == 1
-            with contextlib.nullcontext() if sync_grads else self.train_model.no_sync():
+            with contextlib.nullcontext() if sync_grads else self.forward.no_sync():
                 with self.amp():
-                    scores = self._forward(batch)
+                    scores = self.forward(batch)
                 targets = expand_targets(batch, scores.size(-1))
                 loss = m4c_decoding_bce_with_mask(scores, targets, batch["train_loss_mask"])
                 self.scaler.scale(loss / accumulate).backward()

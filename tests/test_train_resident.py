@@ -143,17 +143,14 @@ def test_unknown_attention_backend_is_a_config_error():
     (False, 1, 1, "default"),  # no CUDA graphs on a CPU
 ])
 def test_compile_mode_auto_uses_cuda_graphs_only_where_they_are_safe(cuda, world, accumulate, expected):
-    from types import SimpleNamespace
-
     from mmftrain.config import build_config
-    from mmftrain.trainer import Trainer
+    from mmftrain.kernels import compile_mode
 
     cfg = build_config([f"config={TINY}", "datasets=textvqa", "model=m4c", f"training.update_frequency={accumulate}"])
     assert cfg["training"]["compile_mode"] == "auto"
-    t = SimpleNamespace(training=cfg["training"], cuda=cuda, dist=SimpleNamespace(world=world))
-    assert Trainer.compile_mode(t) == expected
-    t.training = dict(cfg["training"], compile_mode="max-autotune")
-    assert Trainer.compile_mode(t) == "max-autotune"  # an explicit mode is kept
+    assert compile_mode(cfg["training"], cuda, world) == expected
+    explicit = dict(cfg["training"], compile_mode="max-autotune")
+    assert compile_mode(explicit, cuda, world) == "max-autotune"  # an explicit mode is kept
 
 
 def test_attention_backend_enables_exactly_its_kernels():
@@ -170,3 +167,29 @@ def test_attention_backend_enables_exactly_its_kernels():
     finally:
         set_attention_backend("auto")
     assert enabled() == (True, True, True, True)
+
+
+def test_a_compiler_that_fails_on_the_first_step_leaves_training_eager(monkeypatch, caplog):
+    from mmftrain import kernels
+
+    model = torch.nn.Linear(3, 2)
+    calls = []
+
+    class Broken:  # what torch.compile returns when its backend cannot build: fails at the first call
+        _orig_mod = model
+
+        def __call__(self, x):
+            calls.append(x)
+            raise RuntimeError("no C++ compiler found\nmore detail")
+    monkeypatch.setattr(torch, "compile", lambda module, mode: Broken())
+    training = {"compile": True, "compile_mode": "auto", "update_frequency": 1, "find_unused_parameters": False}
+    forward = kernels.TrainForward(model, training, torch.device("cpu"), 1)
+    x = torch.ones(4, 3)
+    with caplog.at_level("WARNING", logger="mmftrain"):
+        out = forward(x)
+    assert len(calls) == 1  # the fault fired
+    assert torch.equal(out, model(x)) and forward.module is model
+    assert "torch.compile failed on the first step (RuntimeError: no C++ compiler found); falling back to eager" \
+        in caplog.text
+    forward(x)
+    assert len(calls) == 1  # eager from then on
