@@ -174,6 +174,27 @@ def measure_checkpoint(trainer, timeout: float = 300.0) -> tuple[float, float]:
     return blocked, time.perf_counter() - t0
 
 
+def measure_setting(a, data_dir: Path, work: Path, key: str, setting: list[str], questions: int) -> dict:
+    """Steps, val pass and checkpoint of one setting, printed; returns its projected recipe parts."""
+    from mmftrain import distributed as D
+
+    steps = measure_steps(a, data_dir, work, key, setting)
+    trainer, val, dist = trainer_for(a, data_dir, work, key, setting)
+    try:
+        ev = {k: v * RECIPE["val_questions"] / questions for k, v in
+              measure_eval(trainer, val, dist, questions).items()}
+        blocked, written = measure_checkpoint(trainer)
+    finally:
+        D.cleanup()
+    print(f"{key:>4}: steps {steps['samples_per_s']:8.1f} samples/s (data wait {100 * steps['data_wait']:.1f}%"
+          f", losses {', '.join(f'{x:.3f}' for x in steps['losses'])}); val pass of 5,000 questions "
+          f"{ev['steady']:.2f} s (timed on {questions}; first pass {ev['first']:.2f} s, its loader alone "
+          f"{ev['loader']:.2f} s); checkpoint: save() returned after {blocked:.3f} s, "
+          f"file in place after {written:.3f} s", flush=True)
+    # ours writes in the background (the loop waits for save() only); MMF's writes synchronously
+    return project(steps, ev["steady"], blocked if key == "ours" else written)
+
+
 def project(steps: dict, eval_s: float, ckpt_s: float) -> dict:
     """Seconds of each part of the recipe from the measured rates."""
     r = RECIPE
@@ -224,24 +245,7 @@ def main() -> None:
         settings = [("ours", ours, eval_q)] + ([] if a.skip_mmf else [("MMF", MMF, mmf_q)])
         parts = {}
         for key, setting, questions in settings:
-            steps = measure_steps(a, data_dir, work, key, setting)
-            trainer, val, dist = trainer_for(a, data_dir, work, key, setting)
-            try:
-                ev = {k: v * RECIPE["val_questions"] / questions for k, v in
-                      measure_eval(trainer, val, dist, questions).items()}
-                eval_s = ev["steady"]
-                blocked, written = measure_checkpoint(trainer)
-            finally:
-                from mmftrain import distributed as D
-
-                D.cleanup()
-            ckpt_s = blocked if key == "ours" else written
-            parts[key] = project(steps, eval_s, ckpt_s)
-            print(f"{key:>4}: steps {steps['samples_per_s']:8.1f} samples/s (data wait {100 * steps['data_wait']:.1f}%"
-                  f", losses {', '.join(f'{x:.3f}' for x in steps['losses'])}); val pass of 5,000 questions "
-                  f"{eval_s:.2f} s (timed on {questions}; first pass {ev['first']:.2f} s, its loader alone "
-                  f"{ev['loader']:.2f} s); checkpoint: save() returned after {blocked:.3f} s, "
-                  f"file in place after {written:.3f} s", flush=True)
+            parts[key] = measure_setting(a, data_dir, work, key, setting, questions)
         print("\nprojected recipe (24,000 updates x 128, 24 val passes of 5,000, 24 checkpoints, 5,734 test "
               "predictions; start-up and compilation not included):")
         print(f"{'part':>12} " + " ".join(f"{k:>12}" for k in parts))
