@@ -36,17 +36,56 @@ class DamagedCheckpoint(CheckpointError):
 
 def save(path: Path, state: dict) -> None:
     """torch.save `state` atomically: a crash mid-write leaves the previous file intact."""
-    atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
+    def write(f):
+        tap = _ErrorTap(f)
+        try:
+            torch.save(state, tap)
+        except RuntimeError:
+            if tap.error is not None:  # torch's writer reports a failed write as "unexpected pos ..."
+                raise tap.error from None
+            raise
+
+    _publish(Path(path), write)
+
+
+class _ErrorTap:
+    """A file wrapper that keeps the OSError of a failed write (torch.save replaces it by a RuntimeError)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def save_many(paths: list[Path], state: dict) -> None:
     """Serialise `state` once and publish it atomically under every path. The others are copies, not hard links:
-    each file must survive damage to another (a damaged current.ckpt falls back to models/model_<N>.ckpt)."""
+    each file must survive damage to another (a damaged current.ckpt falls back to models/model_<N>.ckpt).
+
+    Raises:
+        CheckpointError: naming the file whose write failed (the files before it are published, the rest not).
+    """
     first = Path(paths[0])
     save(first, state)
     for other in map(Path, paths[1:]):
         with open(first, "rb") as src:
-            atomic_write_bytes(other, lambda dst: shutil.copyfileobj(src, dst, 1 << 24))
+            _publish(other, lambda dst: shutil.copyfileobj(src, dst, 1 << 24))
+
+
+def _publish(path: Path, write) -> None:
+    try:
+        atomic_write_bytes(path, write)
+    except OSError as e:
+        raise CheckpointError(f"writing checkpoint {path} failed ({e.strerror or e}); the previous checkpoint "
+                              "is intact; free disk space or fix permissions and resume with "
+                              "checkpoint.resume=true") from None
 
 
 def verify(path: Path) -> str | None:
@@ -243,6 +282,7 @@ class Checkpointer:
         """Write `state` under each of `names` (relative to save_dir); returns once the state is copied."""
         start = time.perf_counter()
         self.wait()
+        before = list(self.periodic)
         for name in names:
             if name.startswith(PERIODIC_DIR + "/") and name not in self.periodic:
                 self.periodic.append(name)
@@ -252,31 +292,39 @@ class Checkpointer:
                 doomed.append(self.periodic.pop(0))
         state = {**state, "periodic_checkpoints": list(self.periodic)}
         snap = self.snapshot.take(state)
-        paths = [self.save_dir / n for n in names]
+        # the periodic file first: if a later copy fails, no published file lists a periodic file that is not
+        # there, and the files it would have pruned stay listed (pruned by a later save, never orphaned)
+        paths = [self.save_dir / n for n in sorted(names, key=lambda n: not n.startswith(PERIODIC_DIR + "/"))]
         if self.background:
-            self._thread = threading.Thread(target=self._write, args=(paths, snap, doomed),
+            self._thread = threading.Thread(target=self._write, args=(paths, snap, doomed, before),
                                             name="checkpoint-writer", daemon=False)
             self._thread.start()
         else:
-            self._write(paths, snap, doomed)
+            self._write(paths, snap, doomed, before)
             self._raise_error()
         self.stall_s += time.perf_counter() - start
 
-    def _write(self, paths: list[Path], state: dict, doomed: list[str]) -> None:
+    def _write(self, paths: list[Path], state: dict, doomed: list[str], before: list[str]) -> None:
         try:
             save_many(paths, state)
             for name in doomed:
                 (self.save_dir / name).unlink(missing_ok=True)
-        except BaseException as e:  # noqa: BLE001 - surfaced on the training thread by wait()
-            self._error = CheckpointError(f"writing checkpoint {paths[0]} failed ({type(e).__name__}: {e}); "
-                                          "the previous checkpoint is intact; free disk space or fix permissions "
-                                          "and resume with checkpoint.resume=true")
+        except BaseException as e:  # noqa: BLE001 - surfaced on the training thread by failed()/wait()
+            self.periodic = before  # what is on disk: the failed save neither added nor pruned a file
+            self._error = e if isinstance(e, CheckpointError) else CheckpointError(
+                f"writing checkpoint {paths[0]} failed ({type(e).__name__}: {e}); the previous checkpoint is "
+                "intact; free disk space or fix permissions and resume with checkpoint.resume=true")
+
+    def failed(self, block: bool = False) -> bool:
+        """Whether the write in flight has failed; without `block`, a write still running counts as not failed."""
+        if self._thread is not None and (block or not self._thread.is_alive()):
+            self._thread.join()
+            self._thread = None
+        return self._error is not None
 
     def wait(self) -> None:
         """Block until the write in flight is on disk; raise its error if it failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self.failed(block=True)
         self._raise_error()
 
     def _raise_error(self) -> None:

@@ -106,9 +106,23 @@ class Trainer:
     def save(self, *names: str) -> None:
         """Checkpoint the full state under each of `names` (relative to save_dir); collective across ranks.
         Returns once the state is copied to host memory; the file is written in the background."""
+        self._check_writes(block=True)  # the last write's error stops every rank here, not rank 0 alone
         state = self.state()
         if self.dist.is_main:
             self.checkpointer.save(list(names), state)
+
+    def _check_writes(self, block: bool) -> None:
+        """Stop every rank once a background checkpoint write has failed (disk full, permissions): training on
+        would only lose more work. Rank 0 raises the write's own error, the others a pointer to it."""
+        failed = self.dist.is_main and self.checkpointer.failed(block)
+        if self.dist.world > 1:
+            failed = distributed.any_flag(failed, self.device)
+        if not failed:
+            return
+        if self.dist.is_main:
+            self.checkpointer.wait()
+        raise CheckpointError("rank 0 could not write a checkpoint (its error is in its log); the previous "
+                              "checkpoint is intact: fix the cause and resume with checkpoint.resume=true")
 
     def finish_writes(self) -> None:
         """Wait until every checkpoint is on disk (raising a write's error); all ranks return together."""
@@ -225,6 +239,8 @@ class Trainer:
             window = LogWindow()
             while self.num_updates < max_updates:
                 cpu_batch = self._update(batches, window, accumulate, sampler.batches_per_epoch)
+                if self.dist.world == 1 or self.num_updates % STOP_CHECK_EVERY == 0:
+                    self._check_writes(block=False)
                 if bar is not None:
                     bar.update(1)
                 if self.num_updates % int(training["log_interval"]) == 0 or self.num_updates == max_updates:

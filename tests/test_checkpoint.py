@@ -103,6 +103,23 @@ def test_background_write_error_is_raised_on_the_training_thread(tmp_path):
     writer.wait()  # reported once
 
 
+def test_failed_write_leaves_no_listed_file_missing_and_none_orphaned(tmp_path):
+    """current.ckpt cannot be replaced (a folder stands there): the periodic file is written first, nothing is
+    pruned, the error names current.ckpt, and the writer's list is what is on disk."""
+    writer = checkpoint.Checkpointer(tmp_path, max_to_keep=1)
+    writer.save(["models/model_5.ckpt"], _state())
+    writer.wait()
+    (tmp_path / "current.ckpt").mkdir()
+    writer.save(["current.ckpt", "models/model_10.ckpt"], _state())
+    assert writer.failed(block=True)
+    with pytest.raises(CheckpointError, match=r"writing checkpoint .*current.ckpt failed"):
+        writer.wait()
+    assert (tmp_path / "models" / "model_5.ckpt").is_file()  # not pruned: the new save did not complete
+    assert checkpoint.load(tmp_path / "models" / "model_10.ckpt")["periodic_checkpoints"] == ["models/model_10.ckpt"]
+    assert writer.periodic == ["models/model_5.ckpt"]
+    assert not writer.failed()  # reported once
+
+
 def test_checkpoint_bench_smoke(tmp_path):
     """bench/checkpoint.py --tiny runs (so the benchmark cannot rot) and reports both ways and the ratio."""
     import subprocess

@@ -115,6 +115,45 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(data_dir, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
 
 
+def test_checkpoint_write_failing_mid_run_stops_it_promptly_and_resume_works(data_dir, tmp_path):
+    """A full disk under the background checkpoint writer (RLIMIT_FSIZE set on the running process, so writes
+    fail with EFBIG as they would with ENOSPC): the run stops within a few updates with one error line, the
+    previous checkpoint stays intact and listed, and the run resumes from it once there is room again."""
+    import resource
+
+    import torch
+
+    steps = ["training.max_updates=400", "training.checkpoint_interval=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(train_cmd(data_dir, tmp_path, *steps), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    first = tmp_path / "models" / "model_8.ckpt"
+    deadline = time.time() + 180
+    while not (first.exists() and (tmp_path / "current.ckpt").exists()) and proc.poll() is None:
+        assert time.time() < deadline, "no first checkpoint"
+        time.sleep(0.01)
+    size = first.stat().st_size
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (size // 2, size // 2))  # the "disk" fills up now
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "writing checkpoint" in lines[0] and "File too large" in lines[0], err  # fired
+    assert "checkpoint.resume=true" in lines[0]
+    # noticed at once: the next save (update 24) or the end (400) would have been far later
+    assert 16 <= max(train_records(tmp_path)) < 24
+    saved = torch.load(tmp_path / "current.ckpt", weights_only=True)
+    assert saved["num_updates"] == 8 and saved["periodic_checkpoints"] == ["models/model_8.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_8.ckpt"]
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+    resumed = run(train_cmd(data_dir, tmp_path, "training.max_updates=24", "training.checkpoint_interval=8",
+                            "checkpoint.resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at update 8" in resumed.stdout
+    assert sorted(train_records(tmp_path)) == list(range(1, 25))
+
+
 def test_val_and_inference_write_complete_prediction_files(data_dir, tmp_path):
     r = run(train_cmd(data_dir, tmp_path, "training.max_updates=4", "training.checkpoint_interval=4",
                       run_type="train_val"))
