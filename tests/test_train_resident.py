@@ -88,6 +88,25 @@ def test_resident_features_need_packed_stores(data):
         DeviceFeatures(LmdbLike(), torch.device("cpu"))
 
 
+def test_features_that_leave_no_room_to_train_are_refused_before_any_copy(data, tmp_path):
+    """A store whose objects are a sparse file larger than this machine's RAM: refused with the sizes and the
+    fix, before anything is copied (the copy would take minutes and then fail, or swap the machine to death)."""
+    from mmfdata.packed import PackedDataset
+    from mmftrain.resident import free_memory
+
+    available, total = free_memory(torch.device("cpu"))
+    ds = PackedDataset(data[1][0], seed=7)
+    rows = (total + (1 << 30)) // (100 * 2048 * 2) + 1
+    huge = tmp_path / "obj_feat.f16"
+    with open(huge, "wb") as f:
+        f.truncate(rows * 100 * 2048 * 2)  # sparse: no disk used
+    ds.a = {**ds.a, "obj_feat": np.memmap(huge, np.float16, "r", shape=(rows, 100, 2048))}
+    with pytest.raises(ConfigError, match=r"features_on_device=true needs .* GB on cpu .* only .* GB of .* GB is "
+                                          r"free; set training.features_on_device=false"):
+        DeviceFeatures(ds, torch.device("cpu"))
+    assert 0 < available <= total
+
+
 def _train(data_dir: Path, save: Path, *extra: str) -> list[float]:
     cmd = [sys.executable, "-m", "mmftrain.cli", f"config={TINY}", "datasets=textvqa", "model=m4c",
            "run_type=train", f"env.data_dir={data_dir}", f"env.save_dir={save}", "env.fetch_missing_data=false",
