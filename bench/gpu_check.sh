@@ -8,9 +8,12 @@
 #    run(command="bash bench/gpu_check.sh", carry=[".gpu-wheels"], timeout_s=600)
 #    Everything it prints also goes to $OUT/gpu_check.log (plus the train runs' metrics.jsonl).
 #
-# Steps, in this order; STEPS="data attn recipe ..." runs a subset (default: all). A step that would start with
-# < 25 s left is skipped (and said so):
+# Steps, in this order; STEPS="data attn recipe ..." runs a subset (default: all but attn, which measured no
+# difference). A step that would start with < 25 s left is skipped (and said so):
 #   data     mmf data synth --questions 3000 --images 700, mmf data pack textvqa
+#   profile  bench/train.py, one batch resident: bf16 + compile (default mode) and the trainer's CUDA-graphed
+#            forward, the last 5 steps of each under torch.profiler: GPU time per part of the step (matmul,
+#            attention, triton-fused elementwise/norm, optimizer + clip, copies) and GPU-busy share of the wall
 #   attn     mmf train bf16 + compile (auto: CUDA graphs) + resident features, ATTN_UPDATES (100) updates, once per
 #            training.attention_backend in $ATTN (auto math efficient): samples/s; the fastest goes to recipe
 #   recipe   bench/recipe.py full size: ours (bf16 + compile + incremental decoding + resident features + the
@@ -22,6 +25,8 @@
 #            decreasing losses
 #   fp16     mmf train training.fp16=true (MMF's AMP), eager, 200 updates, packed: finite decreasing losses
 #   lmdb     mmf train bf16 on the LMDB path (prefer_packed=false), 200 updates: samples/s, losses
+#   autotune as bf16, with training.compile_mode=max-autotune (inductor's tuned matmul templates + CUDA graphs),
+#            100 updates: samples/s (the step's wall time includes the tuning)
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,9 +54,12 @@ D=$WORK/data
 if [ "${SMOKE:-0}" = 1 ]; then
     MODEL=tiny.yaml BATCH=16 QUESTIONS=160 IMAGES=40 UPDATES=6 WINDOW=2 TINY=--tiny ATTN_UPDATES=${ATTN_UPDATES:-6}
     DECODE="--device cpu --models tiny --batch 16 --questions 32 --repeat 1"
+    PROFILE="--device cpu --batch 2 --steps 6 --warmup 1 --questions 64 --images 16 --modes bf16 --profile bf16"
 else
     MODEL=defaults.yaml BATCH=128 QUESTIONS=3000 IMAGES=700 UPDATES=200 WINDOW=40 TINY= ATTN_UPDATES=${ATTN_UPDATES:-100}
     DECODE="--device cuda --models full --batch 128 --questions 640 --repeat 2"
+    PROFILE="--device cuda --steps 30 --warmup 15 --modes bf16+compile@resident,bf16+graphs@resident
+             --profile bf16+compile@resident,bf16+graphs@resident"
 fi
 CFG="config=projects/m4c/configs/textvqa/$MODEL datasets=textvqa model=m4c env.data_dir=$D
      env.fetch_missing_data=false training.batch_size=$BATCH training.progress_bar=false training.seed=1"
@@ -120,9 +128,11 @@ if [ -n "$missing" ]; then
     fi
 fi
 
-want() { case " ${STEPS:-data attn recipe decode bf16 fp16 lmdb} " in *" $1 "*) return 0 ;; esac; return 1; }
+want() { case " ${STEPS:-data profile recipe decode bf16 fp16 autotune lmdb} " in *" $1 "*) return 0 ;; esac; return 1; }
 want data && step data bash -c "$PY -m mmf_cli data synth --out $D --questions $QUESTIONS --images $IMAGES &&
                                  $PY -m mmf_cli data pack textvqa --data-dir $D"
+# shellcheck disable=SC2086
+want profile && step profile $PY bench/train.py $PROFILE
 BEST=auto
 if want attn; then
     for backend in ${ATTN:-auto math efficient}; do
@@ -155,5 +165,7 @@ fi
 want bf16 && train bf16 "$UPDATES" training.bf16=true training.compile=true training.features_on_device=true \
     training.attention_backend="$BEST"
 want fp16 && train fp16 "$UPDATES" training.fp16=true
+want autotune && train autotune "$ATTN_UPDATES" training.bf16=true training.compile=true \
+    training.features_on_device=true training.compile_mode=max-autotune
 want lmdb && train lmdb "$UPDATES" training.bf16=true training.prefer_packed=false
 say "gpu_check done in $(($(date +%s) - START))s"

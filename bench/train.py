@@ -2,6 +2,7 @@
 
     python bench/train.py                                   # CPU smoke: batch 8, fp32 vs bf16
     python bench/train.py --device cuda --modes fp32,bf16,bf16+compile,bf16+compile@host,bf16+compile@resident
+    python bench/train.py --device cuda --modes bf16+compile@resident,bf16+graphs@resident --profile bf16+graphs@resident
     python bench/train.py --data-only --loaders host,copy,device      # the loader alone, no model
 
 Each mode runs the trainer's own pieces end to end: a dataset's `get_batch` (fp16 feature arrays shaped like the
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmfdata.batch import expand_targets  # noqa: E402
 from mmftrain.data import Prefetcher, loader_workers, to_device, to_tensors  # noqa: E402
+from mmftrain.kernels import TrainForward  # noqa: E402
 from mmftrain.loss import m4c_decoding_bce_with_mask  # noqa: E402
 from mmftrain.models import build_m4c  # noqa: E402
 
@@ -166,6 +168,46 @@ def bench_data(loader: str, ds, device: torch.device, batch: int, steps: int, wa
     return steps * batch / (time.perf_counter() - t0)
 
 
+PROFILED = 5  # the last steps of a profiled mode
+# kernel name pattern -> what the step spends it on (first match wins; "other" is the rest)
+KERNEL_KINDS = (("matmul", r"^triton_tem_.*mm"),  # max-autotune's matmul templates
+                ("fused elementwise/norm (triton)", r"^triton_"),
+                ("attention", r"fmha|flash|attention|sdpa|_attn|mha"),
+                ("matmul", r"gemm|cutlass|xmma|nvjet|cublas|matmul|splitk|wgmma"),
+                ("optimizer + clip", r"adam|multi_tensor|foreach|lpnorm"),
+                ("copy/fill/gather", r"memcpy|memset|copy|fill|index_select|gather|scatter"),
+                ("elementwise/reduce (aten)", r"elementwise|reduce|vectorized|layer_norm|softmax|dropout"))
+
+
+def kernel_kind(name: str) -> str:
+    import re
+
+    low = name.lower()
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, low)), "other")
+
+
+def print_kernel_shares(prof, wall_s: float, steps: int) -> None:
+    """GPU time per kind of kernel over the profiled steps, and the share of the wall time the GPU was busy.
+    Kernels replayed inside CUDA graphs appear only where the profiler traces graph nodes; none seen is said."""
+    from collections import defaultdict
+
+    per_kind, total = defaultdict(float), 0.0
+    for evt in prof.key_averages():
+        if str(getattr(evt, "device_type", "")).split(".")[-1] != "CUDA":
+            continue
+        us = float(getattr(evt, "self_device_time_total", getattr(evt, "self_cuda_time_total", 0.0)))
+        per_kind[kernel_kind(evt.key)] += us
+        total += us
+    if not total:
+        print(f"profile: no GPU kernels recorded over {steps} steps ({1e3 * wall_s / steps:.2f} ms/step wall)")
+        return
+    step_ms = total / 1e3 / steps
+    print(f"profile: {step_ms:.2f} ms of kernels per step, {1e3 * wall_s / steps:.2f} ms wall per step "
+          f"(GPU busy {100 * total / 1e6 / wall_s:.0f}%)")
+    for kind, us in sorted(per_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<28} {us / 1e3 / steps:7.2f} ms/step  {100 * us / total:5.1f}%")
+
+
 def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warmup: int, workers: int,
                profile: bool = False) -> dict:
     """One mode; with `profile`, the last 5 timed steps run under torch.profiler and its top kernels print."""
@@ -184,7 +226,15 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
         return m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)), b["train_loss_mask"])
 
     run_loss = step_loss
-    if "compile" in mode:
+    if "graphs" in mode:  # the trainer's own compiled forward: CUDA graphs (reduce-overhead) on one GPU
+        forward = TrainForward(model, {"compile": True, "compile_mode": "reduce-overhead", "update_frequency": 1,
+                                       "find_unused_parameters": False}, device, world=1)
+
+        def run_loss(b):
+            with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
+                scores = forward(b)
+            return m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)), b["train_loss_mask"])
+    elif "compile" in mode:
         try:  # "compilestep": forward, target expansion and loss in one graph; "compile": the model alone
             if "compilestep" in mode:
                 run_loss = torch.compile(step_loss)
@@ -212,10 +262,13 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
                 t0, wait = time.perf_counter(), 0.0
             wait += w
             b = to_device(cpu_batch, device)
-            if profile and i == warmup + steps - 6:
+            if profile and i == warmup + steps - PROFILED:
+                if cuda:
+                    torch.cuda.synchronize()
                 prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                           torch.profiler.ProfilerActivity.CUDA])
                 prof.__enter__()
+                profiled_from = time.perf_counter()
             loss = run_loss(b)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
@@ -227,9 +280,11 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
         pf.close()
     elapsed = time.perf_counter() - t0
     if profile and prof is not None:
+        profiled_s = time.perf_counter() - profiled_from
         prof.__exit__(None, None, None)
         key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60), flush=True)
+        print_kernel_shares(prof, profiled_s, PROFILED)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
     return {"samples_per_s": steps * batch / elapsed, "data_wait_share": wait / elapsed, "loss": float(loss.detach()),
             "max_mem_gib": mem, "loader": loader}
@@ -241,8 +296,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="default 128 on CUDA, 8 on CPU")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 40 CUDA, 3 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 CUDA, 1 CPU)")
-    p.add_argument("--modes", default=None, help="comma list of fp32, bf16, bf16+compile, each with an optional "
-                   "@host/@copy/@device loader (default fp32,bf16,bf16+compile on CUDA)")
+    p.add_argument("--modes", default=None, help="comma list of fp32, bf16, bf16+compile, bf16+compilestep, "
+                   "bf16+graphs (the trainer's compiled forward, CUDA graphs), each with an optional "
+                   "@host/@copy/@device/@resident loader (default fp32,bf16,bf16+compile on CUDA)")
     p.add_argument("--workers", type=int, default=loader_workers(4),
                    help="loader threads for copy/device (default: the trainer's for num_workers=4)")
     p.add_argument("--data-only", action="store_true", help="time the loaders alone (no model)")

@@ -48,3 +48,22 @@ def test_decode_bench_under_bf16_compares_the_flips_with_the_precisions_own():
                   proc.stdout)
     assert m, proc.stdout[-2000:]
     assert int(m.group(1)) <= int(m.group(2))
+
+
+def test_train_bench_sorts_kernels_into_the_parts_of_a_step():
+    """The profile summary of bench/train.py (read on the GPU machine) files kernel names of cuBLAS, inductor,
+    cuDNN/flash attention and fused Adam under the right part of the step."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from train import kernel_kind
+
+    names = {"sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matmul",
+             "nvjet_tst_192x192_64x3_2x1_v_bz_coopA_TNN": "matmul",
+             "triton_tem_fused_addmm_0": "matmul",
+             "triton_per_fused__to_copy_native_layer_norm_3": "fused elementwise/norm (triton)",
+             "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3": "attention",
+             "fmha_cutlassF_bf16_aligned_64x64_rf_sm80": "attention",
+             "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer + clip",
+             "Memcpy HtoD (Pinned -> Device)": "copy/fill/gather",
+             "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "elementwise/reduce (aten)",
+             "void cub::DeviceSegmentedRadixSortKernel": "other"}
+    assert {n: kernel_kind(n) for n in names} == names
