@@ -11,9 +11,10 @@
 # Steps, in this order; STEPS="data attn recipe ..." runs a subset (default: all but attn, which measured no
 # difference). A step that would start with < 25 s left is skipped (and said so):
 #   data     mmf data synth --questions 3000 --images 700, mmf data pack textvqa
-#   profile  bench/train.py, one batch resident: bf16 + compile (default mode) and the trainer's CUDA-graphed
-#            forward, the last 5 steps of each under torch.profiler: GPU time per part of the step (matmul,
-#            attention, triton-fused elementwise/norm, optimizer + clip, copies) and GPU-busy share of the wall
+#   profile  bench/train.py, one batch resident, the trainer's CUDA-graphed bf16 forward with the last MMT layer
+#            over every row (MMF) and over the rows read only (ours), the last 5 steps of each under
+#            torch.profiler: GPU time per part of the step (matmul, attention, triton-fused elementwise/norm,
+#            optimizer + clip, copies) and GPU-busy share of the wall
 #   attn     mmf train bf16 + compile (auto: CUDA graphs) + resident features, ATTN_UPDATES (100) updates, once per
 #            training.attention_backend in $ATTN (auto math efficient): samples/s; the fastest goes to recipe
 #   recipe   bench/recipe.py full size: ours (bf16 + compile + incremental decoding + resident features + the
@@ -58,8 +59,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
     MODEL=defaults.yaml BATCH=128 QUESTIONS=3000 IMAGES=700 UPDATES=200 WINDOW=40 TINY= ATTN_UPDATES=${ATTN_UPDATES:-100}
     DECODE="--device cuda --models full --batch 128 --questions 640 --repeat 2"
-    PROFILE="--device cuda --steps 30 --warmup 15 --modes bf16+compile@resident,bf16+graphs@resident
-             --profile bf16+compile@resident,bf16+graphs@resident"
+    PROFILE="--device cuda --steps 30 --warmup 15 --modes bf16+graphs+fullrows@resident,bf16+graphs@resident
+             --profile bf16+graphs+fullrows@resident,bf16+graphs@resident"
 fi
 CFG="config=projects/m4c/configs/textvqa/$MODEL datasets=textvqa model=m4c env.data_dir=$D
      env.fetch_missing_data=false training.batch_size=$BATCH training.progress_bar=false training.seed=1"

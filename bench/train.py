@@ -2,7 +2,7 @@
 
     python bench/train.py                                   # CPU smoke: batch 8, fp32 vs bf16
     python bench/train.py --device cuda --modes fp32,bf16,bf16+compile,bf16+compile@host,bf16+compile@resident
-    python bench/train.py --device cuda --modes bf16+compile@resident,bf16+graphs@resident --profile bf16+graphs@resident
+    python bench/train.py --device cuda --modes bf16+graphs+fullrows@resident,bf16+graphs@resident --profile bf16+graphs@resident
     python bench/train.py --data-only --loaders host,copy,device      # the loader alone, no model
 
 Each mode runs the trainer's own pieces end to end: a dataset's `get_batch` (fp16 feature arrays shaped like the
@@ -217,6 +217,7 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
     loader = loader or ("device" if cuda else "host")
     torch.manual_seed(0)
     model = build_m4c(len(ds.answer_vocab)).to(device).train()
+    model.trim_last_layer = "fullrows" not in mode  # +fullrows: the last MMT layer over every row, as MMF
     opt = torch.optim.Adam(model.optimizer_groups(1e-4), lr=1e-4, eps=1e-8, **({"fused": True} if cuda else {}))
     dtype = torch.bfloat16 if "bf16" in mode else None
 
@@ -297,7 +298,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 40 CUDA, 3 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 CUDA, 1 CPU)")
     p.add_argument("--modes", default=None, help="comma list of fp32, bf16, bf16+compile, bf16+compilestep, "
-                   "bf16+graphs (the trainer's compiled forward, CUDA graphs), each with an optional "
+                   "bf16+graphs (the trainer's compiled forward, CUDA graphs), +fullrows (the last MMT layer over every "
+                   "row, as MMF: without it only the rows read after it), each with an optional "
                    "@host/@copy/@device/@resident loader (default fp32,bf16,bf16+compile on CUDA)")
     p.add_argument("--workers", type=int, default=loader_workers(4),
                    help="loader threads for copy/device (default: the trainer's for num_workers=4)")

@@ -166,6 +166,29 @@ def varied_batch(b=8, seed=3):
     return batch
 
 
+def test_last_layer_computes_only_the_rows_read_and_changes_nothing():
+    """decode() skips the last MMT layer's text and object rows (nobody reads them): its scores and every
+    parameter's gradient equal those of the whole last layer (MMF's computation), to float rounding."""
+    model = small_model()
+    init_bert_weights(model, 0.2)
+    batch = varied_batch(seed=5)
+    batch["train_prev_inds"] = torch.randint(0, V + 50, (8, 12), generator=torch.Generator().manual_seed(1))
+    results = []
+    for trim in (True, False):  # False: every row of the last layer, as MMF computes it
+        model.trim_last_layer = trim
+        model.zero_grad(set_to_none=True)
+        scores = model(batch)
+        (scores.clamp(min=-100) * torch.linspace(-1, 1, scores.numel()).view_as(scores)).sum().backward()
+        results.append((scores.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                          if p.grad is not None}))
+    (trimmed, g_trimmed), (full, g_full) = results
+    assert torch.allclose(trimmed, full, rtol=1e-5, atol=1e-3)
+    assert g_trimmed.keys() == g_full.keys() and len(g_full) > 50
+    scale = max(float(g.abs().max()) for g in g_full.values())  # rounding is relative to the largest gradients
+    for name in g_full:
+        assert float((g_trimmed[name] - g_full[name]).abs().max()) <= 1e-5 * scale, name
+
+
 def test_incremental_decoding_equals_full_recompute_on_random_inputs():
     seen = []
     for seed in range(3):

@@ -108,12 +108,21 @@ class BertLayer(nn.Module):
         o = self.output
         return o.LayerNorm(o.dropout(o.dense(h)) + x)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """The layer's output rows `rows` (every row's keys/values take part): a row's output depends on the
+        other rows only through them, so the rows nobody reads need no query, FFN or LayerNorm."""
+        return self._attend(x, mask, rows)[0]
+
+    def _attend(self, x: torch.Tensor, mask: torch.Tensor, rows: slice):
+        """(output rows `rows`, keys, values [B, heads, N, dh] of every row)."""
         sa = self.attention.self
-        q, k, v = (self._heads(lin, x) for lin in (sa.query, sa.key, sa.value))
+        k, v = (self._heads(lin, x) for lin in (sa.key, sa.value))
+        q = self._heads(sa.query, x[:, rows])
+        if mask.size(-2) > 1:  # a per-row mask (prefix LM): the kept rows' own
+            mask = mask[..., rows, :]
         p = self.attn_dropout if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=p)
-        return self._rest(ctx, x)
+        return self._rest(ctx, x[:, rows]), k, v
 
     def prefill(self, x: torch.Tensor, mask: torch.Tensor, extra: int,
                 rows: slice = slice(None)) -> tuple[torch.Tensor, "KVCache"]:
@@ -122,16 +131,13 @@ class BertLayer(nn.Module):
         Only the output `rows` are computed (every row's keys/values are cached): the last layer's outputs are
         needed for the OCR positions alone.
         """
-        sa = self.attention.self
-        k, v = (self._heads(lin, x) for lin in (sa.key, sa.value))
-        q = self._heads(sa.query, x[:, rows])
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
+        out, k, v = self._attend(x, mask, rows)
         # zeros, not empty: the positions not yet written are attended to (behind the mask), and masking only
         # works on finite keys/values
         cache = KVCache(k.new_zeros(k.shape[:2] + (k.size(2) + extra, k.size(3))), v.new_zeros(
             v.shape[:2] + (v.size(2) + extra, v.size(3))), k.size(2))
         cache.k[:, :, :cache.length], cache.v[:, :, :cache.length] = k, v
-        return self._rest(ctx, x[:, rows]), cache
+        return out, cache
 
     def extend(self, x: torch.Tensor, cache: "KVCache", mask: torch.Tensor) -> torch.Tensor:
         """Output of new positions `x` [B, n, d] attending to the cached positions and to themselves.
@@ -164,10 +170,12 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`mask` is additive, broadcastable to [B, heads, N, N] (0 = attend, -10000 = blocked, as BERT)."""
-        for layer in self.layer:
-            x = layer(x, mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """`mask` is additive, broadcastable to [B, heads, N, N] (0 = attend, -10000 = blocked, as BERT); only
+        the output `rows` of the last layer are computed."""
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            x = layer(x, mask, rows if i == last else slice(None))
         return x
 
     def prefill(self, x: torch.Tensor, mask: torch.Tensor, extra: int,
