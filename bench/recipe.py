@@ -17,10 +17,10 @@ Measured parts, each with the real code on synthetic full-shape data (`mmf data 
   waits for, the time until the file is in place is what a synchronous writer costs.
 
 Settings: ours = bf16 autocast + torch.compile (compile_mode auto: CUDA graphs on one GPU) + incremental
-decoding + the trainer's checkpoint writer (on a CPU fp32 eager: no fast bf16 matmuls there, and compiling
-would dominate a smoke run);
-MMF's = fp32 (strict, no TF32) eager, full-recompute decoding (12 MMT passes per batch), synchronous
-checkpoints. MMF's evaluation is timed on `--mmf-eval-questions` and scaled to 5,000 (it is linear in the
+decoding + the last MMT layer over the rows read only + the trainer's checkpoint writer (on a CPU fp32 eager:
+no fast bf16 matmuls there, and compiling would dominate a smoke run);
+MMF's = fp32 (strict, no TF32) eager, full-recompute decoding (12 MMT passes per batch), every row of the last
+MMT layer, synchronous checkpoints. MMF's evaluation is timed on `--mmf-eval-questions` and scaled to 5,000 (it is linear in the
 number of batches). The ratio printed is MMF's projected recipe / ours.
 
 Coupling: besides `mmftrain.run.run` and `mmftrain.evaluate.evaluate`, this script builds a
@@ -46,9 +46,10 @@ RECIPE = {"updates": 24000, "batch": 128, "evals": 24, "val_questions": 5000, "c
           "test_questions": 5734}
 FULL = "projects/m4c/configs/textvqa/defaults.yaml"
 TINY = "projects/m4c/configs/textvqa/tiny.yaml"
-OURS = ["training.bf16=true", "training.compile=true", "model_config.m4c.incremental_decoding=true"]
+OURS = ["training.bf16=true", "training.compile=true", "model_config.m4c.incremental_decoding=true",
+        "model_config.m4c.trim_last_layer=true"]
 MMF = ["training.bf16=false", "training.fp16=false", "training.tf32=false", "training.compile=false",
-       "model_config.m4c.incremental_decoding=false"]
+       "model_config.m4c.incremental_decoding=false", "model_config.m4c.trim_last_layer=false"]
 
 
 class Repeated:

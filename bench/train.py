@@ -216,8 +216,8 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
     mode, _, loader = mode.partition("@")
     loader = loader or ("device" if cuda else "host")
     torch.manual_seed(0)
-    model = build_m4c(len(ds.answer_vocab)).to(device).train()
-    model.trim_last_layer = "fullrows" not in mode  # +fullrows: the last MMT layer over every row, as MMF
+    # +fullrows: the last MMT layer over every row, as MMF
+    model = build_m4c(len(ds.answer_vocab), trim_last_layer="fullrows" not in mode).to(device).train()
     opt = torch.optim.Adam(model.optimizer_groups(1e-4), lr=1e-4, eps=1e-8, **({"fused": True} if cuda else {}))
     dtype = torch.bfloat16 if "bf16" in mode else None
 

@@ -120,9 +120,9 @@ class M4C(nn.Module):
         super().__init__()
         self.config = config
         self.answer_vocab_size = answer_vocab_size
-        # the last MMT layer computes only the rows read after it ([OCR | decoder]); False = every row, as MMF
-        # (the same scores and gradients; kept for benchmarks and the equality test)
-        self.trim_last_layer = True
+        # model_config.m4c.trim_last_layer: the last MMT layer computes only the rows read after it
+        # ([OCR | decoder]); false = every row, as MMF (the same scores and gradients)
+        self.trim_last_layer = bool(config.get("trim_last_layer", True))
         self.ocr_max_num = int(config["classifier"]["ocr_max_num"])
         fc7_dim = int(config.get("fc7_out_dim", 2048))
         self.text_bert_config = BertConfig.from_dict(dict(config.get("text_bert") or {}))
