@@ -14,7 +14,8 @@
 #   profile  bench/train.py, one batch resident, the trainer's CUDA-graphed bf16 forward with the last MMT layer
 #            over every row (MMF) and over the rows read only (ours), the last 5 steps of each under
 #            torch.profiler: GPU time per part of the step (matmul, attention, triton-fused elementwise/norm,
-#            optimizer + clip, copies) and GPU-busy share of the wall
+#            optimizer + clip, copies) and GPU-busy share of the wall; first, the attention kernel eager torch
+#            picks for the MMT's shapes and mask per attention_backend, and why fused kernels are refused
 #   attn     mmf train bf16 + compile (auto: CUDA graphs) + resident features, ATTN_UPDATES (100) updates, once per
 #            training.attention_backend in $ATTN (auto math efficient): samples/s; the fastest goes to recipe
 #   recipe   bench/recipe.py full size: ours (bf16 + compile + incremental decoding + resident features + the
@@ -55,11 +56,11 @@ D=$WORK/data
 if [ "${SMOKE:-0}" = 1 ]; then
     MODEL=tiny.yaml BATCH=16 QUESTIONS=160 IMAGES=40 UPDATES=6 WINDOW=2 TINY=--tiny ATTN_UPDATES=${ATTN_UPDATES:-6}
     DECODE="--device cpu --models tiny --batch 16 --questions 32 --repeat 1"
-    PROFILE="--device cpu --batch 2 --steps 6 --warmup 1 --questions 64 --images 16 --modes bf16 --profile bf16"
+    PROFILE="--device cpu --batch 2 --steps 6 --warmup 1 --questions 64 --images 16 --sdpa-check --modes bf16 --profile bf16"
 else
     MODEL=defaults.yaml BATCH=128 QUESTIONS=3000 IMAGES=700 UPDATES=200 WINDOW=40 TINY= ATTN_UPDATES=${ATTN_UPDATES:-100}
     DECODE="--device cuda --models full --batch 128 --questions 640 --repeat 2"
-    PROFILE="--device cuda --steps 30 --warmup 15 --modes bf16+graphs+fullrows@resident,bf16+graphs@resident
+    PROFILE="--device cuda --steps 30 --warmup 15 --sdpa-check --modes bf16+graphs+fullrows@resident,bf16+graphs@resident
              --profile bf16+graphs+fullrows@resident,bf16+graphs@resident"
 fi
 CFG="config=projects/m4c/configs/textvqa/$MODEL datasets=textvqa model=m4c env.data_dir=$D

@@ -208,6 +208,42 @@ def print_kernel_shares(prof, wall_s: float, steps: int) -> None:
         print(f"  {kind:<28} {us / 1e3 / steps:7.2f} ms/step  {100 * us / total:5.1f}%")
 
 
+def sdpa_report(device: torch.device, batch: int) -> None:
+    """Which scaled_dot_product_attention kernel eager torch picks for the MMT's attention (batch x 12 heads x
+    182 positions x 64, M4C's additive prefix-LM mask, attention dropout 0.1), per training.attention_backend,
+    and why each fused kernel is refused (torch's own debug reasons)."""
+    import warnings
+
+    from torch.nn.attention import SDPBackend
+
+    from mmftrain.kernels import set_attention_backend
+    from mmftrain.models.m4c import M4C
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    q, k, v = (torch.randn(batch, 12, 182, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    enc = (torch.arange(170, device=device)[None] < torch.randint(60, 171, (batch, 1), device=device)).float()
+    mask = M4C.prefix_lm_mask(enc, 12).to(dtype)
+    checks = {"flash": "can_use_flash_attention", "efficient": "can_use_efficient_attention",
+              "cudnn": "can_use_cudnn_attention"}
+    for backend in ("auto", "cudnn", "flash", "efficient", "math"):
+        if device.type == "cuda":
+            set_attention_backend(backend)
+        choice = SDPBackend(torch._fused_sdp_choice(q, k, v, mask, 0.1, False)).name
+        print(f"sdpa: attention_backend={backend}: eager picks {choice}", flush=True)
+    if device.type == "cuda":
+        set_attention_backend("auto")
+    for name, fn in checks.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                ok = getattr(torch.backends.cuda, fn)(torch.backends.cuda.SDPAParams(q, k, v, mask, 0.1, False,
+                                                                                       False), True)
+            except Exception as e:  # noqa: BLE001 - the signature moves between torch versions
+                ok = f"check failed ({type(e).__name__}: {e})"
+        reasons = "; ".join(str(w.message).splitlines()[0][:160] for w in caught) or "-"
+        print(f"sdpa: {name}: usable {ok}; reasons: {reasons}", flush=True)
+
+
 def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warmup: int, workers: int,
                profile: bool = False) -> dict:
     """One mode; with `profile`, the last 5 timed steps run under torch.profiler and its top kernels print."""
@@ -307,6 +343,8 @@ def main() -> None:
     p.add_argument("--profile", default="", help="comma list of modes whose last steps are profiled")
     p.add_argument("--loaders", default="host,copy,device", help="loaders timed by --data-only")
     p.add_argument("--check", action="store_true", help="first verify the loaders' batches against get_batch")
+    p.add_argument("--sdpa-check", action="store_true", help="first print the attention kernel eager torch picks "
+                   "for the MMT's shapes and mask, and why fused kernels are refused")
     p.add_argument("--questions", type=int, default=4096)
     p.add_argument("--images", type=int, default=512, help="distinct feature rows (real shapes, reused)")
     p.add_argument("--pack-dir", default=None, help="read an mmfdata packed store instead of in-memory arrays")
@@ -333,6 +371,8 @@ def main() -> None:
           f"{a.workers}\ndata: {source}", flush=True)
     if a.check:
         check_loader(ds, device, batch, a.workers)
+    if a.sdpa_check:
+        sdpa_report(device, batch)
     if a.data_only:
         base = None
         for loader in a.loaders.split(","):
