@@ -30,6 +30,9 @@ RUN_FILES = ("config.yaml", checkpoint.CURRENT, checkpoint.BEST, "metrics.jsonl"
              checkpoint.PERIODIC_DIR, "reports", "tensorboard")
 # Config sections that fix the model's shape and meaning: a resume must not change them.
 RESUME_MUST_MATCH = ("model", "datasets", "model_config")
+# model_config keys that change how the model computes, not what it computes (the same parameters, the same
+# scores): free to differ on resume, and absent from the checkpoints of versions that predate them
+RESUME_MAY_DIFFER = ("model_config.m4c.incremental_decoding", "model_config.m4c.trim_last_layer")
 
 
 class Stages(NamedTuple):
@@ -198,7 +201,7 @@ def _check_resume_config(cfg: dict, contents: dict, path: Path) -> None:
     if not isinstance(saved, dict):
         return
     changed = [key for key in _differences(saved, cfg) if not key.endswith(("_dir", "_weights"))]
-    fixed = [key for key in changed if key.split(".")[0] in RESUME_MUST_MATCH]
+    fixed = [key for key in changed if key.split(".")[0] in RESUME_MUST_MATCH and key not in RESUME_MAY_DIFFER]
     if fixed:
         raise ConfigError(f"checkpoint.resume=true would continue the run of {path} with a different model or "
                           f"data ({', '.join(fixed[:5])}); resume with that run's config.yaml, or start a new run "

@@ -154,6 +154,30 @@ def test_checkpoint_write_failing_mid_run_stops_it_promptly_and_resume_works(dat
     assert sorted(train_records(tmp_path)) == list(range(1, 25))
 
 
+def test_resume_accepts_compute_only_model_keys_and_older_checkpoints_but_not_another_model(data_dir, tmp_path):
+    """checkpoint.resume=true refuses another model, but not a change of how the same model computes
+    (incremental decoding, the trimmed last layer), nor a checkpoint written before those keys existed."""
+    import torch
+
+    first = run(train_cmd(data_dir, tmp_path, "training.max_updates=8", "training.checkpoint_interval=8"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = run(train_cmd(data_dir, tmp_path, "training.max_updates=12", "checkpoint.resume=true",
+                          "model_config.m4c.mmt.num_hidden_layers=2"))
+    assert other.returncode == 1 and "different model or data (model_config.m4c.mmt.num_hidden_layers" in \
+        other.stderr, other.stderr[-2000:]
+
+    # a checkpoint of a version without the compute-only keys (its config simply lacks them)
+    ckpt = torch.load(tmp_path / "current.ckpt", weights_only=True)
+    for key in ("incremental_decoding", "trim_last_layer"):
+        del ckpt["config"]["model_config"]["m4c"][key]
+    torch.save(ckpt, tmp_path / "current.ckpt")
+    resumed = run(train_cmd(data_dir, tmp_path, "training.max_updates=12", "checkpoint.resume=true",
+                            "model_config.m4c.incremental_decoding=false"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at update 8" in resumed.stdout and "model_config.m4c.trim_last_layer" in resumed.stdout
+    assert max(train_records(tmp_path)) == 12
+
+
 def test_val_and_inference_write_complete_prediction_files(data_dir, tmp_path):
     r = run(train_cmd(data_dir, tmp_path, "training.max_updates=4", "training.checkpoint_interval=4",
                       run_type="train_val"))
