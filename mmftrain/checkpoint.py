@@ -276,12 +276,12 @@ class Checkpointer:
         self.snapshot = HostSnapshot()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.stall_s = 0.0  # time the training thread spent in save() (snapshot + waiting for the last write)
+        self.stall_s = 0.0  # time the training thread spent in save() and waiting for a write to finish
 
     def save(self, names: list[str], state: dict) -> None:
         """Write `state` under each of `names` (relative to save_dir); returns once the state is copied."""
+        self.wait()  # (its time counts in stall_s)
         start = time.perf_counter()
-        self.wait()
         before = list(self.periodic)
         for name in names:
             if name.startswith(PERIODIC_DIR + "/") and name not in self.periodic:
@@ -318,7 +318,9 @@ class Checkpointer:
     def failed(self, block: bool = False) -> bool:
         """Whether the write in flight has failed; without `block`, a write still running counts as not failed."""
         if self._thread is not None and (block or not self._thread.is_alive()):
+            start = time.perf_counter()
             self._thread.join()
+            self.stall_s += time.perf_counter() - start  # the training thread waits here
             self._thread = None
         return self._error is not None
 
