@@ -8,8 +8,9 @@ Integrity: torch.save writes a zip archive whose members carry CRC-32s; `verify`
 them (torch.load does not), so a flipped byte or a truncated file is found before anything is unpickled.
 Writing: `Checkpointer.save` copies the state to host memory (the only part on the training thread) and a
 background thread serialises it to a temp file, fsyncs and renames it into place (a crash mid-write leaves the
-previous file). At most one write is in flight; the next save and the end of the run wait for it, and its error
-is raised there.
+previous file), current.ckpt first, then copies under the other names; periodic files current.ckpt no longer lists
+are pruned once it is in place. At most one write is in flight; the trainer checks it after every update (a
+failed write stops the run there), and the next save and the end of the run wait for it.
 """
 from __future__ import annotations
 
@@ -65,18 +66,16 @@ class _ErrorTap:
         self.f.flush()
 
 
-def save_many(paths: list[Path], state: dict) -> None:
-    """Serialise `state` once and publish it atomically under every path. The others are copies, not hard links:
-    each file must survive damage to another (a damaged current.ckpt falls back to models/model_<N>.ckpt).
+def copy_published(src: Path, paths: list[Path]) -> None:
+    """Publish copies of the checkpoint `src` atomically under `paths`. Copies, not hard links: each file must
+    survive damage to another (a damaged current.ckpt falls back to models/model_<N>.ckpt).
 
     Raises:
-        CheckpointError: naming the file whose write failed (the files before it are published, the rest not).
+        CheckpointError: naming the file whose write failed (the copies before it are published, the rest not).
     """
-    first = Path(paths[0])
-    save(first, state)
-    for other in map(Path, paths[1:]):
-        with open(first, "rb") as src:
-            _publish(other, lambda dst: shutil.copyfileobj(src, dst, 1 << 24))
+    for other in map(Path, paths):
+        with open(src, "rb") as f:
+            _publish(other, lambda dst: shutil.copyfileobj(f, dst, 1 << 24))
 
 
 def _publish(path: Path, write) -> None:
@@ -292,9 +291,9 @@ class Checkpointer:
                 doomed.append(self.periodic.pop(0))
         state = {**state, "periodic_checkpoints": list(self.periodic)}
         snap = self.snapshot.take(state)
-        # the periodic file first: if a later copy fails, no published file lists a periodic file that is not
-        # there, and the files it would have pruned stay listed (pruned by a later save, never orphaned)
-        paths = [self.save_dir / n for n in sorted(names, key=lambda n: not n.startswith(PERIODIC_DIR + "/"))]
+        # current.ckpt first: it is what a resume starts from, and its list of periodic files is the truth once
+        # it is on disk (a kill or a full disk during the copies after it loses no update)
+        paths = [self.save_dir / n for n in sorted(names, key=lambda n: n != CURRENT)]
         if self.background:
             self._thread = threading.Thread(target=self._write, args=(paths, snap, doomed, before),
                                             name="checkpoint-writer", daemon=False)
@@ -305,15 +304,23 @@ class Checkpointer:
         self.stall_s += time.perf_counter() - start
 
     def _write(self, paths: list[Path], state: dict, doomed: list[str], before: list[str]) -> None:
+        first_done = False
         try:
-            save_many(paths, state)
-            for name in doomed:
-                (self.save_dir / name).unlink(missing_ok=True)
+            save(paths[0], state)
+            first_done = True
+            copy_published(paths[0], paths[1:])
         except BaseException as e:  # noqa: BLE001 - surfaced on the training thread by failed()/wait()
-            self.periodic = before  # what is on disk: the failed save neither added nor pruned a file
             self._error = e if isinstance(e, CheckpointError) else CheckpointError(
                 f"writing checkpoint {paths[0]} failed ({type(e).__name__}: {e}); the previous checkpoint is "
                 "intact; free disk space or fix permissions and resume with checkpoint.resume=true")
+        if not first_done:
+            self.periodic = before  # nothing was published: the files on disk are the ones listed before
+            return
+        for name in doomed:  # the published file no longer lists them (even if a later copy failed)
+            try:
+                (self.save_dir / name).unlink(missing_ok=True)
+            except OSError:
+                pass  # left behind, never read; the next save's pruning does not list it either
 
     def failed(self, block: bool = False) -> bool:
         """Whether the write in flight has failed; without `block`, a write still running counts as not failed."""

@@ -103,21 +103,33 @@ def test_background_write_error_is_raised_on_the_training_thread(tmp_path):
     writer.wait()  # reported once
 
 
-def test_failed_write_leaves_no_listed_file_missing_and_none_orphaned(tmp_path):
-    """current.ckpt cannot be replaced (a folder stands there): the periodic file is written first, nothing is
-    pruned, the error names current.ckpt, and the writer's list is what is on disk."""
+def test_a_failed_write_publishes_nothing_or_a_current_file_that_tells_the_truth(tmp_path):
+    """current.ckpt is written first. When it cannot be (a folder stands there), nothing is published or pruned
+    and the writer's list is what is on disk. When a later copy fails, current.ckpt (published) is the truth:
+    the file it no longer lists is pruned, and the error names the copy that failed."""
+    models = tmp_path / "models"
     writer = checkpoint.Checkpointer(tmp_path, max_to_keep=1)
-    writer.save(["models/model_5.ckpt"], _state())
+    writer.save(["current.ckpt", "models/model_5.ckpt"], _state(5))
     writer.wait()
+    (tmp_path / "current.ckpt").unlink()
     (tmp_path / "current.ckpt").mkdir()
-    writer.save(["current.ckpt", "models/model_10.ckpt"], _state())
+    writer.save(["current.ckpt", "models/model_10.ckpt"], _state(10))
     assert writer.failed(block=True)
     with pytest.raises(CheckpointError, match=r"writing checkpoint .*current.ckpt failed"):
         writer.wait()
-    assert (tmp_path / "models" / "model_5.ckpt").is_file()  # not pruned: the new save did not complete
-    assert checkpoint.load(tmp_path / "models" / "model_10.ckpt")["periodic_checkpoints"] == ["models/model_10.ckpt"]
+    assert sorted(p.name for p in models.iterdir()) == ["model_5.ckpt"]  # nothing written, nothing pruned
     assert writer.periodic == ["models/model_5.ckpt"]
     assert not writer.failed()  # reported once
+
+    (tmp_path / "current.ckpt").rmdir()
+    (models / "model_15.ckpt").mkdir()  # now the copy after current.ckpt fails
+    writer.save(["models/model_15.ckpt", "current.ckpt"], _state(15))
+    with pytest.raises(CheckpointError, match=r"writing checkpoint .*model_15.ckpt failed"):
+        writer.wait()
+    current = checkpoint.load(tmp_path / "current.ckpt")
+    assert current["num_updates"] == 15 and current["periodic_checkpoints"] == ["models/model_15.ckpt"]
+    assert not (models / "model_5.ckpt").exists()  # no longer listed by the published current.ckpt: pruned
+    assert not list(tmp_path.rglob(".*.tmp"))
 
 
 def test_checkpoint_bench_smoke(tmp_path):
