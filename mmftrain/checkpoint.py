@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mmftrain.errors import CheckpointError
+from mmftrain.logs import log
 from zoo.fsutil import atomic_write_bytes  # noqa: F401 - the one definition; run/evaluate/logs use it from here
 
 CURRENT, BEST, PERIODIC_DIR = "current.ckpt", "best.ckpt", "models"
@@ -276,10 +277,11 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.stall_s = 0.0  # time the training thread spent in save() and waiting for a write to finish
+        self._warned_busy = False
 
     def save(self, names: list[str], state: dict) -> None:
         """Write `state` under each of `names` (relative to save_dir); returns once the state is copied."""
-        self.wait()  # (its time counts in stall_s)
+        self.wait(due=names[0])  # (its time counts in stall_s)
         start = time.perf_counter()
         before = list(self.periodic)
         for name in names:
@@ -322,18 +324,26 @@ class Checkpointer:
             except OSError:
                 pass  # left behind, never read; the next save's pruning does not list it either
 
-    def failed(self, block: bool = False) -> bool:
-        """Whether the write in flight has failed; without `block`, a write still running counts as not failed."""
-        if self._thread is not None and (block or not self._thread.is_alive()):
-            start = time.perf_counter()
-            self._thread.join()
-            self.stall_s += time.perf_counter() - start  # the training thread waits here
-            self._thread = None
+    def failed(self, block: bool = False, due: str | None = None) -> bool:
+        """Whether the write in flight has failed; without `block`, a write still running counts as not failed.
+        `due`: the checkpoint about to be saved (a write still running then is worth a warning)."""
+        if self._thread is None or not (block or not self._thread.is_alive()):
+            return self._error is not None
+        busy, start = self._thread.is_alive(), time.perf_counter()
+        self._thread.join()
+        waited = time.perf_counter() - start
+        self.stall_s += waited  # the training thread waits here
+        self._thread = None
+        if busy and due and not self._warned_busy:
+            self._warned_busy = True
+            log.warning("checkpoint: the previous write was still running when %s was due (training waited %.2f s);"
+                        " the disk is slower than training.checkpoint_interval allows: raise it, or use a faster "
+                        "env.save_dir", due, waited)
         return self._error is not None
 
-    def wait(self) -> None:
+    def wait(self, due: str | None = None) -> None:
         """Block until the write in flight is on disk; raise its error if it failed."""
-        self.failed(block=True)
+        self.failed(block=True, due=due)
         self._raise_error()
 
     def _raise_error(self) -> None:

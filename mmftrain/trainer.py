@@ -106,15 +106,15 @@ class Trainer:
     def save(self, *names: str) -> None:
         """Checkpoint the full state under each of `names` (relative to save_dir); collective across ranks.
         Returns once the state is copied to host memory; the file is written in the background."""
-        self._check_writes(block=True)  # the last write's error stops every rank here, not rank 0 alone
+        self._check_writes(block=True, due=names[0])  # a failed write stops every rank here, not rank 0 alone
         state = self.state()
         if self.dist.is_main:
             self.checkpointer.save(list(names), state)
 
-    def _check_writes(self, block: bool) -> None:
+    def _check_writes(self, block: bool, due: str | None = None) -> None:
         """Stop every rank once a background checkpoint write has failed (disk full, permissions): training on
         would only lose more work. Rank 0 raises the write's own error, the others a pointer to it."""
-        failed = self.dist.is_main and self.checkpointer.failed(block)
+        failed = self.dist.is_main and self.checkpointer.failed(block, due)
         if self.dist.world > 1:
             failed = distributed.any_flag(failed, self.device)
         if not failed:

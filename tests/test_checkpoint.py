@@ -132,6 +132,24 @@ def test_a_failed_write_publishes_nothing_or_a_current_file_that_tells_the_truth
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
+def test_a_save_due_while_the_last_write_runs_warns_once(tmp_path, caplog):
+    """Checkpoints due faster than the disk writes them: one warning naming the fix (the interval), not one per
+    save; a save after the write finished says nothing."""
+    writer = checkpoint.Checkpointer(tmp_path, max_to_keep=-1)
+    big = {"model": {"w": torch.zeros(32 << 20)}}  # 128 MB: its write outlasts the next call by far
+    with caplog.at_level("WARNING", logger="mmftrain"):
+        writer.save(["current.ckpt"], big)
+        writer.save(["best.ckpt"], big)
+        writer.save(["current.ckpt"], big)
+        writer.wait()
+        writer.save(["best.ckpt"], _state())
+        writer.wait()
+    warnings = [r.getMessage() for r in caplog.records if "still running" in r.getMessage()]
+    assert len(warnings) == 1 and "best.ckpt was due" in warnings[0], warnings
+    assert "training.checkpoint_interval" in warnings[0]
+    assert writer.stall_s > 0
+
+
 def test_checkpoint_bench_smoke(tmp_path):
     """bench/checkpoint.py --tiny runs (so the benchmark cannot rot) and reports both ways and the ratio."""
     import subprocess
