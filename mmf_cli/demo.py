@@ -39,20 +39,54 @@ def majority_baseline(data_dir: Path) -> tuple[float, str]:
 
 
 def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[str] | None = None) -> int:
-    from mmfdata import pack_dataset, default_dataset_config
-    from mmfdata.synth import write_synthetic
     from mmftrain.cli import run_from_argv
-    from zoo.install import FetchOptions, fetch
-    from zoo.manifest import load_zoo
-    from zoo.serve import FolderMirror
-    from zoo.fsutil import human
-    from zoo.progress import Progress
 
     out = Path(out).resolve()
     source, data_dir, save_dir = out / "source", out / "data", out / "save"
     for p in (source, data_dir, save_dir):
         shutil.rmtree(p, ignore_errors=True)
     total, t_start = 6, time.monotonic()
+    manifest, fetched = _fetch_and_pack(source, data_dir, questions, total)
+
+    chance, top = majority_baseline(data_dir)
+    args = [f"config={TINY}", "datasets=textvqa", "model=m4c", "run_type=train_val_test",
+            f"env.data_dir={data_dir}", f"env.save_dir={save_dir}", f"env.dataset_zoo={manifest}",
+            f"training.max_updates={updates}",
+            *(extra or [])]
+    t = _step(4, total, "mmf train " + " ".join(args))
+    code = run_from_argv(args)
+    if code != 0:
+        print(f"error: training exited with code {code}; see {save_dir}/train.log", file=sys.stderr)
+        return code
+    train_s = time.monotonic() - t
+
+    _step(5, total, f"mmf plot {save_dir}")
+    curve = _plot(save_dir)
+
+    _step(6, total, "summary")
+    summary = json.loads((save_dir / "summary.json").read_text())
+    acc = next((v for k, v in summary["metrics"].items() if k.endswith("textvqa_accuracy") and k.startswith("val")),
+               None)
+    _print_summary(summary, acc, (chance, top), fetched, data_dir, save_dir, train_s, curve)
+    print(f"  total {time.monotonic() - t_start:.0f}s\n")
+    _print_next(args, out, save_dir, updates)
+    (out / "demo.json").write_text(json.dumps({"val_accuracy": acc, "majority_baseline": chance,
+                                               "fetched_bytes": fetched, "save_dir": str(save_dir),
+                                               "data_dir": str(data_dir), "reports": summary["reports"],
+                                               "curve": str(curve) if curve else None}, indent=1))
+    return 0 if acc is not None and acc > chance else 1
+
+
+def _fetch_and_pack(source: Path, data_dir: Path, questions: int, total: int) -> tuple[Path, int]:
+    """Steps 1-3: synthetic zoo archives, `mmf zoo fetch` from a loopback mirror, `mmf data pack`.
+    Returns (the manifest, bytes fetched)."""
+    from mmfdata import default_dataset_config, pack_dataset
+    from mmfdata.synth import write_synthetic
+    from zoo.fsutil import human
+    from zoo.install import FetchOptions, fetch
+    from zoo.manifest import load_zoo
+    from zoo.progress import Progress
+    from zoo.serve import FolderMirror
 
     t = _step(1, total, f"synthesizing a TextVQA-format dataset ({questions} train questions) as zoo archives")
     synth = write_synthetic(str(source), questions=questions, seed=0, archive=True,
@@ -77,33 +111,26 @@ def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[s
     t = _step(3, total, f"mmf data pack textvqa --data-dir {data_dir}")
     pack_dataset("textvqa", default_dataset_config("textvqa"), str(data_dir))
     print(f"  packed fp16 feature store written ({time.monotonic() - t:.1f}s)")
+    return manifest, fetched
 
-    chance, top = majority_baseline(data_dir)
-    args = [f"config={TINY}", "datasets=textvqa", "model=m4c", "run_type=train_val_test",
-            f"env.data_dir={data_dir}", f"env.save_dir={save_dir}", f"env.dataset_zoo={manifest}",
-            f"training.max_updates={updates}",
-            *(extra or [])]
-    t = _step(4, total, "mmf train " + " ".join(args))
-    code = run_from_argv(args)
-    if code != 0:
-        print(f"error: training exited with code {code}; see {save_dir}/train.log", file=sys.stderr)
-        return code
-    train_s = time.monotonic() - t
 
-    t = _step(5, total, f"mmf plot {save_dir}")
-    curve = None
+def _plot(save_dir: Path) -> Path | None:
     try:
         from mmftrain.plot import plot_run
 
         curve = plot_run(save_dir)
         print(f"  {curve}")
+        return curve
     except Exception as exc:  # matplotlib is an optional extra; the demo's result does not depend on it
         print(f"  skipped ({exc}); `pip install -e .[plot]` adds matplotlib")
+        return None
 
-    _step(6, total, "summary")
-    summary = json.loads((save_dir / "summary.json").read_text())
-    acc = next((v for k, v in summary["metrics"].items() if k.endswith("textvqa_accuracy") and k.startswith("val")),
-               None)
+
+def _print_summary(summary: dict, acc: float | None, baseline: tuple[float, str], fetched: int, data_dir: Path,
+                   save_dir: Path, train_s: float, curve: Path | None) -> None:
+    from zoo.fsutil import human
+
+    chance, top = baseline
     print(f"  data: {human(fetched)} fetched through the transfer engine, verified and installed in MMF's layout "
           f"under {data_dir}/datasets/textvqa")
     print(f"  model: {summary['train']['num_updates']} updates in {train_s:.0f}s on {summary.get('world_size', 1)} "
@@ -116,7 +143,9 @@ def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[s
     print(f"  checkpoints, metrics.jsonl, train.log, config.yaml: {save_dir}")
     if curve:
         print(f"  training curve: {curve}")
-    print(f"  total {time.monotonic() - t_start:.0f}s\n")
+
+
+def _print_next(args: list[str], out: Path, save_dir: Path, updates: int) -> None:
     print("next:")
     print(f"  mmf train {' '.join(args[:-1])} training.max_updates={updates + 200} checkpoint.resume=true"
           "   # resume and train longer")
@@ -124,11 +153,6 @@ def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[s
     print(f"  mmf train {' '.join(other)} model_config.m4c.mmt.num_hidden_layers=4   # another override, new save dir")
     print(f"  mmf plot {save_dir}   # the training curve again")
     print("  mmf zoo fetch textvqa textvqa.ocr_en   # the real ~40 GB of TextVQA features (resumable)")
-    (out / "demo.json").write_text(json.dumps({"val_accuracy": acc, "majority_baseline": chance,
-                                               "fetched_bytes": fetched, "save_dir": str(save_dir),
-                                               "data_dir": str(data_dir), "reports": summary["reports"],
-                                               "curve": str(curve) if curve else None}, indent=1))
-    return 0 if acc is not None and acc > chance else 1
 
 
 def demo_command(out: str, questions: int, updates: int) -> int:
