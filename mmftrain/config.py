@@ -409,8 +409,43 @@ def validate(cfg: dict) -> None:
                           f"{', '.join(ATTENTION_BACKENDS)}")
     if t["fp16"] and t["bf16"]:
         raise ConfigError("training.fp16 and training.bf16 are both true; pick one")
+    for key, kind, low, inclusive, nullable in _BOUNDS:
+        if key == "training.max_updates" and t["max_epochs"] is not None:
+            continue  # max_epochs wins (MMF)
+        _check_bound(cfg, key, kind, low, inclusive, nullable)
+    if t["clip_gradients"]:
+        _check_bound(cfg, "training.max_grad_l2_norm", float, 0, False, False, "with training.clip_gradients=true")
+    steps = t["lr_steps"] or []
+    if not isinstance(steps, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                                              for x in steps):
+        raise ConfigError(f"training.lr_steps must be a list of positive update numbers, got {steps!r}")
     if cfg["evaluation"].get("predict_file_format") not in ("json", "csv"):
         raise ConfigError("evaluation.predict_file_format must be json or csv")
+
+
+# numeric keys: (key, int or float, lowest allowed value, whether the lowest is allowed itself, null allowed). Out
+# of range they run silently wrong: a negative max_epochs trains nothing, a negative clip norm or warmup factor
+# flips the gradient step, a negative patience stops at the first evaluation.
+_BOUNDS = (("training.max_updates", int, 1, True, False), ("training.max_epochs", float, 0, False, True),
+           ("training.warmup_iterations", int, 0, True, False), ("training.warmup_factor", float, 0, True, False),
+           ("training.lr_ratio", float, 0, False, False), ("training.prefetch_batches", int, 0, True, False),
+           ("training.early_stop.patience", int, 0, True, False), ("evaluation.batch_size", int, 1, True, True),
+           ("checkpoint.max_to_keep", int, -1, True, False))
+
+
+def _check_bound(cfg: dict, key: str, kind: type, low, inclusive: bool, nullable: bool, context: str = "") -> None:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is None and nullable:
+        return
+    number = isinstance(node, (int, float)) and not isinstance(node, bool) and (kind is float or
+                                                                               isinstance(node, int))
+    if number and (node >= low if inclusive else node > low):
+        return
+    want = f"{'an integer' if kind is int else 'a number'} {'>=' if inclusive else '>'} {low}"
+    raise ConfigError(f"{key} must be {want}{' or null' if nullable else ''}{' ' + context if context else ''}, "
+                      f"got {node!r}")
 
 
 def dump_yaml(cfg: dict) -> str:

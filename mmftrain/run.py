@@ -12,6 +12,7 @@ it; env.overwrite_save_dir=true replaces it), and nothing is written there befor
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -67,6 +68,7 @@ def run(cfg: dict) -> dict:
     dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
     try:
         save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
+        check_save_dir(save_dir)
         refuse_other_run(cfg, save_dir)  # before anything is written there
         distributed.barrier()
         log_dir = Path(str(cfg["env"]["log_dir"])).expanduser() if cfg["env"]["log_dir"] else save_dir
@@ -129,6 +131,19 @@ def previous_run_files(save_dir: Path) -> list[str]:
         return []
     found = [name for name in RUN_FILES if (save_dir / name).exists()]
     return found + sorted(p.name for p in save_dir.glob("*_final.pth"))
+
+
+def check_save_dir(save_dir: Path) -> None:
+    """A save dir that cannot be a folder (it or a parent is a file) or cannot be written is refused up front."""
+    existing = save_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == save_dir else f"is under {existing}, which is a file"
+        raise TrainError(f"env.save_dir={save_dir} {where}, not a folder; choose another env.save_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainError(f"env.save_dir={save_dir} cannot be written ({existing} is not writable); choose "
+                         "another env.save_dir")
 
 
 def refuse_other_run(cfg: dict, save_dir: Path) -> None:

@@ -65,6 +65,31 @@ def test_wrong_type_and_bad_values_are_errors():
         build_config(["config=nope/missing.yaml", "datasets=textvqa", "model=m4c"], environ={})
 
 
+@pytest.mark.parametrize("override,message", [
+    ("training.max_epochs=-1", "training.max_epochs must be a number > 0 or null"),  # would train nothing
+    ("training.max_updates=0", "training.max_updates must be an integer >= 1"),
+    ("training.warmup_factor=-0.5", "training.warmup_factor must be a number >= 0"),  # would ascend the loss
+    ("training.max_grad_l2_norm=-1", "training.max_grad_l2_norm must be a number > 0 with training.clip_gradients"),
+    ("training.max_grad_l2_norm=null", "training.max_grad_l2_norm must be a number > 0 with training.clip_gradients"),
+    ("training.early_stop.patience=-1", "training.early_stop.patience must be an integer >= 0"),
+    ("training.lr_steps=[0,14000]", "training.lr_steps must be a list of positive update numbers"),
+    ("training.lr_ratio=0", "training.lr_ratio must be a number > 0"),
+    ("training.prefetch_batches=-1", "training.prefetch_batches must be an integer >= 0"),
+    ("evaluation.batch_size=-3", "evaluation.batch_size must be an integer >= 1 or null"),
+    ("checkpoint.max_to_keep=-5", "checkpoint.max_to_keep must be an integer >= -1"),
+])
+def test_out_of_range_numbers_that_would_run_silently_wrong_are_errors(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config(M4C + [override], environ={})
+
+
+def test_in_range_edge_values_are_accepted():
+    cfg = build_config(M4C + ["training.max_epochs=2", "training.max_updates=null", "training.warmup_factor=0",
+                              "checkpoint.max_to_keep=-1", "evaluation.batch_size=null",
+                              "training.prefetch_batches=0"], environ={})
+    assert cfg["training"]["max_epochs"] == 2 and cfg["checkpoint"]["max_to_keep"] == -1
+
+
 def test_includes_relative_then_project_and_cycle(tmp_path):
     (tmp_path / "base.yaml").write_text("training:\n  batch_size: 7\n  max_updates: 9\n")
     (tmp_path / "child.yaml").write_text(

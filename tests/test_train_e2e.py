@@ -316,6 +316,17 @@ def test_damaged_current_checkpoint_is_detected_and_an_intact_one_resumed(data_d
     assert len(losses) == 3 and all(0 < v < 1.5 * loss_before for v in losses)  # continues, no blow-up
 
 
+def test_a_save_dir_that_cannot_be_a_folder_is_one_error_line(data_dir, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for save, says in ((afile, "is a file"), (afile / "run" / "1", f"is under {afile}, which is a file")):
+        r = run(train_cmd(data_dir, save, "training.max_updates=2"))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert r.stderr.strip().splitlines() == [f"error: env.save_dir={save} {says}, not a folder; choose another "
+                                                 "env.save_dir"]
+    assert afile.read_text() == "mine"
+
+
 def test_evaluation_without_weights_is_refused(data_dir, tmp_path):
     r = run(train_cmd(data_dir, tmp_path, run_type="inference"))
     assert r.returncode == 1
