@@ -18,7 +18,8 @@ def check_data_files(name: str, data_dir: str, files: dict[str, list[str]]) -> N
     if not missing:
         return
     flat = list(dict.fromkeys(p for paths in missing.values() for p in paths))  # a store shared by splits once
-    where = "" if os.path.isdir(data_dir) else f" (the data dir {data_dir} does not exist: set MMF_DATA_DIR or " \
+    state = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+    where = "" if os.path.isdir(data_dir) else f" (the data dir {data_dir} {state}: set MMF_DATA_DIR or " \
                                                  "env.data_dir / --data-dir)"
     shown = ", ".join(flat[:4]) + (f" and {len(flat) - 4} more" if len(flat) > 4 else "")
     options = " / ".join(f"dataset_config.{name}.{opt}" for opt in missing)

@@ -12,7 +12,6 @@ it; env.overwrite_save_dir=true replaces it), and nothing is written there befor
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -24,6 +23,7 @@ from mmftrain.config import dump_yaml
 from mmftrain.errors import CheckpointError, ConfigError, DataError, TrainError
 from mmftrain.evaluate import evaluate_all, write_predictions
 from mmftrain.logs import close_logging, log, setup_logging
+from zoo.fsutil import folder_problem
 
 # What a run leaves in its save dir (train.log aside: a run that failed before building its data leaves only
 # that, and the next attempt appends to it).
@@ -135,15 +135,9 @@ def previous_run_files(save_dir: Path) -> list[str]:
 
 def check_save_dir(save_dir: Path) -> None:
     """A save dir that cannot be a folder (it or a parent is a file) or cannot be written is refused up front."""
-    existing = save_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == save_dir else f"is under {existing}, which is a file"
-        raise TrainError(f"env.save_dir={save_dir} {where}, not a folder; choose another env.save_dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainError(f"env.save_dir={save_dir} cannot be written ({existing} is not writable); choose "
-                         "another env.save_dir")
+    problem = folder_problem(save_dir)
+    if problem:
+        raise TrainError(f"env.save_dir={save_dir} {problem}; choose another env.save_dir")
 
 
 def refuse_other_run(cfg: dict, save_dir: Path) -> None:

@@ -319,11 +319,10 @@ def test_damaged_current_checkpoint_is_detected_and_an_intact_one_resumed(data_d
 def test_a_save_dir_that_cannot_be_a_folder_is_one_error_line(data_dir, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    for save, says in ((afile, "is a file"), (afile / "run" / "1", f"is under {afile}, which is a file")):
+    for save, says in ((afile, "is a file, not a folder"), (afile / "run" / "1", f"is under {afile}, which is a file")):
         r = run(train_cmd(data_dir, save, "training.max_updates=2"))
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-        assert r.stderr.strip().splitlines() == [f"error: env.save_dir={save} {says}, not a folder; choose another "
-                                                 "env.save_dir"]
+        assert r.stderr.strip().splitlines() == [f"error: env.save_dir={save} {says}; choose another env.save_dir"]
     assert afile.read_text() == "mine"
 
 

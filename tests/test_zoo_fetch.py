@@ -567,3 +567,23 @@ def test_interrupted_extraction_is_redone_from_the_kept_archive_offline(tmp_path
     assert statuses["features.tar.gz"] == "installed (kept archive)"
     assert_tree(data, zoo)
     assert (feats / ".built.json").is_file()
+
+
+def test_a_data_dir_that_is_or_sits_under_a_file_is_refused_before_any_request(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.zoo_helpers import ROOT
+
+    zoo = make_zoo(tmp_path, feature_bytes=1 << 20)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with FaultServer(zoo.mirror) as srv:
+        for data, says in ((afile, "is a file, not a folder"), (afile / "data", f"is under {afile}, which is a file")):
+            r = subprocess.run([sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest),
+                                "--data-dir", str(data), "--mirror", srv.url], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
+            assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+            assert f"error: data dir {data} {says}; pass another --data-dir" in r.stderr
+        assert sum(srv.stats.requests.values()) == 0  # refused before the network
+    assert afile.read_text() == "mine"

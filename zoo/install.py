@@ -20,7 +20,7 @@ from zoo.errors import DiskError, ManifestError, OfflineError, UnsafeArchiveErro
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.mirrors import mirror_roots, resource_urls
-from zoo.fsutil import sha256_file
+from zoo.fsutil import folder_problem, sha256_file
 from zoo.sources import LocalSource
 from zoo.space import preflight
 from zoo.transfer import Transfer, TransferOptions
@@ -81,6 +81,9 @@ def _same(zoo: Zoo, key: str, entry: Entry) -> bool:
 def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None) -> list[ResourceReport]:
     """Install keys; `redo` = {(entry key, file_name)} re-installs those resources even if they look installed."""
     redo = redo or set()
+    problem = folder_problem(opts.data_dir)
+    if problem:
+        raise DiskError(f"data dir {opts.data_dir} {problem}; pass another --data-dir (or set MMF_DATA_DIR)")
     targets = plan(zoo, keys)
     source = LocalSource(opts.from_path) if opts.from_path else None
     if source is not None:
