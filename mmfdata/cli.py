@@ -34,8 +34,13 @@ def synth(
     from .errors import DataError
     from .synth import write_synthetic
 
+    from zoo.fsutil import folder_problem
+
     if questions < 1:
         _fail(ValueError(f"--questions must be >= 1, got {questions}"))
+    problem = folder_problem(out)
+    if problem:
+        _fail(ValueError(f"--out {out} {problem}; choose another folder"))
     try:
         res = write_synthetic(out, questions, seed, archive, val_questions, test_questions,
                               stvqa_questions=stvqa_questions, images=images)
