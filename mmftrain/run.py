@@ -68,7 +68,7 @@ def run(cfg: dict) -> dict:
     dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
     try:
         save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
-        check_save_dir(save_dir)
+        check_output_dirs(cfg, save_dir)
         refuse_other_run(cfg, save_dir)  # before anything is written there
         distributed.barrier()
         log_dir = Path(str(cfg["env"]["log_dir"])).expanduser() if cfg["env"]["log_dir"] else save_dir
@@ -133,11 +133,16 @@ def previous_run_files(save_dir: Path) -> list[str]:
     return found + sorted(p.name for p in save_dir.glob("*_final.pth"))
 
 
-def check_save_dir(save_dir: Path) -> None:
-    """A save dir that cannot be a folder (it or a parent is a file) or cannot be written is refused up front."""
-    problem = folder_problem(save_dir)
-    if problem:
-        raise TrainError(f"env.save_dir={save_dir} {problem}; choose another env.save_dir")
+def check_output_dirs(cfg: dict, save_dir: Path) -> None:
+    """Every folder the run writes to must be able to be one: refused up front, not after hours of training."""
+    env = cfg["env"]
+    for key in ("save_dir", "log_dir", "report_dir", "tensorboard_logdir"):
+        path = save_dir if key == "save_dir" else (Path(str(env[key])).expanduser() if env[key] else None)
+        if key == "tensorboard_logdir" and not cfg["training"]["tensorboard"]:
+            continue
+        problem = folder_problem(path) if path is not None else None
+        if problem:
+            raise TrainError(f"env.{key}={path} {problem}; choose another env.{key}")
 
 
 def refuse_other_run(cfg: dict, save_dir: Path) -> None:

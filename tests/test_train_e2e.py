@@ -316,13 +316,19 @@ def test_damaged_current_checkpoint_is_detected_and_an_intact_one_resumed(data_d
     assert len(losses) == 3 and all(0 < v < 1.5 * loss_before for v in losses)  # continues, no blow-up
 
 
-def test_a_save_dir_that_cannot_be_a_folder_is_one_error_line(data_dir, tmp_path):
+def test_an_output_dir_that_cannot_be_a_folder_is_one_error_line_before_training(data_dir, tmp_path):
+    """save dir, report dir (written only after training) or log dir under a file: refused up front."""
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    for save, says in ((afile, "is a file, not a folder"), (afile / "run" / "1", f"is under {afile}, which is a file")):
-        r = run(train_cmd(data_dir, save, "training.max_updates=2"))
+    cases = (("save_dir", afile, "is a file, not a folder"), ("save_dir", afile / "run" / "1",
+             f"is under {afile}, which is a file"), ("report_dir", afile, "is a file, not a folder"),
+             ("log_dir", afile / "logs", f"is under {afile}, which is a file"))
+    for key, path, says in cases:
+        save = path if key == "save_dir" else tmp_path / "save"
+        r = run(train_cmd(data_dir, save, "training.max_updates=2", f"env.{key}={path}", run_type="train_val"))
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-        assert r.stderr.strip().splitlines() == [f"error: env.save_dir={save} {says}; choose another env.save_dir"]
+        assert r.stderr.strip().splitlines() == [f"error: env.{key}={path} {says}; choose another env.{key}"]
+        assert not (tmp_path / "save").exists()  # refused before anything was written
     assert afile.read_text() == "mine"
 
 
