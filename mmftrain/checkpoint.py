@@ -112,7 +112,8 @@ def load(path: Path, trusted: bool = False) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check checkpoint.resume_file")
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what}; check checkpoint.resume_file")
     if zipfile.is_zipfile(path):
         problem = verify(path)
         if problem:
