@@ -11,6 +11,7 @@ it; env.overwrite_save_dir=true replaces it), and nothing is written there befor
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -27,6 +28,7 @@ from zoo.fsutil import folder_problem
 
 # What a run leaves in its save dir (train.log aside: a run that failed before building its data leaves only
 # that, and the next attempt appends to it).
+SAVE_DIR_LOCK = ".mmf-train.lock"  # (and its .holder: who holds it) never a run file, never deleted
 RUN_FILES = ("config.yaml", checkpoint.CURRENT, checkpoint.BEST, "metrics.jsonl", "summary.json",
              checkpoint.PERIODIC_DIR, "reports", "tensorboard")
 # Config sections that fix the model's shape and meaning: a resume must not change them.
@@ -66,10 +68,13 @@ class Splits(NamedTuple):
 def run(cfg: dict) -> dict:
     """Execute `cfg` (from `mmftrain.config.build_config`) on this process; returns the run summary."""
     dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
+    stack = contextlib.ExitStack()
     try:
         save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
         check_output_dirs(cfg, save_dir)
         refuse_other_run(cfg, save_dir)  # before anything is written there
+        stack.enter_context(hold_save_dir(save_dir, dist))
+        refuse_other_run(cfg, save_dir)  # again under the lock: a run that started beside this one
         distributed.barrier()
         log_dir = Path(str(cfg["env"]["log_dir"])).expanduser() if cfg["env"]["log_dir"] else save_dir
         setup_logging(log_dir, dist.is_main, dist.rank, cfg["training"]["logger_level"])
@@ -87,6 +92,7 @@ def run(cfg: dict) -> dict:
         finally:
             close_logging()
     finally:
+        stack.close()
         distributed.cleanup()
 
 
@@ -143,6 +149,27 @@ def check_output_dirs(cfg: dict, save_dir: Path) -> None:
         problem = folder_problem(path) if path is not None else None
         if problem:
             raise TrainError(f"env.{key}={path} {problem}; choose another env.{key}")
+
+
+@contextlib.contextmanager
+def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
+    """One `mmf train` per save dir at a time: two (a job requeued while it still runs, a command started twice)
+    would interleave their checkpoints and logs. The lock is an flock, released when its process dies."""
+    from zoo.errors import ZooError
+    from zoo.lock import resource_lock
+
+    with contextlib.ExitStack() as held:
+        error = None
+        if dist.is_main:
+            try:
+                save_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(resource_lock(save_dir / SAVE_DIR_LOCK, f"env.save_dir={save_dir}", timeout=0,
+                                                 say=lambda _: None))
+            except (ZooError, OSError) as e:
+                error = e
+        if distributed.any_flag(error is not None, dist.device):
+            raise TrainError(str(error) if error else "rank 0 could not lock env.save_dir (its error says why)")
+        yield
 
 
 def refuse_other_run(cfg: dict, save_dir: Path) -> None:

@@ -178,6 +178,32 @@ def test_resume_accepts_compute_only_model_keys_and_older_checkpoints_but_not_an
     assert max(train_records(tmp_path)) == 12
 
 
+def test_a_second_run_in_a_save_dir_in_use_is_refused_and_the_first_goes_on(data_dir, tmp_path):
+    """Two `mmf train` in one save dir (a requeued job while the first still runs) would interleave checkpoints
+    and logs: the second is refused at once, naming the first; once the first is SIGKILLed, the lock is gone."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(train_cmd(data_dir, tmp_path, "training.max_updates=500",
+                                       "training.checkpoint_interval=4"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for_update(tmp_path, first, 5)
+        second = run(train_cmd(data_dir, tmp_path, "training.max_updates=500", "checkpoint.resume=true"))
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+        assert second.stderr.strip().splitlines() == [line for line in second.stderr.strip().splitlines()
+                                                      if line.startswith("error: env.save_dir=")]
+        assert f"is locked by pid {first.pid} " in second.stderr and "wait for it to finish" in second.stderr
+        reached = max(train_records(tmp_path))
+        wait_for_update(tmp_path, first, reached + 3)  # the first run goes on, alone
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    resumed = run(train_cmd(data_dir, tmp_path, "training.max_updates=12", "training.checkpoint_interval=4",
+                            "checkpoint.resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+
+
 def test_val_and_inference_write_complete_prediction_files(data_dir, tmp_path):
     r = run(train_cmd(data_dir, tmp_path, "training.max_updates=4", "training.checkpoint_interval=4",
                       run_type="train_val"))
@@ -236,8 +262,12 @@ def test_two_process_gloo_training_runs(data_dir, tmp_path):
 
 
 def files_of(folder) -> dict:
-    """{relative path: bytes} of every file under `folder`."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    """{relative path: bytes} of every file under `folder`, but the save-dir lock (its holder note names the
+    last process that held it)."""
+    from mmftrain.run import SAVE_DIR_LOCK
+
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and not p.name.startswith(SAVE_DIR_LOCK)}
 
 
 def one_line(stderr: str) -> str:

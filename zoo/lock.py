@@ -72,8 +72,10 @@ def resource_lock(path: Path, what: str, timeout: float | None = None, say=None)
                 say(f"waiting for {what}: locked by {_describe(info)}")
                 next_note = waited + 30
             if timeout is not None and waited > timeout:
-                raise LockTimeoutError(f"{what} is still locked by {_describe(info)} after {timeout:.0f}s; "
-                                       f"wait for it to finish (or stop it) and run again") from None
+                after = f"still locked by {_describe(info)} after {timeout:.0f}s" if timeout else \
+                    f"locked by {_describe(info)}"
+                raise LockTimeoutError(f"{what} is {after}; wait for it to finish (or stop it) and run again") \
+                    from None
         except PermissionError:
             raise DiskError(f"cannot create lock {path}: permission denied; choose a writable --data-dir") from None
         except OSError as exc:
