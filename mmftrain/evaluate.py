@@ -39,15 +39,15 @@ def assemble_answer(ids, ocr_tokens: list[str], vocab: list[str], eos_idx: int) 
     return " ".join(words).replace(" 's", "'s"), sources
 
 
-def padded_chunks(idx, batch_size: int) -> tuple[list, dict[int, int]]:
-    """Batches of `idx` as (start, indices), the last one padded to `batch_size` by repeating its last index,
-    and {start: number of real rows}. Every batch then has one shape: a short last batch would otherwise build
-    new kernel plans (and CUDA graphs) for each decoding step of every val pass."""
+def padded_chunks(idx, batch_size: int, pad: bool = True) -> tuple[list, dict[int, int]]:
+    """Batches of `idx` as (start, indices), the last one padded (with `pad`) to `batch_size` by repeating its
+    last index, and {start: number of real rows}. Every batch then has one shape: on a GPU a short last batch
+    would otherwise build new kernel plans (and CUDA graphs) for each decoding step of every val pass."""
     chunks, real = [], {}
     for i in range(0, len(idx), batch_size):
         part = np.asarray(idx[i:i + batch_size])
         real[i] = len(part)
-        if len(part) < batch_size:
+        if pad and len(part) < batch_size:
             part = np.concatenate([part, np.full(batch_size - len(part), part[-1], dtype=part.dtype)])
         chunks.append((i, part))
     return chunks, real
@@ -85,19 +85,23 @@ def evaluate_all(model, datasets: dict, *, split: str, cfg: dict, dist: distribu
 
 def evaluate(model, dataset, *, dataset_name: str, split: str, batch_size: int, device, dist: distributed.DistInfo,
              amp: contextlib.AbstractContextManager | None = None, metrics: list[str] | None = None,
-             pin: bool = False, early_exit: bool = True) -> tuple[dict, list[dict]]:
+             pin: bool = False, early_exit: bool = True, pad: bool | None = None) -> tuple[dict, list[dict]]:
     """Run greedy decoding on this rank's share of `dataset`, gather all ranks' records, score once.
 
     Returns:
         (metrics, records) on every rank: metrics keyed `<split>/<dataset>/<metric>` plus `<split>/total_loss`
         when the split has answers; records are {question_id, image_id, answer, pred_source, gt_answers} for
         every question of the split exactly once, in dataset order. `early_exit` stops decoding once every
-        answer has ended (same answers as MMF's 12 passes; the val loss then uses the scores at exit).
+        answer has ended (same answers as MMF's 12 passes; the val loss then uses the scores at exit). `pad`
+        the short last batch to `batch_size` (default: on CUDA with several batches, where one shape saves
+        kernel plans and graphs; elsewhere the padding rows would be decoded for nothing).
     """
     vocab = list(dataset.answer_vocab)
     eos, bos = vocab.index("</s>"), vocab.index("<s>")
     idx = eval_shard(len(dataset), dist.rank, dist.world)
-    chunks, real = padded_chunks(idx, batch_size)
+    if pad is None:
+        pad = torch.device(device).type == "cuda" and len(idx) > batch_size
+    chunks, real = padded_chunks(idx, batch_size, pad)
     was_training = model.training
     model.eval()
     records, loss_sum, loss_n = [], 0.0, 0

@@ -43,10 +43,10 @@ def val_and_model(tmp_path_factory):
     return val, model.eval()
 
 
-def _pass(val, model, batch_size: int):
+def _pass(val, model, batch_size: int, pad: bool | None = True):
     return evaluate(model, val, dataset_name="textvqa", split="val", batch_size=batch_size,
                     device=torch.device("cpu"), dist=DistInfo(),
-                    metrics=["textvqa_accuracy"], early_exit=True)
+                    metrics=["textvqa_accuracy"], early_exit=True, pad=pad)
 
 
 def test_a_padded_last_batch_gives_the_answers_metrics_and_loss_of_unpadded_batches(val_and_model, monkeypatch):
@@ -58,6 +58,12 @@ def test_a_padded_last_batch_gives_the_answers_metrics_and_loss_of_unpadded_batc
         batch["question_id"].shape[0]) or decode(batch, *a, **k))  # a spy around the real method
     padded, recs = _pass(val, model, 10)  # 10 + 10 + 3 real rows, the last batch padded to 10
     assert seen == [10, 10, 10]
+    seen.clear()
+    unpadded, unpadded_recs = _pass(val, model, 10, pad=None)  # the default on a CPU: no padding
+    assert seen == [10, 10, 3]
+    assert [r["answer"] for r in unpadded_recs] == [r["answer"] for r in recs]
+    assert unpadded["val/textvqa/m4c_decoding_bce_with_mask"] == pytest.approx(
+        padded["val/textvqa/m4c_decoding_bce_with_mask"], rel=1e-5)
     seen.clear()
     whole, whole_recs = _pass(val, model, 23)  # one batch, no padding
     assert seen == [23]
