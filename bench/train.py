@@ -246,7 +246,7 @@ def sdpa_report(device: torch.device, batch: int) -> None:
 
 def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warmup: int, workers: int,
                profile: bool = False) -> dict:
-    """One mode; with `profile`, the last 5 timed steps run under torch.profiler and its top kernels print."""
+    """One mode; with `profile`, the last PROFILED (5) timed steps run under torch.profiler and its kernels print."""
     cuda = device.type == "cuda"
     prof = None
     mode, _, loader = mode.partition("@")
@@ -299,7 +299,7 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
                 t0, wait = time.perf_counter(), 0.0
             wait += w
             b = to_device(cpu_batch, device)
-            if profile and i == warmup + steps - PROFILED:
+            if profile and i == warmup + steps - min(PROFILED, steps):
                 if cuda:
                     torch.cuda.synchronize()
                 prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
@@ -321,7 +321,7 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
         prof.__exit__(None, None, None)
         key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60), flush=True)
-        print_kernel_shares(prof, profiled_s, PROFILED)
+        print_kernel_shares(prof, profiled_s, min(PROFILED, steps))
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan")
     return {"samples_per_s": steps * batch / elapsed, "data_wait_share": wait / elapsed, "loss": float(loss.detach()),
             "max_mem_gib": mem, "loader": loader}

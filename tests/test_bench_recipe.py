@@ -67,3 +67,19 @@ def test_train_bench_sorts_kernels_into_the_parts_of_a_step():
              "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "elementwise/reduce (aten)",
              "void cub::DeviceSegmentedRadixSortKernel": "other"}
     assert {n: kernel_kind(n) for n in names} == names
+
+
+def test_train_bench_smoke_runs_the_trim_baseline_profile_and_sdpa_check():
+    """bench/train.py (what the GPU session runs) cannot rot: the every-row baseline, the profile summary and the
+    attention-kernel report run on the CPU with the full-size model at batch 2."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train.py"), "--device", "cpu", "--batch", "2",
+                           "--steps", "2", "--warmup", "1", "--questions", "16", "--images", "4", "--sdpa-check",
+                           "--modes", "fp32+fullrows,fp32", "--profile", "fp32"], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert re.search(r"sdpa: attention_backend=auto: eager picks \w+", out), out[-2000:]
+    assert "profile: no GPU kernels recorded over 2 steps" in out  # a CPU has none; the summary still runs
+    rates = dict(re.findall(r"^\s*(fp32(?:\+fullrows)?):\s+([\d.]+) samples/s", out, re.M))
+    assert set(rates) == {"fp32", "fp32+fullrows"} and all(float(v) > 0 for v in rates.values()), out[-2000:]
