@@ -155,7 +155,7 @@ def check_output_dirs(cfg: dict, save_dir: Path) -> None:
 def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
     """One `mmf train` per save dir at a time: two (a job requeued while it still runs, a command started twice)
     would interleave their checkpoints and logs. The lock is an flock, released when its process dies."""
-    from zoo.errors import ZooError
+    from zoo.errors import LockTimeoutError, ZooError
     from zoo.lock import resource_lock
 
     with contextlib.ExitStack() as held:
@@ -165,8 +165,11 @@ def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
                 save_dir.mkdir(parents=True, exist_ok=True)
                 held.enter_context(resource_lock(save_dir / SAVE_DIR_LOCK, f"env.save_dir={save_dir}", timeout=0,
                                                  say=lambda _: None))
-            except (ZooError, OSError) as e:
+            except LockTimeoutError as e:
                 error = e
+            except (ZooError, OSError) as e:  # a filesystem without locks (some NFS): train unprotected
+                log.warning("could not lock env.save_dir=%s (%s): a second mmf train there would not be refused",
+                            save_dir, e)
         if distributed.any_flag(error is not None, dist.device):
             raise TrainError(str(error) if error else "rank 0 could not lock env.save_dir (its error says why)")
         yield

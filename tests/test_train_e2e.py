@@ -204,6 +204,18 @@ def test_a_second_run_in_a_save_dir_in_use_is_refused_and_the_first_goes_on(data
     assert "resumed from" in resumed.stdout
 
 
+def test_a_save_dir_that_cannot_be_locked_trains_with_a_warning(data_dir, tmp_path):
+    """Where the lock cannot be taken (here its file is a folder; on some NFS mounts flock fails) training goes
+    on unprotected, and says so."""
+    from mmftrain.run import SAVE_DIR_LOCK
+
+    (tmp_path / SAVE_DIR_LOCK).mkdir(parents=True)
+    r = run(train_cmd(data_dir, tmp_path, "training.max_updates=2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"could not lock env.save_dir={tmp_path}" in r.stdout + r.stderr
+    assert max(train_records(tmp_path)) == 2
+
+
 def test_val_and_inference_write_complete_prediction_files(data_dir, tmp_path):
     r = run(train_cmd(data_dir, tmp_path, "training.max_updates=4", "training.checkpoint_interval=4",
                       run_type="train_val"))
