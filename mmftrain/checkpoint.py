@@ -83,9 +83,12 @@ def _publish(path: Path, write) -> None:
     try:
         atomic_write_bytes(path, write)
     except OSError as e:
-        raise CheckpointError(f"writing checkpoint {path} failed ({e.strerror or e}); the previous checkpoint "
-                              "is intact; free disk space or fix permissions and resume with "
-                              "checkpoint.resume=true") from None
+        raise write_failed(path, e.strerror or str(e)) from None
+
+
+def write_failed(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"writing checkpoint {path} failed ({why}); the previous checkpoint is intact; free "
+                           "disk space or fix permissions and resume with checkpoint.resume=true")
 
 
 def verify(path: Path) -> str | None:
@@ -313,9 +316,7 @@ class Checkpointer:
             first_done = True
             copy_published(paths[0], paths[1:])
         except BaseException as e:  # noqa: BLE001 - surfaced on the training thread by failed()/wait()
-            self._error = e if isinstance(e, CheckpointError) else CheckpointError(
-                f"writing checkpoint {paths[0]} failed ({type(e).__name__}: {e}); the previous checkpoint is "
-                "intact; free disk space or fix permissions and resume with checkpoint.resume=true")
+            self._error = e if isinstance(e, CheckpointError) else write_failed(paths[0], f"{type(e).__name__}: {e}")
         if not first_done:
             self.periodic = before  # nothing was published: the files on disk are the ones listed before
             return
