@@ -7,7 +7,8 @@ run_type as MMF: "train" in it -> train (with periodic val); "val" -> a final va
 best.ckpt, models/model_<N>.ckpt, m4c_final.pth, reports/*.json, summary.json.
 
 A save dir belongs to one run: a new run in a folder holding another is refused (checkpoint.resume=true continues
-it; env.overwrite_save_dir=true replaces it), and nothing is written there before the data and model are built.
+it; env.overwrite_save_dir=true replaces it), and nothing of the run is written there before the data and model
+are built. It is also trained by one process at a time (a hidden lock file, `SAVE_DIR_LOCK`).
 """
 from __future__ import annotations
 
