@@ -587,3 +587,19 @@ def test_a_data_dir_that_is_or_sits_under_a_file_is_refused_before_any_request(t
             assert f"error: data dir {data} {says}; pass another --data-dir" in r.stderr
         assert sum(srv.stats.requests.values()) == 0  # refused before the network
     assert afile.read_text() == "mine"
+
+
+@pytest.mark.parametrize("option", [["--chunk-size", "0"], ["--chunk-size", "-1"], ["--stall-timeout", "0"],
+                                    ["--connections", "0"]])
+def test_fetch_options_that_would_spin_are_usage_errors(option, tmp_path):
+    """1-byte chunks (a 34 GB archive as 34 G journal entries) or a 0 s stall timeout (every connection 'stalled'
+    at once) are refused before anything starts."""
+    import subprocess
+    import sys
+
+    from tests.zoo_helpers import ROOT
+
+    r = subprocess.run([sys.executable, "-m", "mmf_cli", "zoo", "fetch", "textvqa", "--offline", "--data-dir",
+                        str(tmp_path / "data"), *option], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"Invalid value for '{option[0]}'" in r.stderr, r.stderr
+    assert not (tmp_path / "data").exists()
