@@ -273,6 +273,52 @@ def test_two_process_gloo_training_runs(data_dir, tmp_path):
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["num_updates"] == 4
 
 
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def test_two_process_run_stops_together_when_rank0_cannot_write_a_checkpoint(data_dir, tmp_path):
+    """A full disk under rank 0's checkpoint writer: both ranks stop (no rank left waiting in a collective),
+    with rank 0's error, and the first checkpoint stays intact."""
+    import resource
+
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={free_port()}",
+                             *train_cmd(data_dir, tmp_path, "training.max_updates=400",
+                                        "training.checkpoint_interval=4")[1:]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = tmp_path / "models" / "model_4.ckpt"
+    deadline = time.time() + 180
+    while not first.exists() and proc.poll() is None:
+        assert time.time() < deadline, "no first checkpoint"
+        time.sleep(0.01)
+    size = first.stat().st_size
+    ranks = _descendants(proc.pid)
+    for pid in ranks:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (size // 2, size // 2))
+    out, err = proc.communicate(timeout=180)  # a rank left waiting would hang here
+    assert proc.returncode != 0 and len(ranks) >= 2
+    assert "writing checkpoint" in err and "File too large" in err, err[-3000:]  # the fault fired, on rank 0
+    assert "error: rank 0 could not write a checkpoint" in err  # rank 1 stopped by the check, not by a dead peer
+    assert max(train_records(tmp_path)) < 400
+    assert torch.load(tmp_path / "current.ckpt", weights_only=True)["num_updates"] == 4
+
+
 def files_of(folder) -> dict:
     """{relative path: bytes} of every file under `folder`, but the save-dir lock (its holder note names the
     last process that held it)."""
