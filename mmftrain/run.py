@@ -172,7 +172,8 @@ def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
                 log.warning("could not lock env.save_dir=%s (%s): a second mmf train there would not be refused",
                             save_dir, e)
         if distributed.any_flag(error is not None, dist.device):
-            raise TrainError(str(error) if error else "rank 0 could not lock env.save_dir (its error says why)")
+            raise TrainError(f"{error}, or choose another env.save_dir" if error else
+                             "rank 0 could not lock env.save_dir (its error says why)")
         yield
 
 

@@ -192,6 +192,7 @@ def test_a_second_run_in_a_save_dir_in_use_is_refused_and_the_first_goes_on(data
         assert second.stderr.strip().splitlines() == [line for line in second.stderr.strip().splitlines()
                                                       if line.startswith("error: env.save_dir=")]
         assert f"is locked by pid {first.pid} " in second.stderr and "wait for it to finish" in second.stderr
+        assert second.stderr.strip().endswith("or choose another env.save_dir")
         reached = max(train_records(tmp_path))
         wait_for_update(tmp_path, first, reached + 3)  # the first run goes on, alone
         assert first.poll() is None
