@@ -55,14 +55,23 @@ def autocast(training: dict, device_type: str):
     return contextlib.nullcontext()
 
 
+GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that record CUDA graphs
+
+
 def compile_mode(training: dict, cuda: bool, world: int) -> str:
     """training.compile_mode, with auto resolved: CUDA graphs on one CUDA device without gradient accumulation
     (a graph's outputs are overwritten by its next replay, so accumulated gradients and DDP's bucket hooks stay
     eager), torch's default mode otherwise."""
     mode = str(training["compile_mode"])
+    accumulate = int(training["update_frequency"])
+    if mode in GRAPH_MODES and cuda and accumulate > 1:
+        # cudagraph trees hand the first micro-batch's gradient buffer to .grad and overwrite it with the next
+        # one's: the accumulated gradient is silently wrong (pytorch/pytorch#96693)
+        raise ConfigError(f"training.compile_mode={mode} records CUDA graphs, which lose accumulated gradients "
+                          f"with training.update_frequency={accumulate}; use training.compile_mode=auto or default")
     if mode != "auto":
         return mode
-    graphs = cuda and world == 1 and int(training["update_frequency"]) == 1
+    graphs = cuda and world == 1 and accumulate == 1
     return "reduce-overhead" if graphs else "default"
 
 
@@ -81,9 +90,9 @@ class TrainForward:
         if training["compile"]:
             mode = compile_mode(training, cuda, world)
             try:
-                # "reduce-overhead" = CUDA graphs (the batch shapes are static: the sampler drops ragged batches)
+                # GRAPH_MODES record CUDA graphs (the batch shapes are static: the sampler drops ragged batches)
                 self.module = torch.compile(self.module, mode=mode)
-                self.graphs, self._checked = mode == "reduce-overhead", False
+                self.graphs, self._checked = mode in GRAPH_MODES, False
             except Exception as e:  # noqa: BLE001 - any backend failure means: run eager
                 log.warning("torch.compile unavailable (%s); training eager", e)
 
