@@ -236,6 +236,26 @@ def model_state_from(obj: dict) -> dict:
     raise CheckpointError("checkpoint holds neither a 'model' entry nor a state dict")
 
 
+def warn_if_disk_short(save_dir: Path, file_bytes: int, periodic_left: int, max_to_keep: int) -> bool:
+    """Warn (once, at the start) when the run's checkpoints will not fit on the save dir's disk: `periodic_left`
+    more periodic files (pruned to `max_to_keep`, -1 = all) plus current and best, `file_bytes` each. A full disk
+    later stops the run at a checkpoint; this says so while it is cheap to fix. Returns whether it warned."""
+    kept = periodic_left if max_to_keep < 0 else min(periodic_left, max_to_keep)
+    need = (kept + 2) * file_bytes
+    try:
+        free = shutil.disk_usage(save_dir).free
+    except OSError:
+        return False
+    if need <= free:
+        return False
+    fit = max(1, free // max(1, file_bytes) - 2)
+    log.warning("checkpoints: this run will write %d more periodic checkpoints of %.2f GB (checkpoint.max_to_keep=%d "
+                "keeps %d), %.1f GB with current/best, but %s has %.1f GB free: set checkpoint.max_to_keep=%d or "
+                "raise training.checkpoint_interval, or free space (a full disk stops the run at a checkpoint)",
+                periodic_left, file_bytes / 1e9, max_to_keep, kept, need / 1e9, save_dir, free / 1e9, fit)
+    return True
+
+
 class HostSnapshot:
     """Copies a state tree to host memory, reusing its buffers (pinned for CUDA) from one save to the next."""
 

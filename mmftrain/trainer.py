@@ -232,6 +232,12 @@ class Trainer:
         if training["max_epochs"] is not None:  # MMF: max_epochs wins
             max_updates = math.ceil(float(training["max_epochs"]) * sampler.batches_per_epoch / accumulate)
         criteria = "val/" + str(training["early_stop"]["criteria"])
+        if self.dist.is_main:
+            # a checkpoint holds the weights and Adam's two moments, all in the parameters' dtype
+            file_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+            checkpoint.warn_if_disk_short(self.save_dir, file_bytes,
+                                          (max_updates - self.num_updates) // int(training["checkpoint_interval"]),
+                                          int(self.cfg["checkpoint"]["max_to_keep"]))
         start_updates, started = self.num_updates, time.perf_counter()
         stopped, last_eval, current_saved_at = None, None, None
         self.model.train()

@@ -217,6 +217,26 @@ def test_a_save_dir_that_cannot_be_locked_trains_with_a_warning(data_dir, tmp_pa
     assert max(train_records(tmp_path)) == 2
 
 
+def test_checkpoints_that_will_not_fit_on_the_disk_are_warned_about_at_the_start(data_dir, tmp_path):
+    """checkpoint.max_to_keep=-1 (MMF's default: keep all) with many checkpoints ahead: the run says at once how
+    much its checkpoints will need against the free space, and which max_to_keep would fit."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(train_cmd(data_dir, tmp_path, "training.max_updates=1000000000000",
+                                      "training.checkpoint_interval=1000", "checkpoint.max_to_keep=-1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    wait_for_update(tmp_path, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    line = next((x for x in out.splitlines() if "checkpoints: this run will write" in x), None)
+    assert line is not None, out[-2000:]
+    assert "1000000000 more periodic checkpoints" in line and "checkpoint.max_to_keep=-1 keeps 1000000000" in line
+    assert re.search(r"set checkpoint.max_to_keep=\d+ or raise training.checkpoint_interval", line), line
+
+    quiet = run(train_cmd(data_dir, tmp_path / "fits", "training.max_updates=4", "training.checkpoint_interval=2",
+                          "checkpoint.max_to_keep=-1"))
+    assert quiet.returncode == 0 and "checkpoints: this run will write" not in quiet.stdout + quiet.stderr
+
+
 def test_val_and_inference_write_complete_prediction_files(data_dir, tmp_path):
     r = run(train_cmd(data_dir, tmp_path, "training.max_updates=4", "training.checkpoint_interval=4",
                       run_type="train_val"))
