@@ -232,12 +232,7 @@ class Trainer:
         if training["max_epochs"] is not None:  # MMF: max_epochs wins
             max_updates = math.ceil(float(training["max_epochs"]) * sampler.batches_per_epoch / accumulate)
         criteria = "val/" + str(training["early_stop"]["criteria"])
-        if self.dist.is_main:
-            # a checkpoint holds the weights and Adam's two moments, all in the parameters' dtype
-            file_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
-            checkpoint.warn_if_disk_short(self.save_dir, file_bytes,
-                                          (max_updates - self.num_updates) // int(training["checkpoint_interval"]),
-                                          int(self.cfg["checkpoint"]["max_to_keep"]))
+        self._warn_if_checkpoints_will_not_fit(max_updates)
         start_updates, started = self.num_updates, time.perf_counter()
         stopped, last_eval, current_saved_at = None, None, None
         self.model.train()
@@ -289,6 +284,15 @@ class Trainer:
         return {"num_updates": self.num_updates, "stopped": stopped, "best_update": self.best_update,
                 "best_metric": self.best_metric, "criteria": criteria, "last_eval": last_eval,
                 "train_time": time.perf_counter() - started, "checkpoint_stall_s": self.checkpointer.stall_s}
+
+    def _warn_if_checkpoints_will_not_fit(self, max_updates: int) -> None:
+        if not self.dist.is_main:
+            return
+        # a checkpoint holds the weights and Adam's two moments, all in the parameters' dtype
+        file_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        checkpoint.warn_if_disk_short(self.save_dir, file_bytes,
+                                      (max_updates - self.num_updates) // int(self.training["checkpoint_interval"]),
+                                      int(self.cfg["checkpoint"]["max_to_keep"]))
 
     def _update(self, batches, window: LogWindow, accumulate: int, batches_per_epoch: int) -> dict:
         """One optimizer update over `accumulate` micro-batches; returns the last (CPU) batch."""
