@@ -244,6 +244,33 @@ def sdpa_report(device: torch.device, batch: int) -> None:
         print(f"sdpa: {name}: usable {ok}; reasons: {reasons}", flush=True)
 
 
+def loss_function(mode: str, model, device: torch.device):
+    """batch -> M4C's loss under the mode's precision, through the mode's forward: eager; "graphs", the trainer's
+    compiled forward (CUDA graphs on one GPU); "compilestep", forward, target expansion and loss in one graph;
+    "compile", torch.compile of the model alone."""
+    dtype = torch.bfloat16 if "bf16" in mode else None
+
+    def loss_through(forward):
+        def loss(b):
+            with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
+                scores = forward(b)
+            return m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)), b["train_loss_mask"])
+        return loss
+
+    if "graphs" in mode:
+        return loss_through(TrainForward(model, {"compile": True, "compile_mode": "reduce-overhead",
+                                                 "update_frequency": 1, "find_unused_parameters": False},
+                                         device, world=1))
+    try:
+        if "compilestep" in mode:
+            return torch.compile(loss_through(model))
+        if "compile" in mode:
+            return loss_through(torch.compile(model))
+    except Exception as e:  # noqa: BLE001
+        print(f"  compile unavailable: {e}")
+    return loss_through(model)
+
+
 def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warmup: int, workers: int,
                profile: bool = False) -> dict:
     """One mode; with `profile`, the last PROFILED (5) timed steps run under torch.profiler and its kernels print."""
@@ -255,37 +282,7 @@ def bench_mode(mode: str, ds, device: torch.device, batch: int, steps: int, warm
     # +fullrows: the last MMT layer over every row, as MMF
     model = build_m4c(len(ds.answer_vocab), trim_last_layer="fullrows" not in mode).to(device).train()
     opt = torch.optim.Adam(model.optimizer_groups(1e-4), lr=1e-4, eps=1e-8, **({"fused": True} if cuda else {}))
-    dtype = torch.bfloat16 if "bf16" in mode else None
-
-    def step_loss(b):
-        with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
-            scores = model(b)
-        return m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)), b["train_loss_mask"])
-
-    run_loss = step_loss
-    if "graphs" in mode:  # the trainer's own compiled forward: CUDA graphs (reduce-overhead) on one GPU
-        forward = TrainForward(model, {"compile": True, "compile_mode": "reduce-overhead", "update_frequency": 1,
-                                       "find_unused_parameters": False}, device, world=1)
-
-        def run_loss(b):
-            with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
-                scores = forward(b)
-            return m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)), b["train_loss_mask"])
-    elif "compile" in mode:
-        try:  # "compilestep": forward, target expansion and loss in one graph; "compile": the model alone
-            if "compilestep" in mode:
-                run_loss = torch.compile(step_loss)
-            else:
-                compiled = torch.compile(model)
-
-                def run_loss(b):
-                    with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type,
-                                                                                                enabled=False):
-                        scores = compiled(b)
-                    return m4c_decoding_bce_with_mask(scores, expand_targets(b, scores.size(-1)),
-                                                      b["train_loss_mask"])
-        except Exception as e:  # noqa: BLE001
-            print(f"  compile unavailable: {e}")
+    run_loss = loss_function(mode, model, device)
     rng = np.random.default_rng(1)
     keyed = ((i, rng.choice(len(ds), batch, replace=False)) for i in range(warmup + steps))
     pf = make_loader(loader, ds, keyed, device, workers)

@@ -28,6 +28,7 @@ import torch
 from mmftrain.errors import CheckpointError
 from mmftrain.logs import log
 from zoo.fsutil import atomic_write_bytes  # noqa: F401 - the one definition; run/evaluate/logs use it from here
+from zoo.fsutil import existing_ancestor, human
 
 CURRENT, BEST, PERIODIC_DIR = "current.ckpt", "best.ckpt", "models"
 
@@ -243,16 +244,16 @@ def warn_if_disk_short(save_dir: Path, file_bytes: int, periodic_left: int, max_
     kept = periodic_left if max_to_keep < 0 else min(periodic_left, max_to_keep)
     need = (kept + 2) * file_bytes
     try:
-        free = shutil.disk_usage(save_dir).free
+        free = shutil.disk_usage(existing_ancestor(save_dir)).free
     except OSError:
         return False
     if need <= free:
         return False
     fit = max(1, free // max(1, file_bytes) - 2)
-    log.warning("checkpoints: this run will write %d more periodic checkpoints of %.2f GB (checkpoint.max_to_keep=%d "
-                "keeps %d), %.1f GB with current/best, but %s has %.1f GB free: set checkpoint.max_to_keep=%d or "
-                "raise training.checkpoint_interval, or free space (a full disk stops the run at a checkpoint)",
-                periodic_left, file_bytes / 1e9, max_to_keep, kept, need / 1e9, save_dir, free / 1e9, fit)
+    log.warning("checkpoints: this run will write %d more periodic checkpoints of %s (checkpoint.max_to_keep=%d "
+                "keeps %d), %s with current/best, but %s has %s free: set checkpoint.max_to_keep=%d or raise "
+                "training.checkpoint_interval, or free space (a full disk stops the run at a checkpoint)",
+                periodic_left, human(file_bytes), max_to_keep, kept, human(need), save_dir, human(free), fit)
     return True
 
 

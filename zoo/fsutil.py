@@ -32,10 +32,8 @@ def fsync_dir(path) -> None:
 def folder_problem(path) -> str | None:
     """Why `path` cannot be, or become, a writable folder (it or a parent is a file, or it is read-only); None when
     it can. Said before work starts, not as a traceback from the first write."""
-    path = Path(path)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    path = Path(path).absolute()
+    existing = existing_ancestor(path)
     if not existing.is_dir():
         return "is a file, not a folder" if existing == path else f"is under {existing}, which is a file"
     if not os.access(existing, os.W_OK | os.X_OK):
