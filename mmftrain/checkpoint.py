@@ -251,7 +251,7 @@ def load_newest_intact(candidates: list[Path]) -> tuple[Path, dict, list[tuple[P
                             "another env.save_dir (the damaged files are left as they are)")
 
 
-def ahead_of(save_dir: Path, start: Path, start_update: int, same_trajectory: bool) -> list[tuple[Path, int | None]]:
+def ahead_of(save_dir: Path, start_update: int, same_trajectory: bool) -> list[tuple[Path, int | None]]:
     """The run's checkpoint files holding a later update than `start_update`, which a run continuing from there
     would overwrite with another trajectory: [(path, its update or None when unreadable)], current and best
     first, then the periodic files, newest first. The periodic files always; current.ckpt and best.ckpt too
@@ -261,7 +261,7 @@ def ahead_of(save_dir: Path, start: Path, start_update: int, same_trajectory: bo
     found: list[tuple[Path, int | None]] = []
     if not same_trajectory:
         for path in (save_dir / CURRENT, save_dir / BEST):
-            if path.is_file() and path.resolve() != Path(start).resolve():
+            if path.is_file():  # (the start file too when the counts restart: the run would overwrite it)
                 update = stored_update(path)
                 if update is None or update > start_update:
                     found.append((path, update))

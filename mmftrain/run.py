@@ -256,7 +256,7 @@ def _own_start(cfg: dict, save_dir: Path, path: Path, contents: dict, stages: St
     saved = contents.get("num_updates", 0)
     update = 0 if fresh_counts or type(saved) is not int else saved
     same_trajectory = path == save_dir / checkpoint.CURRENT and not fresh_counts
-    ahead = checkpoint.ahead_of(save_dir, path, update, same_trajectory) if stages.train else []
+    ahead = checkpoint.ahead_of(save_dir, update, same_trajectory) if stages.train else []
     return StartPoint(path, contents, model_only=False, own_run=True, update=update, ahead=tuple(ahead))
 
 

@@ -127,10 +127,13 @@ def test_later_checkpoints_are_found_and_set_aside_without_loss(tmp_path):
         checkpoint.save(tmp_path / "models" / f"model_{update}.ckpt", _state(update))
     checkpoint.save(tmp_path / "best.ckpt", _state(10))
     checkpoint.save(tmp_path / "current.ckpt", _state(40))
-    ahead = checkpoint.ahead_of(tmp_path, tmp_path / "best.ckpt", 10, same_trajectory=False)
+    ahead = checkpoint.ahead_of(tmp_path, 10, same_trajectory=False)  # from best.ckpt (update 10)
     assert [(p.name, u) for p, u in ahead] == [("current.ckpt", 40), ("model_40.ckpt", 40), ("model_20.ckpt", 20)]
-    # resuming current.ckpt with its counts: the same trajectory, only a stray later periodic file is ahead
-    assert checkpoint.ahead_of(tmp_path, tmp_path / "current.ckpt", 40, same_trajectory=True) == []
+    # resuming current.ckpt with its counts: the same trajectory, nothing is ahead
+    assert checkpoint.ahead_of(tmp_path, 40, same_trajectory=True) == []
+    # ... with checkpoint.reset.counts=true: the run restarts at 0 and would overwrite every file, its start too
+    assert [p.name for p, _ in checkpoint.ahead_of(tmp_path, 0, same_trajectory=False)] == \
+        ["current.ckpt", "best.ckpt", "model_40.ckpt", "model_20.ckpt", "model_10.ckpt"]
     before = {p: p.read_bytes() for p, _ in ahead}
     folder = checkpoint.set_aside(tmp_path, [p for p, _ in ahead])
     assert folder.parent == tmp_path and folder.name.startswith("superseded-")
