@@ -2,7 +2,8 @@
 
 Files under env.save_dir: `current.ckpt` (latest), `best.ckpt` (best by early_stop.criteria),
 `models/model_<update>.ckpt` (periodic, pruned to checkpoint.max_to_keep), `<model>_final.pth` (plain state dict
-of the best model, written at the end), `config.yaml`.
+of the best model, written at the end), `config.yaml`; `superseded-<time>/` holds later checkpoints a resume
+from an earlier update set aside (`ahead_of`, `set_aside`) rather than let the new trajectory overwrite them.
 
 Integrity: torch.save writes a zip archive whose members carry CRC-32s; `verify` reads every member and checks
 them (torch.load does not), so a flipped byte or a truncated file is found before anything is unpickled.
