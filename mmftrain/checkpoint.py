@@ -2,7 +2,8 @@
 
 Files under env.save_dir: `current.ckpt` (latest), `best.ckpt` (best by early_stop.criteria),
 `models/model_<update>.ckpt` (periodic, pruned to checkpoint.max_to_keep), `<model>_final.pth` (plain state dict
-of the best model, written at the end), `config.yaml`.
+of the best model, written at the end), `config.yaml`; `superseded-<time>/` holds later checkpoints a resume
+from an earlier update set aside (`ahead_of`, `set_aside`) rather than let the new trajectory overwrite them.
 
 Integrity: torch.save writes a zip archive whose members carry CRC-32s; `verify` reads every member and checks
 them (torch.load does not), so a flipped byte or a truncated file is found before anything is unpickled.
@@ -14,7 +15,9 @@ failed write stops the run there), and the next save and the end of the run wait
 """
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import random
 import shutil
 import threading
@@ -152,12 +155,22 @@ def _first_line(error: Exception) -> str:
 
 
 def resume_candidates(save_dir: Path, prefer_best: bool) -> list[Path]:
-    """This run's checkpoints in the order to try: the asked-for one (current or best), then the other, then
-    the periodic copies, newest update first."""
+    """This run's checkpoints in the order to try: current.ckpt (the newest by construction: it is written first
+    at every checkpoint), then best.ckpt and the periodic copies by update, newest first, so a damaged current
+    falls back to the newest intact file and never to one older than an intact alternative. With `prefer_best`
+    (checkpoint.resume_best, the user's choice) best.ckpt comes first, then the same order."""
     save_dir = Path(save_dir)
-    named = [save_dir / BEST, save_dir / CURRENT] if prefer_best else [save_dir / CURRENT, save_dir / BEST]
-    periodic = sorted((save_dir / PERIODIC_DIR).glob("model_*.ckpt"), key=_update_of, reverse=True)
-    return [p for p in named if p.is_file()] + periodic
+    current, best = save_dir / CURRENT, save_dir / BEST
+    updates = {p: _update_of(p) for p in (save_dir / PERIODIC_DIR).glob("model_*.ckpt")}
+    if best.is_file():
+        updates[best] = stored_update(best)
+    # stable sort, best.ckpt listed first: at the same update it is an identical copy of models/model_<N>.ckpt
+    ranked = sorted(sorted(updates, key=lambda p: p != best),
+                    key=lambda p: -1 if updates[p] is None else updates[p], reverse=True)
+    if prefer_best and best.is_file():
+        ranked.remove(best)
+        return [best] + ([current] if current.is_file() else []) + ranked
+    return ([current] if current.is_file() else []) + ranked
 
 
 def _update_of(path: Path) -> int:
@@ -165,6 +178,61 @@ def _update_of(path: Path) -> int:
         return int(path.stem.split("_", 1)[1])
     except (IndexError, ValueError):
         return -1
+
+
+_HEADER_LIMIT = 64 << 20  # a checkpoint's data.pkl holds the nesting and plain values, not tensor bytes (~100 KB)
+
+
+def stored_update(path: Path) -> int | None:
+    """The `num_updates` a checkpoint of this trainer holds, read without loading it: only the zip's small
+    `data.pkl` member is read (its CRC checked) and walked by an unpickler that imports and calls nothing (every
+    class or function it names is an inert stand-in, tensors are never read). None when unreadable."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((i for i in archive.infolist() if i.filename.count("/") == 1
+                           and i.filename.endswith("/data.pkl")), None)
+            if member is None or member.file_size > _HEADER_LIMIT:
+                return None
+            with archive.open(member) as f:
+                data = f.read(_HEADER_LIMIT + 1)  # the CRC is checked when the member is read to its end
+        obj = _InertUnpickler(io.BytesIO(data)).load()
+    except Exception:  # noqa: BLE001 - a damaged or foreign file has no update to tell
+        return None
+    update = obj.get("num_updates") if isinstance(obj, dict) else None
+    return update if type(update) is int and update >= 0 else None
+
+
+class _Inert:
+    """Stands in for every global a pickle names: accepts any construction, call or state, and does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+    def __setitem__(self, key, value):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+    def add(self, item):
+        pass
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        return _Inert
+
+    def persistent_load(self, pid):
+        return None
 
 
 def load_newest_intact(candidates: list[Path]) -> tuple[Path, dict, list[tuple[Path, str]]]:
@@ -182,6 +250,41 @@ def load_newest_intact(candidates: list[Path]) -> tuple[Path, dict, list[tuple[P
     names = ", ".join(str(p) for p, _ in damaged)
     raise DamagedCheckpoint(f"no intact checkpoint to resume from: {names} are all damaged; start a new run in "
                             "another env.save_dir (the damaged files are left as they are)")
+
+
+def ahead_of(save_dir: Path, start_update: int, same_trajectory: bool) -> list[tuple[Path, int | None]]:
+    """The run's checkpoint files holding a later update than `start_update`, which a run continuing from there
+    would overwrite with another trajectory: [(path, its update or None when unreadable)], current and best
+    first, then the periodic files, newest first. The periodic files always; current.ckpt and best.ckpt too
+    unless `same_trajectory` (resuming current.ckpt with its counts: the run replays the updates after it
+    exactly, so a best.ckpt of a later evaluation is rewritten with the same state)."""
+    save_dir = Path(save_dir)
+    found: list[tuple[Path, int | None]] = []
+    if not same_trajectory:
+        for path in (save_dir / CURRENT, save_dir / BEST):
+            if path.is_file():  # (the start file too when the counts restart: the run would overwrite it)
+                update = stored_update(path)
+                if update is None or update > start_update:
+                    found.append((path, update))
+    found += sorted(((p, _update_of(p)) for p in (save_dir / PERIODIC_DIR).glob("model_*.ckpt")
+                     if _update_of(p) > start_update), key=lambda item: item[1], reverse=True)
+    return found
+
+
+def set_aside(save_dir: Path, paths: list[Path]) -> Path:
+    """Move `paths` (files under `save_dir`) into a new `<save_dir>/superseded-<time>/`, keeping their relative
+    paths: out of reach of the run's saves, pruning and resume fallback. Returns the folder."""
+    save_dir = Path(save_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    folder, n = save_dir / f"superseded-{stamp}", 1
+    while folder.exists():
+        n += 1
+        folder = save_dir / f"superseded-{stamp}-{n}"
+    for path in paths:
+        target = folder / Path(path).relative_to(save_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    return folder
 
 
 def keep_as_evidence(path: Path) -> Path:

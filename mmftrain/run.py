@@ -57,6 +57,8 @@ class StartPoint(NamedTuple):
     contents: dict | None      # the loaded checkpoint
     model_only: bool           # zoo/pretrained weights: counters, optimizer and RNG start fresh
     own_run: bool              # continuing this save dir's run (checkpoint.resume=true)
+    update: int = 0            # the update training continues from
+    ahead: tuple = ()          # ((path, update or None), ...): this run's later checkpoints, set aside at accept_run
 
 
 class Splits(NamedTuple):
@@ -197,6 +199,8 @@ def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: Sta
                 log.warning("env.overwrite_save_dir=true: deleted the previous run's %s", path)
         for stale in [*save_dir.glob(".*.tmp"), *(save_dir / checkpoint.PERIODIC_DIR).glob(".*.tmp")]:
             stale.unlink(missing_ok=True)  # a write cut by a kill (the files it would have replaced are intact)
+        if start.ahead:
+            _set_later_checkpoints_aside(save_dir, start)
         text = dump_yaml(cfg).encode()
         checkpoint.atomic_write_bytes(save_dir / "config.yaml", lambda f: f.write(text))
     distributed.barrier()
@@ -210,9 +214,9 @@ def resolve_start(cfg: dict, save_dir: Path, dist: distributed.DistInfo, stages:
         candidates = checkpoint.resume_candidates(save_dir, bool(options["resume_best"]))
         if candidates:
             path, contents, damaged = checkpoint.load_newest_intact(candidates)
-            _set_damaged_aside(damaged, path, dist)
+            _set_damaged_aside(damaged, path, contents, dist)
             _check_resume_config(cfg, contents, path)
-            return StartPoint(path, contents, model_only=False, own_run=True)
+            return _own_start(cfg, save_dir, path, contents, stages)
         log.info("checkpoint.resume=true but no checkpoint in %s yet: starting fresh", save_dir)
     if options["resume_file"]:
         path = Path(str(options["resume_file"])).expanduser()
@@ -233,13 +237,37 @@ def resolve_start(cfg: dict, save_dir: Path, dist: distributed.DistInfo, stages:
     return StartPoint(None, None, model_only=False, own_run=False)
 
 
-def _set_damaged_aside(damaged: list, used: Path, dist: distributed.DistInfo) -> None:
+def _set_damaged_aside(damaged: list, used: Path, contents: dict, dist: distributed.DistInfo) -> None:
     distributed.barrier()  # every rank has chosen its checkpoint before any file moves
     for path, why in damaged:
         if dist.is_main:
             aside = checkpoint.keep_as_evidence(path)
-            log.warning("%s; resuming from %s instead (the damaged file is kept as %s)", why, used, aside)
+            log.warning("%s; resuming from %s (update %s), the newest intact checkpoint, instead (the damaged file "
+                        "is kept as %s)", why, used, contents.get("num_updates", "?"), aside)
     distributed.barrier()
+
+
+def _own_start(cfg: dict, save_dir: Path, path: Path, contents: dict, stages: Stages) -> StartPoint:
+    """Continue this save dir's run from `path`. Its checkpoints of later updates (the run resumes from best.ckpt,
+    or from an older file than current.ckpt, or resets its counts) would be overwritten one by one by the new
+    trajectory: they are listed to be set aside once the run is accepted."""
+    reset = cfg["checkpoint"]["reset"]
+    fresh_counts = bool(reset["all"] or reset["counts"])
+    saved = contents.get("num_updates", 0)
+    update = 0 if fresh_counts or type(saved) is not int else saved
+    same_trajectory = path == save_dir / checkpoint.CURRENT and not fresh_counts
+    ahead = checkpoint.ahead_of(save_dir, update, same_trajectory) if stages.train else []
+    return StartPoint(path, contents, model_only=False, own_run=True, update=update, ahead=tuple(ahead))
+
+
+def _set_later_checkpoints_aside(save_dir: Path, start: StartPoint) -> None:
+    folder = checkpoint.set_aside(save_dir, [path for path, _ in start.ahead])
+    if (save_dir / "metrics.jsonl").is_file():  # the new run replaces its records after start.update
+        shutil.copy2(save_dir / "metrics.jsonl", folder / "metrics.jsonl")
+    names = ", ".join(f"{path.relative_to(save_dir)} ({'unreadable' if u is None else f'update {u}'})"
+                      for path, u in start.ahead)
+    log.warning("resuming from %s at update %d: the run's later checkpoints %s would be overwritten by the new "
+                "trajectory; moved to %s (with a copy of metrics.jsonl)", start.path, start.update, names, folder)
 
 
 def _check_resume_config(cfg: dict, contents: dict, path: Path) -> None:

@@ -63,13 +63,83 @@ def test_newest_intact_checkpoint_is_used(tmp_path):
     flip_inside_largest_member(tmp_path / "current.ckpt")
     flip_inside_largest_member(tmp_path / "models" / "model_6.ckpt")
     candidates = checkpoint.resume_candidates(tmp_path, prefer_best=False)
-    assert [p.name for p in candidates] == ["current.ckpt", "best.ckpt", "model_6.ckpt", "model_3.ckpt"]
+    assert [p.name for p in candidates] == ["current.ckpt", "model_6.ckpt", "best.ckpt", "model_3.ckpt"]
     path, contents, damaged = checkpoint.load_newest_intact(candidates)
-    assert path.name == "best.ckpt" and contents["num_updates"] == 3
-    assert [p.name for p, _ in damaged] == ["current.ckpt"]
+    assert path.name == "best.ckpt" and contents["num_updates"] == 3  # a copy of model_3: same update
+    assert [p.name for p, _ in damaged] == ["current.ckpt", "model_6.ckpt"]
     before = (tmp_path / "current.ckpt").read_bytes()
     aside = checkpoint.keep_as_evidence(tmp_path / "current.ckpt")
     assert aside.read_bytes() == before and not (tmp_path / "current.ckpt").exists()
+
+
+def test_a_damaged_current_falls_back_to_the_newest_intact_file_not_to_an_older_best(tmp_path):
+    """Finding: best.ckpt (update 10) was used although an intact models/model_40.ckpt existed."""
+    for update in (10, 20, 40):
+        checkpoint.save(tmp_path / "models" / f"model_{update}.ckpt", _state(update))
+    checkpoint.save(tmp_path / "best.ckpt", _state(10))
+    checkpoint.save(tmp_path / "current.ckpt", _state(40))
+    flip_inside_largest_member(tmp_path / "current.ckpt")
+    path, contents, damaged = checkpoint.load_newest_intact(checkpoint.resume_candidates(tmp_path, False))
+    assert path.name == "model_40.ckpt" and contents["num_updates"] == 40
+    assert [p.name for p, _ in damaged] == ["current.ckpt"]
+    # best.ckpt newer than every periodic file (an evaluation between two checkpoints) comes before them
+    checkpoint.save(tmp_path / "best.ckpt", _state(45))
+    assert [p.name for p in checkpoint.resume_candidates(tmp_path, False)] == \
+        ["current.ckpt", "best.ckpt", "model_40.ckpt", "model_20.ckpt", "model_10.ckpt"]
+    # checkpoint.resume_best=true: the user's choice comes first, then the same order
+    assert [p.name for p in checkpoint.resume_candidates(tmp_path, True)] == \
+        ["best.ckpt", "current.ckpt", "model_40.ckpt", "model_20.ckpt", "model_10.ckpt"]
+
+
+def test_stored_update_reads_only_the_header_and_runs_nothing(tmp_path):
+    checkpoint.save(tmp_path / "best.ckpt", _state(45))
+    assert checkpoint.stored_update(tmp_path / "best.ckpt") == 45
+    flip_inside_largest_member(tmp_path / "best.ckpt")  # tensor bytes are not read: the header still tells
+    assert checkpoint.stored_update(tmp_path / "best.ckpt") == 45
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    import pickle
+
+    for obj, expected in (({"num_updates": 7, "x": Payload()}, 7), (Payload(), None),
+                          ({"num_updates": True}, None), ({"num_updates": "7"}, None)):
+        forged = tmp_path / "forged.ckpt"
+        with zipfile.ZipFile(forged, "w") as archive:
+            archive.writestr("forged/data.pkl", pickle.dumps(obj, protocol=2))
+        assert checkpoint.stored_update(forged) == expected
+    assert not marker.exists()  # the payload was named, never called
+    with zipfile.ZipFile(forged, "w") as archive:  # a damaged header: its CRC does not match
+        archive.writestr("forged/data.pkl", pickle.dumps({"num_updates": 7}, protocol=2))
+    data = bytearray(forged.read_bytes())
+    data[data.index(b"num_updates")] ^= 1
+    forged.write_bytes(bytes(data))
+    assert checkpoint.stored_update(forged) is None
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a zip")
+    assert checkpoint.stored_update(tmp_path / "garbage.ckpt") is None
+
+
+def test_later_checkpoints_are_found_and_set_aside_without_loss(tmp_path):
+    for update in (10, 20, 40):
+        checkpoint.save(tmp_path / "models" / f"model_{update}.ckpt", _state(update))
+    checkpoint.save(tmp_path / "best.ckpt", _state(10))
+    checkpoint.save(tmp_path / "current.ckpt", _state(40))
+    ahead = checkpoint.ahead_of(tmp_path, 10, same_trajectory=False)  # from best.ckpt (update 10)
+    assert [(p.name, u) for p, u in ahead] == [("current.ckpt", 40), ("model_40.ckpt", 40), ("model_20.ckpt", 20)]
+    # resuming current.ckpt with its counts: the same trajectory, nothing is ahead
+    assert checkpoint.ahead_of(tmp_path, 40, same_trajectory=True) == []
+    # ... with checkpoint.reset.counts=true: the run restarts at 0 and would overwrite every file, its start too
+    assert [p.name for p, _ in checkpoint.ahead_of(tmp_path, 0, same_trajectory=False)] == \
+        ["current.ckpt", "best.ckpt", "model_40.ckpt", "model_20.ckpt", "model_10.ckpt"]
+    before = {p: p.read_bytes() for p, _ in ahead}
+    folder = checkpoint.set_aside(tmp_path, [p for p, _ in ahead])
+    assert folder.parent == tmp_path and folder.name.startswith("superseded-")
+    for path, data in before.items():
+        assert not path.exists() and (folder / path.relative_to(tmp_path)).read_bytes() == data
+    assert checkpoint.set_aside(tmp_path, []) != folder  # a second one never merges into the first
 
 
 def test_background_write_snapshots_state_and_prunes_only_this_run(tmp_path):

@@ -425,6 +425,64 @@ def test_damaged_current_checkpoint_is_detected_and_an_intact_one_resumed(data_d
     assert len(losses) == 3 and all(0 < v < 1.5 * loss_before for v in losses)  # continues, no blow-up
 
 
+def test_fallback_resumes_the_newest_intact_checkpoint_and_never_overwrites_later_ones(data_dir, tmp_path):
+    """current.ckpt damaged, best.ckpt from an early update, intact periodic files after it: the run resumes from
+    the newest intact periodic file, not from best; with checkpoint.resume_best=true (the user's choice) it
+    starts from best and the later checkpoints are moved aside, byte for byte, instead of being overwritten."""
+    import shutil
+
+    import torch
+
+    from mmftrain.checkpoint import verify
+    from tests.test_checkpoint import flip_inside_largest_member
+
+    base = tmp_path / "base"
+    first = run(train_cmd(data_dir, base, "training.max_updates=8", "training.checkpoint_interval=2",
+                          "checkpoint.max_to_keep=-1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    models = base / "models"
+    assert sorted(p.name for p in models.iterdir()) == [f"model_{u}.ckpt" for u in (2, 4, 6, 8)]
+    shutil.copyfile(models / "model_2.ckpt", base / "best.ckpt")  # the metric peaked early: best is update 2
+    flip_inside_largest_member(base / "current.ckpt")
+    assert verify(base / "current.ckpt")  # the fault is in place
+    saved = {p.name: p.read_bytes() for p in models.iterdir()}
+
+    fallback = tmp_path / "fallback"
+    shutil.copytree(base, fallback)
+    resumed = run(train_cmd(data_dir, fallback, "training.max_updates=10", "training.checkpoint_interval=2",
+                            "checkpoint.max_to_keep=-1",
+                            "checkpoint.resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout
+    warning = next(line for line in out.splitlines() if "is damaged" in line)
+    assert "current.ckpt" in warning and "model_8.ckpt" in warning and "kept as" in warning, warning
+    assert re.search(r"resumed from \S*model_8\.ckpt at update 8", out), out[-3000:]
+    assert min(u for u in train_records(fallback) if u > 8) == 9  # training went on from 8 (records 1-8 kept)
+    for name, data in saved.items():  # the newer intact files than best.ckpt are untouched
+        assert (fallback / "models" / name).read_bytes() == data, name
+    assert torch.load(fallback / "current.ckpt", weights_only=True)["num_updates"] == 10
+    assert not list(fallback.glob("superseded-*"))  # nothing was ahead of model_8
+
+    chosen = tmp_path / "best"
+    shutil.copytree(base, chosen)
+    (chosen / "current.ckpt").write_bytes((models / "model_8.ckpt").read_bytes())  # intact current at 8 this time
+    resumed = run(train_cmd(data_dir, chosen, "training.max_updates=6", "training.checkpoint_interval=2",
+                            "checkpoint.resume=true", "checkpoint.resume_best=true", "checkpoint.max_to_keep=-1"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout
+    assert re.search(r"resumed from \S*best\.ckpt at update 2", out), out[-3000:]
+    warning = next(line for line in out.splitlines() if "would be overwritten" in line)
+    assert all(name in warning for name in ("current.ckpt", "model_4.ckpt", "model_6.ckpt", "model_8.ckpt"))
+    [aside] = chosen.glob("superseded-*")
+    assert (aside / "current.ckpt").read_bytes() == (models / "model_8.ckpt").read_bytes()
+    for u in (4, 6, 8):  # the old trajectory's checkpoints, byte for byte
+        assert (aside / "models" / f"model_{u}.ckpt").read_bytes() == saved[f"model_{u}.ckpt"]
+    assert max(r["num_updates"] for r in read_metrics(aside)) >= 8  # the old trajectory's records too
+    assert (chosen / "models" / "model_2.ckpt").read_bytes() == saved["model_2.ckpt"]
+    assert (chosen / "models" / "model_4.ckpt").read_bytes() != saved["model_4.ckpt"]  # the new trajectory's
+    assert torch.load(chosen / "current.ckpt", weights_only=True)["num_updates"] == 6
+
+
 def test_an_output_dir_that_cannot_be_a_folder_is_one_error_line_before_training(data_dir, tmp_path):
     """save dir, report dir (written only after training) or log dir under a file: refused up front."""
     afile = tmp_path / "afile"

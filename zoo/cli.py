@@ -15,6 +15,7 @@ from typing import List, Optional
 import typer
 
 from zoo.errors import EXIT_CODES, ZooError
+from zoo.serve_conns import Limits
 from zoo.transfer.options import DEFAULT_MIN_RATE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -345,7 +346,16 @@ def mirrors(key: str = typer.Argument("textvqa", help="Zoo key whose largest res
 @app.command()
 def serve(folder: Path = typer.Argument(..., help="Folder laid out like the origin (datasets/..., models/...)."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for other machines)."),
-          port: int = typer.Option(8765, "--port")) -> None:
+          port: int = typer.Option(8765, "--port"),
+          header_timeout: float = typer.Option(Limits.header_timeout, "--header-timeout",
+                                               help="Seconds from connect to a complete request head."),
+          idle_timeout: float = typer.Option(Limits.idle_timeout, "--idle-timeout",
+                                             help="Seconds a kept-alive connection may wait for its next request."),
+          send_timeout: float = typer.Option(Limits.send_timeout, "--send-timeout",
+                                             help="Seconds a client may take no data before it is dropped."),
+          max_connections: int = typer.Option(Limits.max_connections, "--max-connections",
+                                              help="Open connections at most (lowered to fit the file limit, "
+                                                   "ulimit -n); at the cap the idlest one is closed.")) -> None:
     """Serve FOLDER as a Range-capable mirror, for `mmf zoo fetch --mirror http://HOST:PORT/` on other machines."""
     import time
 
@@ -355,11 +365,19 @@ def serve(folder: Path = typer.Argument(..., help="Folder laid out like the orig
         typer.echo(f"error: {folder} is not a folder", err=True)
         raise typer.Exit(1)
     try:
-        mirror = FolderMirror(folder, host, port, verbose=True)
+        limits = Limits(header_timeout, idle_timeout, send_timeout, max_connections).fitted()
+    except ValueError as exc:
+        typer.echo(f"error: --{exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        mirror = FolderMirror(folder, host, port, verbose=True, limits=limits)
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}; pick another --port", err=True)
         raise typer.Exit(1) from None
     with mirror:
+        if limits.max_connections < max_connections:
+            typer.echo(f"note: at most {limits.max_connections} connections (the file limit, ulimit -n, allows no "
+                       f"more than --max-connections {max_connections}); raise ulimit -n for more", err=True)
         typer.echo(f"serving {folder} at {mirror.url} (Ctrl-C to stop)")
         try:
             while True:
