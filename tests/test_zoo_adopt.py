@@ -263,3 +263,33 @@ def test_no_trust_installs_and_verifies_but_trusts_only_after_adopt(tmp_path):
     with pytest.raises(Exception):
         load_imdb(str(data / ANN / "imdb_train.npy"))
     assert proof.exists()
+
+
+def test_a_zoo_checkpoint_in_a_copied_data_dir_is_not_unpickled_until_adopted(tmp_path):
+    import torch
+
+    from mmftrain.distributed import DistInfo
+    from mmftrain.errors import CheckpointError
+    from mmftrain.run import Stages, resolve_start
+
+    proof = tmp_path / "proof"
+    buf = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": _Payload(proof)}, buf)
+    archive = tar_gz(tmp_path / "mirror/models/evilnet/evilnet.tar.gz", {"model.pth": buf.getvalue()})
+    manifest = tmp_path / "models.yaml"  # a model zoo: the file name says so
+    manifest.write_text(yaml.safe_dump({"evilnet": {"version": "1", "resources": [
+        {"url": "mmf://models/evilnet/evilnet.tar.gz", "file_name": archive.name, "hashcode": sha256(archive)}]}}))
+    zoo.fetch("evilnet", data_dir=tmp_path / "A", mirrors=[str(tmp_path / "mirror")], zoo_paths=[manifest])
+    shutil.copytree(tmp_path / "A", tmp_path / "B")
+
+    def start(data_dir):  # `mmf train checkpoint.resume_zoo=evilnet env.data_dir=...`
+        cfg = {"run_type": "train", "env": {"data_dir": str(data_dir)}, "training": {"trust_pickle": False},
+               "checkpoint": {"resume": False, "resume_best": False, "resume_file": None, "resume_zoo": "evilnet"}}
+        return resolve_start(cfg, tmp_path / "save", DistInfo(), Stages.of("train"))
+
+    with pytest.raises(CheckpointError, match="holds pickled objects") as info:
+        start(tmp_path / "B")
+    assert "run `mmf zoo adopt evilnet`" in str(info.value) and "\n" not in str(info.value)
+    assert not proof.exists()
+    start(tmp_path / "A")  # this user's verified install: fully unpickled ...
+    assert proof.exists()  # ... so the payload fires
