@@ -4,7 +4,7 @@ MMF's imdb `.npy` files and LMDB feature values are pickles; unpickling runs arb
 """
 from __future__ import annotations
 
-from zoo.trust import trust_hint, untrusted_reason
+from zoo.trust import untrusted_reason
 
 from .errors import UntrustedPickleError
 
@@ -20,4 +20,4 @@ def require_trusted(path: str, trust_pickle: bool, what: str = "pickled data") -
         raise UntrustedPickleError(f"refusing to unpickle {what}: {reason}")
     if reason:
         raise UntrustedPickleError(f"refusing to unpickle {what} in {path}: {reason}; "
-                                   + trust_hint("trust_pickle=True (CLI: --trust-pickle)"))
+                                   + reason.hint("trust_pickle=True (CLI: --trust-pickle)"))

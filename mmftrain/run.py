@@ -225,16 +225,31 @@ def resolve_start(cfg: dict, save_dir: Path, dist: distributed.DistInfo, stages:
     if options["resume_zoo"]:
         data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
         path = _zoo_checkpoint(str(options["resume_zoo"]), data_dir, dist)
-        from zoo.trust import untrusted_reason  # full unpickling only for bytes the zoo verified
-
-        trusted = untrusted_reason(path) is None or bool(cfg["training"]["trust_pickle"])
-        return StartPoint(path, checkpoint.load(path, trusted=trusted), model_only=True, own_run=False)
+        return StartPoint(path, _load_zoo_checkpoint(path, str(options["resume_zoo"]), cfg), model_only=True,
+                          own_run=False)
     if not stages.train and not options["allow_random_init"]:
         raise CheckpointError(f"run_type={cfg['run_type']} evaluates a model, but no weights were given: pass "
                               "checkpoint.resume_file=<.ckpt/.pth>, checkpoint.resume_zoo=<zoo key>, or "
                               "checkpoint.resume=true with the training run's env.save_dir "
                               "(checkpoint.allow_random_init=true evaluates random weights)")
     return StartPoint(None, None, model_only=False, own_run=False)
+
+
+def _load_zoo_checkpoint(path: Path, key: str, cfg: dict) -> dict:
+    """Full unpickling only for bytes this user's zoo verified (or with training.trust_pickle); a refusal says why
+    the install is not trusted and what makes it so (e.g. `mmf zoo adopt KEY` for a copied data dir)."""
+    from zoo.trust import untrusted_reason
+
+    reason = None if cfg["training"]["trust_pickle"] else untrusted_reason(path)
+    try:
+        return checkpoint.load(path, trusted=reason is None)
+    except checkpoint.DamagedCheckpoint:
+        raise
+    except CheckpointError as exc:
+        if reason is None:
+            raise
+        fix = f"; {reason.fix}" if reason.fix else ""
+        raise CheckpointError(f"{exc} (zoo model {key} is not a verified install here: {reason}{fix})") from None
 
 
 def _set_damaged_aside(damaged: list, used: Path, contents: dict, dist: distributed.DistInfo) -> None:

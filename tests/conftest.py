@@ -1,7 +1,17 @@
-"""Shared test setup: no test may reach beyond 127.0.0.1, so the zoo never falls back to the origin mirror."""
+"""Shared test setup: no test may reach beyond 127.0.0.1, so the zoo never falls back to the origin mirror, and no
+test reads or writes the user's own trust store (one private store per test session; entries are keyed by the
+record's real path, so tests cannot see each other's)."""
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
+
+# set at import, before any fixture (module-scoped ones included) installs anything
+TRUST_STORE = tempfile.mkdtemp(prefix="mmf-zoo-trust-")
+os.environ["MMF_ZOO_TRUST_DIR"] = TRUST_STORE
+atexit.register(shutil.rmtree, TRUST_STORE, True)
 
 
 @pytest.fixture(autouse=True)
@@ -12,4 +22,5 @@ def _zoo_isolation(tmp_path, monkeypatch):
     monkeypatch.delenv("MMF_DATASET_ZOO", raising=False)
     monkeypatch.delenv("MMF_MODEL_ZOO", raising=False)
     monkeypatch.setenv("MMF_DATA_DIR", str(tmp_path / "default_data_dir"))
+    monkeypatch.setenv("MMF_ZOO_TRUST_DIR", TRUST_STORE)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -11,21 +11,24 @@ import numpy as np
 _CACHE: dict[str, str] = {}
 
 
+SYNTH = {"questions": 48, "seed": 3, "stvqa_questions": 16}
+
+
 def shared_synth() -> str:
     """A read-mostly synthetic data_dir (TextVQA + ST-VQA) created once per process. Do not modify it."""
     if "dir" not in _CACHE:
-        from mmfdata.synth import write_synthetic
-
         root = tempfile.mkdtemp(prefix="mmfdata-test-")
         atexit.register(shutil.rmtree, root, True)
-        write_synthetic(os.path.join(root, "data"), questions=48, seed=3, stvqa_questions=16)
-        _CACHE["dir"] = os.path.join(root, "data")
+        _CACHE["dir"] = copy_synth(os.path.join(root, "data"))
     return _CACHE["dir"]
 
 
 def copy_synth(dest: str) -> str:
-    """A private copy of the shared install that a test may damage."""
-    shutil.copytree(shared_synth(), dest)
+    """A private install, the same bytes as the shared one, that a test may damage. Generated again (well under a
+    second) rather than copied: a copied data dir is not trusted with pickles until `mmf zoo adopt`."""
+    from mmfdata.synth import write_synthetic
+
+    write_synthetic(dest, **SYNTH)
     return dest
 
 

@@ -1,4 +1,4 @@
-"""`mmf zoo ...`: list, info, fetch, verify, pack, hash, mirrors. Thin wrappers over the library.
+"""`mmf zoo ...`: list, info, fetch, verify, adopt, pack, hash, mirrors, serve. Thin wrappers over the library.
 
 Exit codes: 0 ok, 1 usage or manifest error, 2 verification failure, 3 network failure after retries (or network
 needed while offline), 4 disk problem, 5 lock timeout, 130 interrupted.
@@ -66,17 +66,25 @@ def _stop_on_sigterm() -> None:
         pass
 
 
-def _zoo(zoo_paths, from_path=None):
+def _zoo(zoo_paths, from_path=None, trust_pack: bool = False):
+    from zoo.errors import ManifestError
     from zoo.manifest import load_zoo
+    from zoo.sources import is_pack
 
     zoo = load_zoo(zoo_paths or [])
-    if from_path:
+    if from_path and Path(from_path).is_file() and is_pack(Path(from_path)):
         from zoo.pack import merge_pack_entries, pack_entries
-        from zoo.sources import is_pack
 
-        if Path(from_path).is_file() and is_pack(Path(from_path)):
-            merge_pack_entries(zoo, pack_entries(Path(from_path)))
+        merge_pack_entries(zoo, pack_entries(Path(from_path)), Path(from_path), consent=trust_pack)
+    elif trust_pack:
+        raise ManifestError(f"--trust-pack needs --from PACK (a file written by `mmf zoo pack`), got "
+                            f"{'--from ' + str(from_path) if from_path else 'no --from'}")
     return zoo
+
+
+TrustPackOpt = typer.Option(False, "--trust-pack", help="Use the --from pack's own manifest entries as a manifest you "
+                            "chose: they may replace the built-in ones and their pickles are trusted (this runs the "
+                            "pack author's code at training time).")
 
 
 def _data_dir(data_dir: Optional[Path]) -> Path:
@@ -142,7 +150,7 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
          mirror: Optional[List[str]] = typer.Option(None, "--mirror"),
          mirror_only: bool = typer.Option(False, "--mirror-only")) -> None:
     """Resources of KEY: URL per mirror, hashes, destination, state."""
-    from zoo import layout, records
+    from zoo import layout, records, trust
     from zoo.mirrors import mirror_roots, resource_urls
 
     def go():
@@ -161,7 +169,9 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
             folder = target.folder(dd, res)
             rec = layout.read_record(folder, res)
             damage = records.check_record(folder, rec, full=False, limit=1) if rec else []
+            untrusted = trust.record_problem(layout.record_path(folder, res)) if rec and not damage else None
             state = (f"damaged: {damage[0].rel} {damage[0].problem}; run `mmf zoo verify --repair {key}`" if damage
+                     else f"installed, pickles not trusted: {untrusted}" if untrusted
                      else "installed" if rec else
                      "built by MMF" if layout.is_built(target.marker_folder(dd, res), e.version) else "not installed")
             typer.echo(f"  - {res.category + ': ' if res.category else ''}{res.file_name}  [{state}]")
@@ -184,6 +194,9 @@ def fetch(
     stall_timeout: float = typer.Option(30.0, "--stall-timeout", min=0.5, help="Drop a connection silent for this many seconds (also the limit for headers and the window of --min-rate)."),
     min_rate: float = typer.Option(DEFAULT_MIN_RATE / 1000, "--min-rate", min=0, help="KB/s a connection must sustain (over --stall-timeout) while another mirror could take its work; 0 = off."),
     from_path: Optional[Path] = typer.Option(None, "--from", help="Install from an archive, a folder of archives or a pack; no network."),
+    trust_pack: bool = TrustPackOpt,
+    no_trust: bool = typer.Option(False, "--no-trust", help="Install and verify, but do not trust the data's pickles "
+                                  "(for a third party's manifest or pack); `mmf zoo adopt KEY` trusts it later."),
     offline: bool = typer.Option(False, "--offline", help="Refuse any network access (also MMF_ZOO_OFFLINE=1)."),
     force: bool = typer.Option(False, "--force", help="Fetch and extract again even if installed."),
     no_extract: bool = typer.Option(False, "--no-extract", help="Only download and verify the archives."),
@@ -202,7 +215,7 @@ def fetch(
     offline = offline or os.environ.get("MMF_ZOO_OFFLINE", "") not in ("", "0")
 
     def go():
-        z = _zoo(zoo, from_path)
+        z = _zoo(zoo, from_path, trust_pack)
         from zoo.progress import Progress
 
         bars = Progress(enabled=not (quiet or as_json))
@@ -211,7 +224,7 @@ def fetch(
             transfer=TransferOptions(connections=connections, chunk_size=max(1, int(chunk_size * (1 << 20))),
                                      stall_timeout=stall_timeout, min_rate=min_rate * 1000, offline=offline),
             from_path=from_path, force=force, extract=not no_extract, delete_archives=delete_archives,
-            stream_extract=not no_stream, lock_timeout=lock_timeout, progress=bars,
+            stream_extract=not no_stream, lock_timeout=lock_timeout, progress=bars, trust=not no_trust,
             say=(lambda m: typer.echo(f"mmf zoo: {m}", err=True)) if not as_json else (lambda m: None))
         try:
             reports = do_fetch(z, keys, opts)
@@ -261,8 +274,34 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
             typer.echo("note: extra files are not the zoo's; they are never unpickled without trust and never "
                        "deleted by the zoo: remove them if they are not yours", err=True)
         if not all(c.ok for c in checks):
+            adopt = (f" (where only trust is missing, `mmf zoo adopt {' '.join(keys)}` re-verifies without "
+                     "re-installing)" if any(c.untrusted for c in checks) else "")
             typer.echo(f"error: verification failed; run `mmf zoo verify --repair {' '.join(keys)}` to re-install "
-                       "the damaged resources", err=True)
+                       f"the damaged resources{adopt}", err=True)
+            raise typer.Exit(2)
+    _run(go)
+
+
+@app.command()
+def adopt(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
+          from_path: Optional[Path] = typer.Option(None, "--from", help="A pack whose own entries KEYS come from "
+                                                   "(with --trust-pack)."),
+          trust_pack: bool = TrustPackOpt,
+          lock_timeout: Optional[float] = typer.Option(None, "--lock-timeout")) -> None:
+    """Trust an install this user's zoo did not write here (a data dir copied, moved, rsynced or unpacked from
+    elsewhere, or another user's): re-verify each kept archive against the manifest's sha256 and every installed
+    file against the archive's content, then record it in your trust store. Nothing is written into another
+    user's folders."""
+    from zoo.adopt import adopt as do_adopt
+
+    def go():
+        results = do_adopt(_zoo(zoo, from_path, trust_pack), keys, _data_dir(data_dir), lock_timeout)
+        for r in results:
+            typer.echo(f"{'ok ' if r.ok else 'BAD'} {r.key}: {r.file_name}: {r.detail}")
+        bad = [r for r in results if not r.ok]
+        if bad:
+            typer.echo(f"error: {len(bad)} of {len(results)} resource(s) not adopted; their pickles stay untrusted "
+                       "(what to do is on each BAD line)", err=True)
             raise typer.Exit(2)
     _run(go)
 

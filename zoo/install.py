@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo import layout, records
+from zoo import layout, records, trust
 from zoo.errors import DiskError, ManifestError, OfflineError, UnsafeArchiveError
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
@@ -40,6 +40,7 @@ class FetchOptions:
     delete_archives: bool = False
     stream_extract: bool = True
     lock_timeout: float | None = None
+    trust: bool = True  # False (--no-trust): verified installs do not go into the user's trust store
     progress: object | None = None  # zoo.progress.Progress: plan(total, n) and bar(label, total) -> advance
     say: Callable[[str], None] = print
 
@@ -149,6 +150,9 @@ def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls:
     with resource_lock(state / f"{res.file_name}.lock", label, opts.lock_timeout):
         done, why = (False, "") if redo else _installed(target, res, opts)
         if done:  # maybe another process finished it while we waited
+            untrusted = trust.record_problem(layout.record_path(folder, res)) if why == "already installed" else None
+            if untrusted:
+                opts.say(f"note: {label}: installed, but its pickles are not trusted: {untrusted}")
             return ResourceReport(target.entry.key, res.file_name, why, str(folder))
         for stale in state.glob(f"extract-{res.file_name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed extraction; we hold the lock
@@ -169,20 +173,40 @@ def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls:
             report.status = "installed" if not res.compressed else "downloaded (not extracted)"
             rows = records.file_rows(folder, [(res.file_name, archive.stat().st_size, None)]) \
                 if not res.compressed else []
-        layout.write_record(folder, res, {
-            "format": records.RECORD_FORMAT, "key": target.name.replace("/", "."),
-            "version": target.entry.version, "url": res.url,
-            "sha256": report.sha256, "verified": bool(res.hashcode) and report.sha256 == res.hashcode,
-            "size": report.size, "extracted": bool(opts.extract and res.compressed), "top_level": top,
-            "files": rows, "archive_kept": True, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        })
-        if res.compressed and opts.extract and (opts.delete_archives or res.delete_original):
-            archive.unlink(missing_ok=True)
-            rec = layout.read_record(folder, res)
-            rec["archive_kept"] = False
-            layout.write_record(folder, res, rec)
+        _record(target, res, opts, report, top, rows, archive)
         report.seconds = time.monotonic() - t0
         return report
+
+
+def _record(target: layout.Target, res: Resource, opts: FetchOptions, report: ResourceReport, top: list[str],
+            rows: list, archive: Path) -> None:
+    """Write the install record; it grants pickle trust (goes into the user's trust store) only when the archive
+    matched the sha256 of a manifest the user chose (not a pack's own entry without --trust-pack), unless the
+    user declined (--no-trust)."""
+    folder = target.folder(opts.data_dir, res)
+    verified = bool(res.hashcode) and report.sha256 == res.hashcode
+    grant = verified and opts.trust and trust.chosen(target.entry.source)
+    rec = {
+        "format": records.RECORD_FORMAT, "key": target.name.replace("/", "."),
+        "version": target.entry.version, "url": res.url, "manifest": target.entry.source,
+        "sha256": report.sha256, "verified": verified,
+        "size": report.size, "extracted": bool(opts.extract and res.compressed), "top_level": top,
+        "files": rows, "archive_kept": True, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if not opts.trust:
+        rec["no_trust"] = True
+    layout.write_record(folder, res, rec, grant)
+    if verified and not opts.trust:
+        opts.say(f"note: {target.entry.key}:{res.file_name}: installed with --no-trust: its pickles are not trusted "
+                 f"until `mmf zoo adopt {rec['key']}`")
+    elif verified and not grant:
+        opts.say(f"note: {target.entry.key}:{res.file_name}: installed from the pack's own entry without "
+                 f"--trust-pack: its pickles are not trusted (if you trust the pack's author: `mmf zoo adopt "
+                 f"{rec['key']} --from {opts.from_path} --trust-pack`)")
+    if res.compressed and opts.extract and (opts.delete_archives or res.delete_original):
+        archive.unlink(missing_ok=True)
+        rec["archive_kept"] = False
+        layout.write_record(folder, res, rec, grant)
 
 
 def _obtain(target, res, opts, urls, size, archive: Path, report: ResourceReport):
@@ -369,6 +393,7 @@ class Check:
     detail: str
     problems: list[str] = field(default_factory=list)  # damaged / missing files, bad archive: repair mends these
     extra: list[str] = field(default_factory=list)  # files nobody installed: reported, never deleted
+    untrusted: str | None = None  # why its pickles would not be trusted (copied data dir, --no-trust, ...)
 
 
 def verify_installed(zoo: Zoo, keys: list[str], data_dir: Path, limit: int = 20) -> list[Check]:
@@ -400,6 +425,9 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
         problems.append(f"installed version {rec.get('version')!r}, manifest has {target.entry.version!r}")
     if not records.has_hashes(rec):
         problems.append("record has no content hashes (written by an older version)")
+    untrusted = trust.record_problem(layout.record_path(folder, res))
+    if untrusted:
+        problems.append(untrusted)
     problems += [f"{d.rel}: {d.problem}" for d in records.check_record(folder, rec, full=True, limit=limit)]
     paths = sorted(layout.state_dir(folder).glob("*.installed.json"))
     siblings = [r for r in (_read_json(p) for p in paths) if r]
@@ -408,7 +436,7 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     n = len(rec.get("files") or [])
     detail = "; ".join(problems[:6] + [f"extra file {e}" for e in extra[:4]]) or \
         f"ok ({n} files re-hashed{', archive re-hashed' if archive.exists() and rec.get('extracted') else ''})"
-    return Check(key, res.file_name, not problems and not extra, detail, problems, extra)
+    return Check(key, res.file_name, not problems and not extra, detail, problems, extra, untrusted)
 
 
 def _read_json(path: Path) -> dict | None:

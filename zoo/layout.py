@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from zoo import trust
 from zoo.errors import ManifestError
 from zoo.fsutil import atomic_write_text, is_inside
 from zoo.manifest import Entry, Resource
@@ -81,9 +82,11 @@ def read_record(folder: Path, res: Resource) -> dict | None:
         return None
 
 
-def write_record(folder: Path, res: Resource, record: dict) -> None:
+def write_record(folder: Path, res: Resource, record: dict, grant: bool) -> None:
+    """`grant`: the install was verified against a manifest the user chose, so the record goes into the user's
+    trust store (`zoo.trust`); a record written without it grants nothing."""
     state_dir(folder).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record_path(folder, res), json.dumps(record, indent=1))
+    trust.write_record(record_path(folder, res), record, grant)
 
 
 def is_built(folder: Path, version: str) -> bool:

@@ -2,6 +2,8 @@
 
 An uncompressed tar (archives are already compressed): `mmfzoo-pack.json` first, then each archive under
 `archives/<kind>/<name>/<file_name>`. `mmf zoo fetch KEY --from PACK` installs from it without a network.
+The pack's own manifest entries are someone else's word: they never shadow the user's manifests, and what they
+install is not trusted with pickles unless the user passes --trust-pack (`merge_pack_entries`, `zoo.trust`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from zoo import layout
+from zoo import layout, trust
 from zoo.errors import DiskError, HashMismatchError, ManifestError
 from zoo.install import plan
 from zoo.manifest import Entry, Resource, Zoo
@@ -74,23 +76,121 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
     return index
 
 
-def merge_pack_entries(zoo: Zoo, index_entries: list[dict]) -> None:
-    """Make a pack's entries known to the zoo (keys the local manifests lack)."""
-    from zoo.manifest import _entry  # the same validation as manifest files
+def merge_pack_entries(zoo: Zoo, index_entries: list[dict], pack_path, consent: bool = False) -> None:
+    """Make a pack's manifest entries known to the zoo.
 
+    A pack supplies archives. Without `consent` its entries are used only for keys the manifests lack, or dropped
+    where they agree with the manifest (same resources, same sha256); an entry that would shadow a manifest key,
+    alias or `.defaults` resolution, or install into (or around) the folder of a manifest entry, is refused.
+    With `consent` (--trust-pack) the pack is a manifest the user chose: its entries win over the manifest's
+    like a later --zoo file, and what they install is trusted with pickles.
+    """
+    source = trust.pack_source(Path(pack_path).resolve(), consent)
     for item in index_entries:
-        if item["key"] in zoo.entries:
+        entry = _pack_entry(item, source, pack_path)
+        clashes = _clashes(zoo, entry)
+        if not clashes:
+            zoo.entries[entry.key] = entry
             continue
-        problems: list[str] = []
-        entry = _entry(item["node"], item["key"], item["kind"], "pack", problems)
-        if problems or entry is None:
-            raise ManifestError(f"pack entry {item['key']}: {'; '.join(problems)}")
-        zoo.entries[item["key"]] = entry
+        other, why, nested = clashes[0]
+        if not consent and all(not n and _agrees(entry, zoo.entries.get(o)) for o, _, n in clashes):
+            if not _resolvable(zoo, entry.key):
+                zoo.aliases[entry.key] = other  # the same data under another spelling: the manifest's entry
+            continue
+        if not consent:
+            raise ManifestError(f"pack {pack_path}: its entry '{entry.key}' would shadow the manifest's '{other}' "
+                                f"({why}); a pack only supplies archives for keys the manifest lacks: to use the "
+                                "pack's manifest instead, pass --trust-pack (its pickles then run its author's code "
+                                "at training time)")
+        for other, _, nested in clashes:  # consent: the pack's entry replaces the manifest's under every spelling
+            zoo.entries.pop(other, None)
+            for alias in [a for a, t in zoo.aliases.items() if t == other]:
+                if nested:
+                    del zoo.aliases[alias]
+                else:
+                    zoo.aliases[alias] = entry.key
+            if not nested and other != entry.key:
+                zoo.aliases[other] = entry.key
+        zoo.aliases.pop(entry.key, None)
+        zoo.entries[entry.key] = entry
+
+
+def _resolvable(zoo: Zoo, key: str) -> bool:
+    return any(k in zoo.entries or k in zoo.aliases for k in (key, f"{key}.defaults"))
+
+
+def _pack_entry(item, source: str, pack_path) -> Entry:
+    from zoo.manifest import _entry, bad_component  # the same validation as manifest files
+
+    key, kind = (item.get("key"), item.get("kind")) if isinstance(item, dict) else (None, None)
+    if kind not in ("datasets", "models") or not isinstance(key, str) or \
+            any(bad_component(p) for p in key.split(".")) or not isinstance(item.get("node"), dict):
+        raise ManifestError(f"pack {pack_path}: entry {str(key)!r:.60} ({str(kind)!r:.20}) is not a zoo key of "
+                            "dot-separated plain names with kind datasets or models; the pack is damaged or forged")
+    problems: list[str] = []
+    node = item["node"]
+    entry = _entry(node, key, kind, source, problems) if "version" in node and "resources" in node else None
+    if problems or entry is None:
+        raise ManifestError(f"pack {pack_path}: entry {key}: {'; '.join(problems) or 'needs version and resources'}")
+    return entry
+
+
+def _folder(kind: str, key: str) -> tuple[str, ...]:
+    """The install folder of `key` typed as is (zoo.layout.target_for's rule): datasets/<name>/<variation>/...,
+    models/<key>/."""
+    if kind == "models":
+        return (kind, key)
+    parts = tuple(key.split("."))
+    return (kind, *parts) if len(parts) > 1 else (kind, *parts, "defaults")
+
+
+def _clashes(zoo: Zoo, entry: Entry) -> list[tuple[str, str, bool]]:
+    """Manifest entries that `entry` would shadow: (their key, how, whether only nested folders clash)."""
+    key, out = entry.key, []
+    if key in zoo.entries:
+        out.append((key, "the same key", False))
+    if key in zoo.aliases:
+        out.append((zoo.aliases[key], f"'{key}' is the manifest's alias of it", False))
+    for longer in (f"{key}.defaults",):
+        target = zoo.aliases.get(longer, longer)
+        if target in zoo.entries:
+            out.append((target, f"the manifest resolves '{key}' to '{target}'", False))
+    mine = _folder(entry.kind, key)
+    for other in sorted(zoo.entries):
+        theirs = zoo.entries[other]
+        if theirs.kind != entry.kind or any(other == o for o, _, _ in out):
+            continue
+        names = [other] + ([a for a, t in zoo.aliases.items() if t == other] if theirs.kind == "models" else [])
+        for name in names:
+            folder = _folder(theirs.kind, name)
+            n = min(len(folder), len(mine))
+            if folder[:n] == mine[:n]:
+                theirs_at, mine_at = "/".join(folder), "/".join(mine)
+                how = (f"it installs into the same folder {theirs_at}" if folder == mine else
+                       f"it installs into {mine_at}, {'inside' if len(mine) > len(folder) else 'around'} {theirs_at}")
+                out.append((other, how, folder != mine))
+                break
+    return out
+
+
+def _agrees(a: Entry, b: Entry | None) -> bool:
+    """Same data: the same kind and resources (by sha256; by URL only where neither has one)."""
+    def sig(e: Entry):
+        return sorted((r.category or "", r.dest_folder or "", r.file_name, r.hashcode or "", "" if r.hashcode else r.url)
+                      for r in e.resources)
+    return b is not None and a.kind == b.kind and sig(a) == sig(b)
 
 
 def pack_entries(path: Path) -> list[dict]:
-    with tarfile.open(path, "r:") as tf:
-        return json.load(tf.extractfile(tf.next())).get("entries", [])
+    try:
+        with tarfile.open(path, "r:") as tf:
+            entries = json.load(tf.extractfile(tf.next())).get("entries", [])
+    except (tarfile.TarError, OSError, ValueError, AttributeError) as exc:
+        raise ManifestError(f"pack {path}: its index cannot be read ({exc}); the pack is damaged: make it again") \
+            from None
+    if not isinstance(entries, list):
+        raise ManifestError(f"pack {path}: its index has no list of entries; the pack is damaged: make it again")
+    return entries
 
 
 __all__ = ["pack", "merge_pack_entries", "pack_entries", "layout"]

@@ -9,13 +9,12 @@ manifest's hashcode: a resource without one is installed, not verified.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.fsutil import atomic_write_text, xxh3_file
+from zoo.fsutil import xxh3_file
 
 RECORD_FORMAT = 2
 MARKER = ".built.json"  # MMF's "this folder is built" marker
@@ -110,8 +109,8 @@ def extra_files(folder: Path, records: list[dict], archives=()) -> list[str]:
 
 def write_local_record(folder, name: str, version, origin: str, skip=()) -> None:
     """A record for files a local command generated (`mmf data synth`): nothing was downloaded, this machine
-    wrote every byte, so they count as verified. Lists every file under `folder` except the `skip` subfolders
-    (which carry their own record), hashed now."""
+    wrote every byte, so they count as verified and the record goes into the user's trust store. Lists every file
+    under `folder` except the `skip` subfolders (which carry their own record), hashed now."""
     folder = Path(folder)
     files = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -124,9 +123,11 @@ def write_local_record(folder, name: str, version, origin: str, skip=()) -> None
             rel = os.path.relpath(path, folder).replace(os.sep, "/")
             files.append((rel, os.path.getsize(path), xxh3_file(path)))
     record = {"format": RECORD_FORMAT, "key": origin, "version": version, "url": origin, "sha256": None,
-              "verified": True, "local": origin, "extracted": True,
+              "verified": True, "local": origin, "manifest": "local", "extracted": True,
               "top_level": sorted({rel.split("/")[0] for rel, *_ in files}), "files": file_rows(folder, files),
               "archive_kept": False, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    from zoo.trust import write_record  # registers it in the user's trust store: this machine wrote these files
+
     state = folder / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(state / f"{name}.installed.json", json.dumps(record, indent=1))
+    write_record(state / f"{name}.installed.json", record, grant=True)

@@ -56,8 +56,9 @@ def load_fc7_weights(model, folder: Path, trust_pickle: bool = False) -> None:
 
     reason = None if trust_pickle else untrusted_reason(w_file) or untrusted_reason(b_file)
     if reason:
-        raise CheckpointError(f"refusing to unpickle {w_file}: {reason}; fetch it with "
-                              f"`mmf zoo fetch detectron.vmb_weights` or set training.trust_pickle=true")
+        fix = reason.fix or "fetch it with `mmf zoo fetch detectron.vmb_weights`"
+        raise CheckpointError(f"refusing to unpickle {w_file}: {reason}; {fix}, or set training.trust_pickle=true "
+                              "if you trust this file")
     try:
         with open(w_file, "rb") as f:
             w = np.asarray(pickle.load(f), dtype=np.float32)
