@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
+import fnmatch
+import math
 import os
 import re
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from mmftrain.errors import ConfigError
+from zoo import safeyaml
 from zoo.datadir import default_cache_dir
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -80,32 +83,26 @@ NOT_SUPPORTED: dict[str, tuple[Any, str]] = {
                                 "M4C trains with m4c_decoding_bce_with_mask only"),
 }
 _INTERP = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a float (YAML 1.1 would make it a string, OmegaConf does not)."""
-
-
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
-               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."),
-)
+INTERP_CHARS = 1 << 20  # the longest text an interpolation may build (`b: ${a}${a}...` nested grows as 2**depth)
+INTERP_DEPTH = 32  # references followed through other references
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Parse one YAML file into a dict (no includes), with a clear error for a missing or malformed file."""
+    """Parse one YAML file into a dict (no includes), with a clear error for a missing or malformed file.
+
+    The zoo's loader with OmegaConf's number rules (`1e-4` is a float): bombs, duplicate keys and absurd nesting
+    are one-line errors, as in manifests."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}; check the path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; check the path") from None
     try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = safeyaml.load(text, config=True)
+    except safeyaml.YamlError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -144,6 +141,9 @@ def load_yaml(path: str | Path, _stack: tuple = ()) -> dict:
     includes = data.pop("includes", None) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i.strip() for i in includes):
+        raise ConfigError(f"config file {path}: includes must be a file name or a list of file names, got "
+                          f"{show(includes)}")
     merged: dict = {}
     for inc in includes:
         merged = merge(merged, load_yaml(find_config_file(inc, path.parent), (*_stack, path)))
@@ -170,8 +170,8 @@ def parse_value(text: str) -> Any:
         return low == "true"
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text  # 5000 digits (past Python's int limit) or deep nesting too: the text, judged by the key's type
 
 
 def split_argv(argv: list[str]) -> tuple[dict, list[tuple[str, str]]]:
@@ -214,10 +214,10 @@ def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
 def _unknown(key: str, cfg: dict) -> ConfigError:
     near = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
     hint = f"; nearest existing keys: {', '.join(near)}" if near else "; see configs/defaults.yaml for the keys"
-    return ConfigError(f"unknown config key {key!r}{hint}")
+    return ConfigError(f"unknown config key {show(key)}{hint}")
 
 
-_INDEX = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
+_INDEX = re.compile(r"^([^\[\]]+)((?:\[\d{1,9}\])*)$")
 
 
 def _path(key: str) -> list:
@@ -225,7 +225,7 @@ def _path(key: str) -> list:
     for piece in key.split("."):
         m = _INDEX.match(piece)
         if not m:
-            raise ConfigError(f"malformed config key {key!r}; write a.b.c or a.b[0]")
+            raise ConfigError(f"malformed config key {show(key)}; write a.b.c or a.b[0]")
         parts.append(m.group(1))
         parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
     return parts
@@ -247,7 +247,20 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
         return new if isinstance(new, str) else str(new)
     else:
         return new
-    raise ConfigError(f"config key {key!r} expects {type(old).__name__} (now {old!r}), got {new!r}")
+    raise ConfigError(f"config key {key!r} expects {type(old).__name__} (now {show(old)}), got {show(new)}")
+
+
+def show(value: Any) -> str:
+    """A value for a one-line error: a long text or number (a 5000-digit override) is cut to its start."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # past Python's 4300-digit limit for str()
+            return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    if isinstance(value, str) and len(value) > 70:
+        return f"{value[:60]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
 
 def apply_override(cfg: dict, key: str, raw: str) -> None:
@@ -286,29 +299,72 @@ def _check_sections(user: dict, defaults: dict, source: str) -> None:
 
 
 def _resolve(cfg: dict) -> dict:
-    """Replace `${a.b}` references (MMF/OmegaConf interpolation of other keys) with their values."""
-    def lookup(key: str, depth: int) -> Any:
-        node: Any = cfg
-        for p in key.split("."):
-            if not isinstance(node, dict) or p not in node:
-                raise ConfigError(f"config interpolation ${{{key}}} names a key that does not exist")
-            node = node[p]
-        return sub(node, depth + 1)
+    """Replace `${a.b}` references (MMF/OmegaConf interpolation of other keys) with their values.
 
-    def sub(v: Any, depth: int = 0) -> Any:
-        if depth > 20:
-            raise ConfigError("config interpolation nests too deep (a reference cycle?)")
+    Each referenced key is resolved once, so a chain of references costs its length, not 2**depth. A cycle, a
+    chain deeper than INTERP_DEPTH, a text longer than INTERP_CHARS, or references adding more nodes than the YAML
+    loader lets aliases add (safeyaml.ALIAS_BUDGET) is a one-line error: `b: ${a}${a}...` nested 20 levels deep
+    would otherwise fill the memory.
+    """
+    done: dict[str, tuple[Any, int]] = {}  # key -> (resolved value, its node count)
+    stack: list[str] = []
+    added = 0
+
+    def lookup(key: str) -> Any:
+        nonlocal added
+        if key not in done:
+            if key in stack:
+                raise ConfigError(f"config interpolation cycle: {' -> '.join(stack[stack.index(key):] + [key])}; "
+                                  "one of these keys must hold a value")
+            if len(stack) >= INTERP_DEPTH:
+                raise ConfigError(f"config interpolation ${{{key}}} follows more than {INTERP_DEPTH} references "
+                                  "through each other; write the value out")
+            node: Any = cfg
+            for p in key.split("."):
+                if not isinstance(node, dict) or p not in node:
+                    raise ConfigError(f"config interpolation ${{{key}}} names a key that does not exist")
+                node = node[p]
+            stack.append(key)
+            value = sub(node)
+            stack.pop()
+            done[key] = (value, _count_nodes(value))
+        value, size = done[key]
+        added += size
+        if added > safeyaml.ALIAS_BUDGET:
+            raise ConfigError(f"config interpolation ${{{key}}}: references expand to more than "
+                              f"{safeyaml.ALIAS_BUDGET:,} values (an interpolation bomb?); write the data out")
+        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+    def text(v: str) -> str:
+        out, size, end = [], 0, 0
+        for m in _INTERP.finditer(v):
+            piece = str(lookup(m.group(1)))
+            size += m.start() - end + len(piece)
+            if size > INTERP_CHARS:
+                raise ConfigError(f"config interpolation of {show(v)} builds a text of more than "
+                                  f"{INTERP_CHARS:,} characters (an interpolation bomb?); write the value out")
+            out += [v[end:m.start()], piece]
+            end = m.end()
+        return "".join(out) + v[end:]
+
+    def sub(v: Any) -> Any:
         if isinstance(v, dict):
-            return {k: sub(x, depth) for k, x in v.items()}
+            return {k: sub(x) for k, x in v.items()}
         if isinstance(v, list):
-            return [sub(x, depth) for x in v]
-        if isinstance(v, str):
+            return [sub(x) for x in v]
+        if isinstance(v, str) and "${" in v:
             m = _INTERP.fullmatch(v)
-            if m:
-                return lookup(m.group(1), depth)
-            return _INTERP.sub(lambda mm: str(lookup(mm.group(1), depth)), v)
+            return lookup(m.group(1)) if m else text(v)
         return v
     return sub(cfg)
+
+
+def _count_nodes(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(_count_nodes(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_count_nodes(v) for v in value)
+    return 1
 
 
 def build_config(argv: list[str], environ: dict | None = None) -> dict:
@@ -340,6 +396,8 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
         raise ConfigError("no model given; pass model=m4c")
     if not datasets:
         raise ConfigError("no dataset given; pass datasets=textvqa (or stvqa, or textvqa,stvqa)")
+    _check_names("model", [model], "model=m4c")
+    _check_names("datasets", datasets, "datasets=textvqa,stvqa")
     model_file = CONFIGS_DIR / "models" / model / "defaults.yaml"
     if not model_file.is_file():
         known = sorted(p.name for p in (CONFIGS_DIR / "models").iterdir() if p.is_dir())
@@ -351,6 +409,7 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
             known = sorted(p.name for p in (CONFIGS_DIR / "datasets").iterdir() if p.is_dir())
             raise ConfigError(f"unknown dataset {ds!r}; known datasets: {', '.join(known)}")
         cfg = merge(cfg, load_yaml(ds_file))
+    typed = cfg  # the defaults, before the user's values: validate() checks numbers and booleans keep their kind
     cfg = merge(cfg, user)
     cfg["model"], cfg["datasets"] = model, list(datasets)
     if special.get("run_type"):
@@ -362,8 +421,16 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
             apply_override(cfg, key, raw)
     refuse_unsupported(cfg)
     cfg = _resolve(cfg)
-    validate(cfg)
+    validate(cfg, typed)
     return cfg
+
+
+def _check_names(key: str, names: Any, example: str) -> None:
+    """model= and datasets= name folders of configs/: plain names only (a YAML file can hold anything)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) and n not in (".", "..") and not set(n) & set("/\\")
+                                              for n in names):
+        shown = names[0] if key == "model" and isinstance(names, list) else names
+        raise ConfigError(f"{key}={show(shown)} is not a plain name (or list of names); write e.g. {example}")
 
 
 def _check_supported(key: str, value: Any, source: str) -> None:
@@ -385,67 +452,205 @@ def refuse_unsupported(cfg: dict) -> None:
             _check_supported(key, node.pop(last), cfg.get("config") or "the config files")
 
 
-def validate(cfg: dict) -> None:
-    """Reject values the trainer cannot run with, naming the key and the allowed values."""
-    if cfg["run_type"] not in RUN_TYPES:
-        raise ConfigError(f"run_type={cfg['run_type']!r} is not one of {', '.join(RUN_TYPES)}")
-    if cfg["model"] not in cfg.get("model_config", {}):
-        raise ConfigError(f"model_config.{cfg['model']} is missing; the model defaults file must define it")
+def validate(cfg: dict, typed: dict | None = None) -> None:
+    """Reject values the trainer cannot run with, naming each key and what it accepts (all problems in one line).
+
+    `typed` is the config before the user's file and overrides (defaults.yaml and the model's and datasets'
+    defaults): a key whose default is a number or a boolean must hold one of that kind. Every number must also be
+    finite and fit in 64 bits, and the keys of NUMBERS must be in their ranges.
+    """
+    found: dict[str, str] = {}  # key -> its first problem
+    for section in ("training", "evaluation", "checkpoint", "env", "optimizer"):
+        if not isinstance(cfg.get(section), dict):
+            found[section] = f"{section} must be a mapping of keys, got {show(cfg.get(section))}"
+    if cfg["model"] not in (cfg.get("model_config") or {}):
+        found["model_config"] = f"model_config.{cfg['model']} is missing; the model defaults file must define it"
+    if found:  # the checks below read these sections
+        raise ConfigError("; ".join(found.values()))
+    _number_problems(cfg, "", found)
+    _kind_problems(cfg, typed or {}, "", found)
+    _range_problems(cfg, found)
+    _choice_problems(cfg, found)
+    if found:
+        problems = list(found.values())
+        more = f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""
+        raise ConfigError("; ".join(problems[:6]) + more)
+
+
+# Numeric keys and their ranges: (key pattern, int or float, lowest, whether the lowest is allowed itself, highest
+# or None, null allowed); `*` matches any part of a key. Out of range they run silently wrong (a negative
+# max_epochs trains nothing, a negative clip norm or warmup factor flips the gradient step) or fail deep inside
+# torch with a traceback (a negative size, a learning rate below 0, a seed numpy refuses).
+NUMBERS = (
+    ("training.batch_size", int, 1, True, None, False), ("training.update_frequency", int, 1, True, None, False),
+    ("training.log_interval", int, 1, True, None, False), ("training.checkpoint_interval", int, 1, True, None, False),
+    ("training.evaluation_interval", int, 1, True, None, False),
+    ("training.batch_size_per_device", int, 1, True, None, True),
+    ("training.max_updates", int, 1, True, None, True), ("training.max_epochs", float, 0, False, None, True),
+    ("training.warmup_iterations", int, 0, True, None, False), ("training.warmup_factor", float, 0, True, None, False),
+    ("training.lr_ratio", float, 0, False, None, False), ("training.prefetch_batches", int, 0, True, None, False),
+    ("training.early_stop.patience", int, 0, True, None, False), ("training.num_workers", int, 0, True, None, False),
+    ("training.seed", int, -1, True, 2**32 - 1, False),  # -1 draws one; numpy's seeds are 0..2**32-1
+    ("evaluation.batch_size", int, 1, True, None, True), ("checkpoint.max_to_keep", int, -1, True, None, False),
+    ("optimizer.params.lr", float, 0, False, None, False), ("optimizer.params.eps", float, 0, True, None, False),
+    ("optimizer.params.weight_decay", float, 0, True, None, False),
+    ("model_config.*_size", int, 1, True, None, False), ("model_config.*_dim", int, 1, True, None, False),
+    ("model_config.*.num_attention_heads", int, 1, True, None, False),
+    ("model_config.*.mmt.num_hidden_layers", int, 1, True, None, False),
+    ("model_config.*.num_hidden_layers", int, 0, True, None, False),
+    ("model_config.*_num", int, 1, True, None, False),
+    ("model_config.*max_position_embeddings", int, 1, True, None, False),
+    ("model_config.*dropout_prob", float, 0, True, 1, False), ("model_config.*.lr_scale_*", float, 0, True, None, False),
+    ("model_config.*.layer_norm_eps", float, 0, False, None, False),
+    ("dataset_config.*.max_features", int, 1, True, None, False),
+    ("dataset_config.*.max_length", int, 1, True, None, False),
+    ("dataset_config.*.max_seq_length", int, 1, True, None, False),
+    ("dataset_config.*.max_copy_steps", int, 1, True, None, False),
+    ("dataset_config.*.num_answers", int, 1, True, None, False),
+    ("dataset_config.*.mask_probability", float, 0, True, 1, False),
+    ("dataset_config.*.expected_size", int, 0, True, None, True),
+)
+INT_LIMIT = 2**63 - 1  # torch's int64: no count, size or seed the trainer uses is larger
+
+
+_RULE_KEYS = re.compile("|".join(f"(?P<r{i}>{fnmatch.translate(r[0])})" for i, r in enumerate(NUMBERS)))
+
+
+def _rule(key: str) -> tuple | None:
+    """The first NUMBERS rule whose pattern matches `key` (one regex match per key: configs can be big)."""
+    m = _RULE_KEYS.match(key)
+    return NUMBERS[int(m.lastgroup[1:])] if m else None
+
+
+def _number_problems(node: Any, key: str, found: dict) -> None:
+    """Every number anywhere: finite, and within 64 bits."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _number_problems(v, f"{key}.{k}" if key else str(k), found)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _number_problems(v, f"{key}[{i}]", found)
+    elif not isinstance(node, (int, float)) or isinstance(node, bool) or _rule(key):
+        return  # not a number, or one judged by its range (seeds, sizes, learning rates...)
+    elif isinstance(node, float) and not math.isfinite(node):
+        found.setdefault(key, f"{key} must be a finite number, got {node}")
+    elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > INT_LIMIT:
+        found.setdefault(key, f"{key} is out of range: {show(node)} (the limit is 2**63-1)")
+
+
+def _kind_problems(cfg: dict, typed: dict, prefix: str, found: dict) -> None:
+    """A key whose default is a number or a boolean keeps that kind (NUMBERS' own kind wins where it names one)."""
+    for k, default in typed.items():
+        if k not in cfg:
+            continue  # a NOT_SUPPORTED key, already dropped
+        key, value = f"{prefix}{k}", cfg[k]
+        if isinstance(default, dict):
+            if isinstance(value, dict):
+                _kind_problems(value, default, key + ".", found)
+            elif default:
+                found.setdefault(key, f"{key} must be a mapping of keys, got {show(value)}")
+            continue
+        rule = _rule(key)
+        kind = rule[1] if rule else bool if isinstance(default, bool) else type(default)
+        if kind not in (bool, int, float) or (rule and rule[5] and value is None):
+            continue
+        if kind is bool and not isinstance(value, bool):
+            found.setdefault(key, f"{key} must be true or false, got {show(value)}")
+        elif kind is not bool and not _is_number(value, kind):
+            want = "an integer" if kind is int else "a number"
+            found.setdefault(key, f"{key} must be {want}, got {show(value)}")
+
+
+def _is_number(value: Any, kind: type) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or
+                                                                               isinstance(value, int))
+
+
+def _leaves(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    elif prefix:
+        yield prefix[:-1], node
+
+
+def _range_problems(cfg: dict, found: dict) -> None:
     t = cfg["training"]
-    for key in ("batch_size", "update_frequency", "log_interval", "checkpoint_interval", "evaluation_interval"):
-        if not isinstance(t[key], int) or t[key] < 1:
-            raise ConfigError(f"training.{key} must be a positive integer, got {t[key]!r}")
-    if t["trainer"] != "mmf":
-        raise ConfigError(f"training.trainer={t['trainer']!r}: this project has one trainer, mmf")
-    if str(t["logger_level"]).lower() not in LOGGER_LEVELS:
-        raise ConfigError(f"training.logger_level={t['logger_level']!r} is not one of {', '.join(LOGGER_LEVELS)}")
-    per_device = t["batch_size_per_device"]
-    if per_device is not None and (not isinstance(per_device, int) or per_device < 1):
-        raise ConfigError(f"training.batch_size_per_device must be a positive integer or null, got {per_device!r}")
-    if t.get("compile_mode", "auto") not in COMPILE_MODES:
-        raise ConfigError(f"training.compile_mode={t['compile_mode']!r} is not one of {', '.join(COMPILE_MODES)}")
-    if t.get("attention_backend", "auto") not in ATTENTION_BACKENDS:
-        raise ConfigError(f"training.attention_backend={t['attention_backend']!r} is not one of "
-                          f"{', '.join(ATTENTION_BACKENDS)}")
-    if t["fp16"] and t["bf16"]:
-        raise ConfigError("training.fp16 and training.bf16 are both true; pick one")
-    for key, kind, low, inclusive, nullable in _BOUNDS:
-        if key == "training.max_updates" and t["max_epochs"] is not None:
+    for key, value in _leaves(cfg):
+        rule = _rule(key)
+        if rule is None or key in found:
+            continue
+        if key == "training.max_updates" and t.get("max_epochs") is not None:
             continue  # max_epochs wins (MMF)
-        _check_bound(cfg, key, kind, low, inclusive, nullable)
-    if t["clip_gradients"]:
-        _check_bound(cfg, "training.max_grad_l2_norm", float, 0, False, False, "with training.clip_gradients=true")
-    steps = t["lr_steps"] or []
-    if not isinstance(steps, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
-                                              for x in steps):
-        raise ConfigError(f"training.lr_steps must be a list of positive update numbers, got {steps!r}")
-    if cfg["evaluation"].get("predict_file_format") not in ("json", "csv"):
-        raise ConfigError("evaluation.predict_file_format must be json or csv")
+        if key == "training.max_updates" and value is None:
+            found[key] = "training.max_updates must be an integer >= 1 (or set training.max_epochs), got None"
+            continue
+        _check_bound(key, value, *rule[1:], found=found)
+    if t.get("clip_gradients") and "training.max_grad_l2_norm" not in found:
+        _check_bound("training.max_grad_l2_norm", t.get("max_grad_l2_norm"), float, 0, False, None, False,
+                     "with training.clip_gradients=true", found=found)
+    steps = t.get("lr_steps") or []
+    if not isinstance(steps, list) or not all(_is_number(x, int) and x > 0 for x in steps):
+        found.setdefault("training.lr_steps", f"training.lr_steps must be a list of positive update numbers, got "
+                                              f"{show(steps)}")
+    betas = (cfg["optimizer"].get("params") or {}).get("betas")
+    if betas is not None and not (isinstance(betas, list) and len(betas) == 2
+                                  and all(_is_number(b, float) and 0 <= b < 1 for b in betas)):
+        found.setdefault("optimizer.params.betas", f"optimizer.params.betas must be two numbers in [0, 1), got "
+                                                   f"{show(betas)}")
 
 
-# numeric keys: (key, int or float, lowest allowed value, whether the lowest is allowed itself, null allowed). Out
-# of range they run silently wrong: a negative max_epochs trains nothing, a negative clip norm or warmup factor
-# flips the gradient step, a negative patience stops at the first evaluation.
-_BOUNDS = (("training.max_updates", int, 1, True, False), ("training.max_epochs", float, 0, False, True),
-           ("training.warmup_iterations", int, 0, True, False), ("training.warmup_factor", float, 0, True, False),
-           ("training.lr_ratio", float, 0, False, False), ("training.prefetch_batches", int, 0, True, False),
-           ("training.early_stop.patience", int, 0, True, False), ("evaluation.batch_size", int, 1, True, True),
-           ("checkpoint.max_to_keep", int, -1, True, False))
-
-
-def _check_bound(cfg: dict, key: str, kind: type, low, inclusive: bool, nullable: bool, context: str = "") -> None:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    if node is None and nullable:
+def _check_bound(key: str, value: Any, kind: type, low, inclusive: bool, high, nullable: bool, context: str = "",
+                 *, found: dict) -> None:
+    if value is None and nullable:
         return
-    number = isinstance(node, (int, float)) and not isinstance(node, bool) and (kind is float or
-                                                                               isinstance(node, int))
-    if number and (node >= low if inclusive else node > low):
+    if high is None and _is_number(value, int) and abs(value) > INT_LIMIT:
+        found.setdefault(key, f"{key} is out of range: {show(value)} (the limit is 2**63-1)")
+        return
+    if _is_number(value, kind) and (isinstance(value, int) or math.isfinite(value)) and (value >= low if inclusive else value > low) \
+            and (high is None or value <= high):
         return
     want = f"{'an integer' if kind is int else 'a number'} {'>=' if inclusive else '>'} {low}"
-    raise ConfigError(f"{key} must be {want}{' or null' if nullable else ''}{' ' + context if context else ''}, "
-                      f"got {node!r}")
+    want += f" and <= {high}" if high is not None else ""
+    found.setdefault(key, f"{key} must be {want}{' or null' if nullable else ''}"
+                          f"{' ' + context if context else ''}, got {show(value)}")
+
+
+def _choice_problems(cfg: dict, found: dict) -> None:
+    t = cfg["training"]
+    choices = {"run_type": (cfg["run_type"], RUN_TYPES), "training.trainer": (t.get("trainer"), ("mmf",)),
+               "training.logger_level": (str(t.get("logger_level")).lower(), LOGGER_LEVELS),
+               "training.compile_mode": (t.get("compile_mode", "auto"), COMPILE_MODES),
+               "training.attention_backend": (t.get("attention_backend", "auto"), ATTENTION_BACKENDS),
+               "evaluation.predict_file_format": (cfg["evaluation"].get("predict_file_format"), ("json", "csv"))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            found.setdefault(key, f"{key}={show(value)} is not one of {', '.join(allowed)}")
+    if t.get("fp16") and t.get("bf16"):
+        found.setdefault("training.bf16", "training.fp16 and training.bf16 are both true; pick one")
+    zoo_key = cfg["checkpoint"].get("resume_zoo")
+    if zoo_key is not None:
+        problem = zoo_key_problem(zoo_key)
+        if problem:
+            found.setdefault("checkpoint.resume_zoo", f"checkpoint.resume_zoo: {problem}")
+
+
+def zoo_key_problem(key: Any) -> str | None:
+    """Why `key` names no entry of the zoo's manifests (with the nearest keys, as `mmf zoo fetch` says), or None."""
+    from zoo.errors import UnknownKeyError, ZooError
+    from zoo.manifest import load_zoo
+
+    if not isinstance(key, str) or not key.strip():
+        return "must be a zoo key such as m4c.textvqa.defaults (`mmf zoo list` shows them)"
+    try:
+        zoo = load_zoo()
+        zoo.resolve(key)
+    except UnknownKeyError:
+        near = zoo.closest(key) or sorted(k for k, e in zoo.entries.items() if e.kind == "models")[:4]
+        return f"no zoo entry is called {key!r}; nearest: {', '.join(near)} (`mmf zoo list` shows all)"
+    except ZooError as e:
+        return str(e)
+    return None
 
 
 def dump_yaml(cfg: dict) -> str:

@@ -316,8 +316,13 @@ def _zoo_checkpoint(key: str, data_dir: Path, dist: distributed.DistInfo) -> Pat
         except ImportError:
             raise CheckpointError(f"zoo model {key} is not installed in {folder}; run `mmf zoo fetch {key}`") \
                 from None
+        from zoo.errors import ZooError
+
         log.info("fetching zoo model %s into %s", key, data_dir)
-        fetch(key, data_dir=str(data_dir))
+        try:
+            fetch(key, data_dir=str(data_dir))
+        except ZooError as e:  # a network, disk or manifest problem: one line, as `mmf zoo fetch` says it
+            raise CheckpointError(f"checkpoint.resume_zoo={key}: {e}") from None
     distributed.barrier()  # other ranks wait for rank 0's fetch (the zoo lock also serialises separate processes)
     files = sorted(folder.glob("*.pth")) + sorted(folder.glob("*.ckpt"))
     if not files:

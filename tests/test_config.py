@@ -236,3 +236,126 @@ def test_log_numbers_stay_readable():
 
     assert format_line({"lr": 2e-05, "loss": 3.14159, "samples/s": 4550.2, "zero": 0.0}) == \
         "lr: 2.000e-05, loss: 3.1416, samples/s: 4550, zero: 0.0000"
+
+
+# ------------------------------------------------------------- hostile config files and hyperparameters
+def _cap_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def _train_error(tmp_path, *args, timeout=60):
+    """`mmf train` with args that must be refused: exit 1, one line, no traceback, nothing fetched or trained."""
+    env = {**os.environ, "MMF_DATA_DIR": str(tmp_path / "data"), "MMF_SAVE_DIR": str(tmp_path / "save")}
+    r = subprocess.run([sys.executable, "-m", "mmftrain.cli", *args, "env.fetch_missing_data=false"],
+                       capture_output=True, text=True, env=env, timeout=timeout, preexec_fn=_cap_memory)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr[-3000:]
+    assert len(r.stderr) < 1200, r.stderr  # one readable line, not a 5000-digit echo
+    assert not (tmp_path / "save").exists()
+    return r.stderr
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+TEXT_BOMB = "a0: xxxxxxxxxx\n" + "".join(f"a{i}: {'${a%d}' % (i - 1) * 10}\n" for i in range(1, 16))
+NODE_BOMB = "b0: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n" + "".join(
+    "b%d: [%s]\n" % (i, ", ".join(['"${b%d}"' % (i - 1)] * 10)) for i in range(1, 16))
+
+
+@pytest.mark.parametrize("text,phrase", [
+    (BOMB, "alias bomb"),
+    ("training:\n  batch_size: 8\n  max_updates: 10\n  batch_size: 16\n",
+     "line 4: duplicate key 'batch_size' (first defined on line 2)"),
+    ("training:\n  seed: " + "9" * 5000 + "\n", "training.seed must be an integer, got '9999"),
+    (TEXT_BOMB, "builds a text of more than 1,048,576 characters"),
+    (NODE_BOMB, "references expand to more than 1,000,000 values"),
+    ("a: ${b}\nb: ${c}\nc: ${a}\n", "config interpolation cycle: b -> c -> a -> b"),
+    ("optimizer:\n  params:\n    lr: true\n", "optimizer.params.lr must be a number > 0, got True"),
+    ("training:\n  tensorboard: 1\n", "training.tensorboard must be true or false, got 1"),
+    ("includes: 5\n", "includes must be a file name or a list of file names"),
+    ("training:\n", "training must be a mapping of keys, got None"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 64 levels deep"),
+], ids=["alias-bomb", "duplicate-key", "5000-digits", "text-bomb", "node-bomb", "cycle", "bool-lr",
+        "int-flag", "includes-type", "empty-section", "deep"])
+def test_a_hostile_config_file_is_one_line_quickly(tmp_path, text, phrase):
+    """An alias bomb ran 281 s into 8 GB and a MemoryError traceback; now every such file is one line, at once
+    (the subprocess has 2 GiB of address space and 60 s)."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    err = _train_error(tmp_path, f"config={path}", "datasets=textvqa", "model=m4c")
+    assert phrase in err, err
+    if "line" in phrase or "bomb" in phrase or "nested" in phrase:
+        assert str(path) in err
+
+
+@pytest.mark.parametrize("override,phrase", [
+    ("optimizer.params.lr=-1", "optimizer.params.lr must be a number > 0, got -1"),
+    ("optimizer.params.lr=1e400", "optimizer.params.lr must be a number > 0, got inf"),
+    ("training.seed=" + "9" * 100, "training.seed must be an integer >= -1 and <= 4294967295, got an integer of 100 digits"),
+    ("training.seed=" + "9" * 5000, "config key 'training.seed' expects int"),
+    ("training.max_updates=" + "9" * 4000, "training.max_updates is out of range: an integer of 4000 digits"),
+    ("optimizer.params.weight_decay=True", "expects int"),
+    ("optimizer.params.eps=-1e-8", "optimizer.params.eps must be a number >= 0"),
+    ("training.num_workers=-3", "training.num_workers must be an integer >= 0"),
+    ("model_config.m4c.mmt.hidden_size=-1", "model_config.m4c.mmt.hidden_size must be an integer >= 1"),
+    ("model_config.m4c.obj.dropout_prob=2", "model_config.m4c.obj.dropout_prob must be a number >= 0 and <= 1"),
+    ("dataset_config.textvqa.max_features=0", "dataset_config.textvqa.max_features must be an integer >= 1"),
+    ("training.lr_steps[" + "9" * 5000 + "]=3", "malformed config key"),
+    ("checkpoint.resume_zoo=no_such_model", "checkpoint.resume_zoo: no zoo entry is called 'no_such_model'; "
+                                            "nearest: "),
+    ("checkpoint.resume_zoo=m4c.textvqa.defualts", "nearest: m4c.textvqa.defaults"),
+])
+def test_invalid_hyperparameters_are_one_line_config_errors(tmp_path, override, phrase):
+    err = _train_error(tmp_path, *M4C, override)
+    assert phrase in err, err
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        build_config(M4C + ["optimizer.params.lr=-1", "training.num_workers=-2", "training.seed=-7"], environ={})
+    msg = str(info.value)
+    assert all(k in msg for k in ("optimizer.params.lr", "training.num_workers", "training.seed")), msg
+
+
+def test_shipped_yaml_loads_as_pyyaml_and_omegaconf_read_it():
+    """The one loader reads every shipped file as before: configs as PyYAML + OmegaConf's float rule (the old
+    config loader), manifests and the mirror list as PyYAML's YAML 1.1 (MMF's version strings keep their text)."""
+    import yaml
+
+    from zoo import safeyaml
+
+    class OmegaConfLike(yaml.SafeLoader):
+        pass
+
+    OmegaConfLike.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+                   r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+    files = sorted(CONFIGS_DIR.rglob("*.yaml"))
+    zoo_files = [f for f in files if f.parent.name == "zoo"]
+    assert len(files) >= 10 and len(zoo_files) == 3
+    for f in files:
+        text = f.read_text()
+        if f in zoo_files:
+            assert safeyaml.load(text) == yaml.safe_load(text), f
+        else:
+            new, old = safeyaml.load(text, config=True), yaml.load(text, Loader=OmegaConfLike)
+            assert new == old and repr(new) == repr(old), f  # same values and same types (float stays float)
+    version = safeyaml.load((CONFIG_DIR_ZOO / "models.yaml").read_text())["m4c"]["textvqa"]["with_stvqa"]["version"]
+    assert version.text == "1.0_2020_06_30"
+
+
+CONFIG_DIR_ZOO = CONFIGS_DIR / "zoo"
+
+
+@pytest.mark.parametrize("text,phrase", [
+    ("model: 5\ndatasets: textvqa\n", "model=5 is not a plain name"),
+    ("model: m4c\ndatasets: [1, {a: b}]\n", "datasets=[1, {'a': 'b'}] is not a plain name"),
+    ("model: ../datasets/textvqa\ndatasets: textvqa\n", "model='../datasets/textvqa' is not a plain name"),
+])
+def test_model_and_datasets_from_a_file_must_be_plain_names(tmp_path, text, phrase):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(phrase)):
+        build_config([f"config={path}"], environ={})

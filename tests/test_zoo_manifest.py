@@ -273,3 +273,107 @@ def test_list_shows_versions_as_written_and_alias_installs_as_installed(tmp_path
     assert rows["m4c.textvqa.alone"]["state"] == "-"
     text = run_mmf("zoo", "list", "--data-dir", str(data)).stdout
     assert "1.0_2020_06_30" in text and "1.02020063" not in text
+
+
+# ------------------------------------------------------------------------------- numbers in one entry of many
+GOOD = "good:\n  defaults:\n    version: '1'\n    resources:\n    - {url: 'mmf://good/g.tar.gz', file_name: g.tar.gz}\n"
+
+
+def _one_bad(field: str) -> str:
+    return (GOOD + "bad:\n  defaults:\n    version: '1'\n    resources:\n"
+            f"    - url: mmf://bad/b.tar.gz\n      file_name: b.tar.gz\n      {field}\n")
+
+
+@pytest.mark.parametrize("text,bad_key,phrase", [
+    (_one_bad("size: " + "9" * 5000), "bad.defaults", "(5000 characters)"),
+    (_one_bad("size: 1e400"), "bad.defaults", "got '1e400' (text)"),
+    (_one_bad("size: true"), "bad.defaults", "got True (true/false)"),
+    (GOOD + "coll:\n  1:\n    version: '1'\n    resources: []\n  '1':\n    version: '2'\n    resources: []\n",
+     "coll.1", "keys 1 and '1' both name '1'"),
+], ids=["5000-digits", "1e400", "bool", "colliding-keys"])
+def test_a_bad_number_or_key_in_one_entry_leaves_the_rest_usable(tmp_path, text, bad_key, phrase):
+    """list and info work and show the bad entry as invalid with its reason; fetching it is one line, exit 1."""
+    path = tmp_path / "datasets.yaml"
+    path.write_text(text)
+    listed = run_mmf("zoo", "list", "--zoo", str(path), "--data-dir", str(tmp_path / "d"))
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr[-2000:]
+    assert "good.defaults" in listed.stdout
+    reason = next(line for line in listed.stderr.splitlines() if line.startswith(f"invalid: {bad_key}:"))
+    assert phrase in reason and len(reason) < 400, reason
+    for key, marker in (("good", "good.defaults (datasets, version 1"), (bad_key, "INVALID")):
+        info = run_mmf("zoo", "info", key, "--zoo", str(path), "--data-dir", str(tmp_path / "d"))
+        assert info.returncode == 0 and marker in info.stdout, info.stderr[-2000:]
+    got = run_mmf("zoo", "fetch", bad_key, "--zoo", str(path), "--offline", "--data-dir", str(tmp_path / "d"))
+    assert got.returncode == 1 and got.stderr.count("\n") == 1 and phrase in got.stderr, got.stderr[-2000:]
+    assert "cannot be fetched" in got.stderr
+
+
+@pytest.mark.parametrize("field,phrase", [
+    ("size: -5", "got -5 (int)"),
+    (f"size: {2**63}", "from 0 to 2**63-1"),
+    ("extracted_size: true", "extracted_size' must be a whole number of bytes"),
+    ("compressed: 'no'", "compressed' must be true or false"),
+    ("chunk_hashes: {chunk_size: true, xxh3_128: [" + "a" * 32 + "]}", "chunk_size' must be a whole number"),
+    ("chunk_hashes: {chunk_size: 4, xxh3_128: [abc]}", "one xxh3-128 hash (32 hex digits) per chunk"),
+    ("size: 9\n      chunk_hashes: {chunk_size: 4, xxh3_128: [" + "a" * 32 + "]}", "lists 1 hashes, but size 9"),
+    ('hashcode: "' + "a" * 64 + '\\n"', "must be a sha256 of 64 hex digits"),  # `$` matched before a newline
+])
+def test_every_number_of_a_resource_is_checked_by_type_and_range(tmp_path, field, phrase):
+    zoo = parse_manifest(_write(tmp_path, _one_bad(field)), "datasets")
+    assert not zoo.entries["good.defaults"].invalid
+    bad = zoo.entries["bad.defaults"]
+    assert bad.invalid and phrase in bad.invalid, bad.invalid
+    assert all(r.size is None or isinstance(r.size, int) for r in bad.resources)  # no text where a size goes
+
+
+@pytest.mark.parametrize("version", [".nan", ".inf", "''", "true", str(2**64)])
+def test_a_version_must_be_text_or_a_finite_number(tmp_path, version):
+    text = GOOD + f"bad:\n  defaults:\n    version: {version}\n    resources: []\n"
+    zoo = parse_manifest(_write(tmp_path, text), "datasets")
+    assert "'bad.defaults.version' must be a version" in (zoo.entries["bad.defaults"].invalid or "")
+
+
+def _write(tmp_path, text: str) -> Path:
+    path = tmp_path / "datasets.yaml"
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- pack indexes
+def _pack(tmp_path, index: str) -> Path:
+    import io
+    import tarfile
+
+    path = tmp_path / "hostile.pack"
+    with tarfile.open(path, "w:") as tf:
+        data = index.encode()
+        info = tarfile.TarInfo("mmfzoo-pack.json")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+_NODE = '{"version": "1", "resources": [{"url": "mmf://t/t.tar.gz", "file_name": "t.tar.gz"}]}'
+_RES = '{"member": "archives/t.tar.gz", "file_name": "t.tar.gz", "url": "mmf://t/t.tar.gz", "sha256": "%s", ' \
+       '"size": %s, "key": "toy.defaults"}'
+
+
+@pytest.mark.parametrize("index,phrase", [
+    ('{"format": "mmfzoo-pack/1", "entries": [{"key": "toy.defaults", "kind": "datasets", "node": %s, '
+     '"key": "textvqa.defaults"}], "resources": []}' % _NODE, "duplicate key 'key'"),
+    ('{"format": "mmfzoo-pack/1", "entries": [], "resources": [%s]}' % (_RES % ("a" * 64, "true")),
+     "resources[0] size must be a whole number of bytes"),
+    ('{"format": "mmfzoo-pack/1", "entries": [], "resources": [%s]}' % (_RES % ("a" * 64, "9" * 5000)),
+     "a number of 5000 characters"),
+    ('{"format": "mmfzoo-pack/1", "entries": [], "resources": [{"file_name": "t.tar.gz"}]}',
+     "resources[0] member must be"),
+    ('{"format": "mmfzoo-pack/1", "entries": {"key": "x"}, "resources": []}', "entries must be a list"),
+    ('{"format": "mmfzoo-pack/1", "entries": [], "resources": [%s]}' % (_RES % ("a" * 64, "NaN")),
+     "NaN is not a JSON number"),
+    ("[" * 100000 + "]" * 100000, "nested more than"),
+], ids=["duplicate-key", "bool-size", "5000-digits", "missing-member", "entries-not-a-list", "nan", "deep"])
+def test_a_hostile_pack_index_is_one_line(tmp_path, index, phrase):
+    pack = _pack(tmp_path, index)
+    r = run_mmf("zoo", "fetch", "toy", "--from", str(pack), "--offline", "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 1 and phrase in r.stderr and r.stderr.count("\n") == 1, r.stderr[-3000:]
+    assert str(pack) in r.stderr and not (tmp_path / "d").exists()

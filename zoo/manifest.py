@@ -13,6 +13,7 @@ separator, no `..`, nothing absolute. URLs must be http(s):// or mmf://; local f
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from zoo.records import MARKER, STATE_DIR
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "zoo"
 RESOURCE_FIELDS = {"url", "file_name", "hashcode", "compressed", "dest_folder", "delete_original"}
 EXTENSION_FIELDS = {"size", "extracted_size", "chunk_hashes", "mirrors"}
-_HEX64 = re.compile(r"^[A-Fa-f0-9]{64}$")
+_HEX64 = re.compile(r"[A-Fa-f0-9]{64}")
+_HEX32 = re.compile(r"[A-Fa-f0-9]{32}")
+MAX_NUMBER = 2**63 - 1  # sizes and counts: what a file system, HTTP's Content-Length and numpy's int64 can hold
 _ALIAS = re.compile(r"^\$\{([^}]+)\}$")
 URL_SCHEMES = ("mmf://", "http://", "https://")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -84,12 +87,15 @@ class Zoo:
                 candidate = self.aliases[candidate]
             if candidate in self.entries:
                 return self.entries[candidate]
-        short = sorted({k[: -len(".defaults")] for k in self.keys() if k.endswith(".defaults")})  # `textvqa`
-        close = difflib.get_close_matches(key, short + self.keys(), n=4, cutoff=0.5)
-        if not close:
-            close = [k for k in self.keys() if k.startswith(key.split(".")[0])][:4]
+        close = self.closest(key)
         hint = f"closest: {', '.join(close)}" if close else "run `mmf zoo list` to see all keys"
         raise UnknownKeyError(f"unknown zoo key '{key}' ({hint})")
+
+    def closest(self, key: str, n: int = 4) -> list[str]:
+        """The keys nearest to a mistyped `key` (short forms like `textvqa` included); may be empty."""
+        short = sorted({k[: -len(".defaults")] for k in self.keys() if k.endswith(".defaults")})  # `textvqa`
+        close = difflib.get_close_matches(key, short + self.keys(), n=n, cutoff=0.5)
+        return close or [k for k in self.keys() if k.startswith(key.split(".")[0])][:n]
 
     def with_requirements(self, keys: list[str]) -> list[Entry]:
         """Entries for keys, each preceded by its zoo_requirements (recursively), without repeats."""
@@ -150,7 +156,7 @@ def parse_manifest(path: Path, kind: str) -> Zoo:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest {path} cannot be read ({exc}); check the file") from None
     try:
-        tree = safeyaml.load(text)
+        tree = safeyaml.load(text, keep_twins=True)  # `1:` beside `"1":` refuses that entry alone (_walk)
     except safeyaml.YamlError as exc:
         raise ManifestError(f"manifest {path}: {exc}") from None
     tree = tree if tree is not None else {}
@@ -224,8 +230,23 @@ def _walk(node, path: tuple[str, ...], root, kind, source, zoo: Zoo) -> None:
                              "invalid": "; ".join(problems[:6])})
         zoo.entries[key] = entry
         return
+    twins = _twins(node)
     for child, value in node.items():
-        _walk(value, path + (str(child) if not isinstance(child, str) else child,), root, kind, source, zoo)
+        name = child if isinstance(child, str) else str(child)
+        if name in twins:
+            where = ".".join(path + (name,))
+            _invalid(zoo, where, kind, source, f"'{where}': keys {twins[name]} name {name!r}; keep one of them")
+            continue
+        _walk(value, path + (name,), root, kind, source, zoo)
+
+
+def _twins(node: dict) -> dict[str, str]:
+    """Names that two keys of a mapping share (`1:` and `"1":`; YAML keeps both, a folder can be only one)."""
+    seen: dict[str, list] = {}
+    for child in node:
+        seen.setdefault(child if isinstance(child, str) else str(child), []).append(child)
+    return {name: " and ".join(map(repr, keys)) + (" both" if len(keys) == 2 else " all")
+            for name, keys in seen.items() if len(keys) > 1}
 
 
 def _invalid_fields(key: str, kind: str, source: str) -> dict:
@@ -264,6 +285,8 @@ def _entry(node: dict, key: str, kind: str, source: str, problems: list[str]) ->
     if isinstance(raw, list):
         items = [(None, r) for r in raw]
     elif isinstance(raw, dict):
+        for name, keys in _twins(raw).items():
+            problems.append(f"'{key}.resources': categories {keys} name {name!r}; keep one of them")
         for cat, lst in raw.items():
             why = bad_component(cat if isinstance(cat, str) else str(cat))
             if why:
@@ -294,8 +317,12 @@ def _entry(node: dict, key: str, kind: str, source: str, problems: list[str]) ->
             problems.append(f"zoo_requirements entry {req!r} is not a zoo key (dot-separated plain names)")
     reqs = tuple(r for r in reqs if isinstance(r, str) and not any(bad_component(p) for p in r.split(".")))
     version = node["version"]
-    if not isinstance(version, (str, int, float)) or isinstance(version, bool):
-        problems.append(f"'{key}.version' must be a string, got {version!r}")
+    if not isinstance(version, (str, int, float)) or isinstance(version, bool) or version == "" \
+            or isinstance(version, float) and not math.isfinite(version) \
+            or isinstance(version, int) and abs(version) > MAX_NUMBER or len(str(version)) > 100:
+        problems.append(f"'{key}.version' must be a version like 1.0_2020_06_30 (text or a finite number of at "
+                        f"most 100 characters), got {_show(version)}")
+        version = ""
     text = getattr(version, "text", "") or str(version)
     return Entry(key, kind, version, tuple(resources), reqs, None, source, version_text=text)
 
@@ -328,24 +355,75 @@ def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
         if why:
             problems.append(f"'{where}' URL {str(url)!r:.60} {why}")
     h = r.get("hashcode")
-    if h is not None and not (isinstance(h, str) and _HEX64.match(h)):
-        problems.append(f"'{where}.hashcode' must be a sha256 of 64 hex digits, got {str(h)!r:.70}")
-    for num in ("size", "extracted_size"):
-        if r.get(num) is not None and not (isinstance(r[num], int) and r[num] >= 0):
-            problems.append(f"'{where}.{num}' must be a whole number of bytes, got {r[num]!r}")
-    ch = r.get("chunk_hashes")
-    if ch is not None:
-        ok = isinstance(ch, dict) and isinstance(ch.get("chunk_size"), int) and ch["chunk_size"] > 0
-        ok = ok and (isinstance(ch.get("xxh3_128"), list) or isinstance(ch.get("url"), str))
-        if not ok:
-            problems.append(f"'{where}.chunk_hashes' needs chunk_size and xxh3_128 (a list) or url (a sidecar)")
-        elif isinstance(ch.get("url"), str) and not ch["url"].lower().startswith(("http://", "https://")):
-            problems.append(f"'{where}.chunk_hashes.url' must be http(s)://")
+    if h is not None and not (isinstance(h, str) and _HEX64.fullmatch(h)):
+        problems.append(f"'{where}.hashcode' must be a sha256 of 64 hex digits, got {_show(h)}")
+    sizes = {num: _whole(r.get(num), f"'{where}.{num}'", "a whole number of bytes", 0, problems)
+             for num in ("size", "extracted_size")}
+    flags = {flag: _flag(r.get(flag, default), f"'{where}.{flag}'", problems)
+             for flag, default in (("compressed", True), ("delete_original", False))}
+    ch = _chunk_hashes(r.get("chunk_hashes"), sizes["size"], where, problems)
     return Resource(
         url=r["url"], file_name=fname, category=cat, hashcode=h.lower() if isinstance(h, str) else None,
-        compressed=bool(r.get("compressed", True)), dest_folder=dest, delete_original=bool(r.get("delete_original", False)),
-        size=r.get("size"), extracted_size=r.get("extracted_size"), chunk_hashes=ch, mirrors=tuple(mirrors),
+        compressed=flags["compressed"], dest_folder=dest, delete_original=flags["delete_original"],
+        size=sizes["size"], extracted_size=sizes["extracted_size"], chunk_hashes=ch, mirrors=tuple(mirrors),
     )
+
+
+def _show(value) -> str:
+    """A manifest value for a one-line reason: long text (a 5000-digit "number") is cut to its start."""
+    if isinstance(value, str) and len(value) > 60:
+        return f"{value[:50]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= 70 else f"{text[:50]}… ({len(text)} characters)"
+
+
+def _whole(value, name: str, what: str, low: int, problems: list[str]) -> int | None:
+    """`value` if it is an int (not a bool) in [low, MAX_NUMBER]; else None and the reason in `problems`."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_NUMBER:
+        return value
+    kind = "true/false" if isinstance(value, bool) else "text" if isinstance(value, str) else type(value).__name__
+    problems.append(f"{name} must be {what} from {low} to 2**63-1, got {_show(value)} ({kind})")
+    return None
+
+
+def _flag(value, name: str, problems: list[str]) -> bool:
+    if isinstance(value, bool):
+        return value
+    problems.append(f"{name} must be true or false, got {_show(value)}")
+    return False
+
+
+def _chunk_hashes(ch, size: int | None, where: str, problems: list[str]) -> dict | None:
+    """{chunk_size, xxh3_128: [32 hex digits per chunk]} or {chunk_size, url}; None (and a reason) otherwise."""
+    if ch is None:
+        return None
+    name = f"'{where}.chunk_hashes'"
+    before = len(problems)
+    if not isinstance(ch, dict) or not (isinstance(ch.get("xxh3_128"), list) or isinstance(ch.get("url"), str)):
+        problems.append(f"{name} needs chunk_size and xxh3_128 (a list) or url (a sidecar)")
+        return None
+    unknown = sorted(map(str, set(ch) - {"chunk_size", "xxh3_128", "url"}))
+    if unknown:
+        problems.append(f"{name} has unknown field(s) {unknown} (allowed: chunk_size, url, xxh3_128)")
+    chunk = _whole(ch.get("chunk_size"), f"{name[:-1]}.chunk_size'", "a whole number of bytes", 1, problems)
+    if chunk is None and ch.get("chunk_size") is None:
+        problems.append(f"{name} needs chunk_size")
+    hashes = ch.get("xxh3_128")
+    if isinstance(hashes, list):
+        bad = next((h for h in hashes if not (isinstance(h, str) and _HEX32.fullmatch(h))), None)
+        if bad is not None or not hashes:
+            problems.append(f"{name[:-1]}.xxh3_128' must list one xxh3-128 hash (32 hex digits) per chunk, got "
+                            f"{_show(bad) if hashes else 'none'}")
+        elif chunk and size is not None and len(hashes) != max(1, -(-size // chunk)):
+            problems.append(f"{name[:-1]}.xxh3_128' lists {len(hashes)} hashes, but size {size} in chunks of "
+                            f"{chunk} makes {max(1, -(-size // chunk))}")
+    elif not ch["url"].lower().startswith(("http://", "https://")):
+        problems.append(f"{name[:-1]}.url' must be http(s)://")
+    if len(problems) > before:
+        return None
+    return {**ch, "xxh3_128": [h.lower() for h in hashes]} if isinstance(hashes, list) else ch
 
 
 def _check_duplicate_targets(zoo: Zoo) -> None:

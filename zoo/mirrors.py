@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-import yaml
-
+from zoo import safeyaml
 from zoo.errors import ManifestError
 from zoo.manifest import CONFIG_DIR, Resource
 
@@ -34,16 +33,22 @@ def load_named_mirrors(path: Path | None = None) -> dict[str, dict]:
     if not path.exists():
         return {"origin": {"url": ORIGIN, "default": True}}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"mirror list {path} is not valid YAML: {exc}") from None
+        data = safeyaml.load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"mirror list {path} cannot be read ({exc}); check the file") from None
+    except safeyaml.YamlError as exc:
+        raise ManifestError(f"mirror list {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"mirror list {path} must map names to URLs, not hold a {type(data).__name__}")
     out = {}
     for name, spec in data.items():
         if isinstance(spec, str):
             spec = {"url": spec}
         if not isinstance(spec, dict) or not isinstance(spec.get("url"), str):
             raise ManifestError(f"mirror list {path}: '{name}' needs a url")
-        out[str(name)] = {"url": spec["url"], "default": bool(spec.get("default", False))}
+        if not isinstance(spec.get("default", False), bool):
+            raise ManifestError(f"mirror list {path}: '{name}.default' must be true or false")
+        out[str(name)] = {"url": spec["url"], "default": spec.get("default", False)}
     return out
 
 

@@ -19,6 +19,7 @@ from zoo.errors import DiskError, HashMismatchError, ManifestError
 from zoo.install import plan
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.fsutil import atomic_write_bytes, sha256_file
+from zoo.packindex import FORMAT, read_index
 from zoo.sources import PACK_INDEX
 
 
@@ -57,7 +58,7 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
             items.append({"member": f"archives/{target.entry.kind}/{target.name}/{res.category or ''}/{res.file_name}"
                           .replace("//", "/"), "file_name": res.file_name, "url": res.url, "sha256": digest,
                           "size": archive.stat().st_size, "key": target.entry.key, "path": str(archive)})
-    index = {"format": "mmfzoo-pack/1", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    index = {"format": FORMAT, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "entries": entries, "resources": [{k: v for k, v in i.items() if k != "path"} for i in items]}
     def write(f) -> None:
         with tarfile.open(fileobj=f, mode="w:", format=tarfile.PAX_FORMAT) as tf:
@@ -184,13 +185,10 @@ def _agrees(a: Entry, b: Entry | None) -> bool:
 def pack_entries(path: Path) -> list[dict]:
     try:
         with tarfile.open(path, "r:") as tf:
-            entries = json.load(tf.extractfile(tf.next())).get("entries", [])
-    except (tarfile.TarError, OSError, ValueError, AttributeError) as exc:
+            return read_index(tf, path)["entries"]
+    except (tarfile.TarError, OSError) as exc:
         raise ManifestError(f"pack {path}: its index cannot be read ({exc}); the pack is damaged: make it again") \
             from None
-    if not isinstance(entries, list):
-        raise ManifestError(f"pack {path}: its index has no list of entries; the pack is damaged: make it again")
-    return entries
 
 
 __all__ = ["pack", "merge_pack_entries", "pack_entries", "layout"]

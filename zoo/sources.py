@@ -7,7 +7,6 @@ download: journal, sha256, streaming extraction. A pack is an uncompressed tar w
 """
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 from urllib.parse import quote
@@ -16,8 +15,7 @@ from zoo.errors import ManifestError, OfflineError
 from zoo.fsutil import sha256_file
 from zoo.records import STATE_DIR
 from zoo.manifest import Resource
-
-PACK_INDEX = "mmfzoo-pack.json"
+from zoo.packindex import INDEX_NAME as PACK_INDEX, read_index
 
 
 def file_url(path: Path, start: int | None = None, length: int | None = None) -> str:
@@ -39,10 +37,10 @@ def is_pack(path: Path) -> bool:
 def read_pack(path: Path) -> list[dict]:
     """The pack's index: one dict per archive, with its byte span inside the pack."""
     with tarfile.open(path, "r:") as tf:
-        index = json.load(tf.extractfile(tf.next()))
+        index = read_index(tf, path)
         spans = {m.name: (m.offset_data, m.size) for m in tf.getmembers() if m.isfile()}
     items = []
-    for item in index.get("resources", []):
+    for item in index["resources"]:
         if item["member"] not in spans:
             raise ManifestError(f"pack {path} lists {item['member']} but does not contain it (truncated pack?)")
         item["offset"], item["length"] = spans[item["member"]]
