@@ -85,6 +85,7 @@ class Faults:
     flip_per_body: bool = False  # flip one byte at a random position of every body (a bad disk or proxy)
     etag_per_request: bool = False  # a new ETag on every response, same content (an unstable validator)
     header_rate_bps: float | None = None  # send status line and headers at this many bytes per second
+    claim_extra: int = 0  # Content-Range totals claim the file is this many bytes larger (negative: smaller)
     _used: int = field(default=0, repr=False, compare=False)
     _status_pos: int = field(default=0, repr=False, compare=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -131,6 +132,7 @@ class Plan:
     flip_per_body: bool = False
     etag_per_request: bool = False
     header_rate_bps: float | None = None
+    claim_extra: int = 0
 
 
 def _take_status(rule: Faults) -> tuple[int, dict] | None:
@@ -190,6 +192,7 @@ def _plan(rules: list[Faults], rel: str, method: str, requests_before: int) -> P
             plan.rate_bps = plan.rate_bps or rule.rate_bps
             plan.short_body = plan.short_body or rule.short_body
             plan.flip_per_body = plan.flip_per_body or rule.flip_per_body
+            plan.claim_extra = plan.claim_extra or rule.claim_extra
     return plan
 
 
@@ -420,8 +423,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", last_modified)
-        if span is not None:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if span is not None:  # a lying total (claim_extra) still serves the real file's bytes
+            self.send_header("Content-Range", f"bytes {start}-{end}/{max(0, size + plan.claim_extra)}")
         self.end_headers()
         self.server.stats._status(rel, 206 if span is not None else 200, None if head else (start, end))
         if not head and length > 0:
