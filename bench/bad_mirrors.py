@@ -9,8 +9,8 @@ order the case says, every connection capped at --rate-mbps; the manifest has no
 with --chunk-hashes). The baseline is the good mirror alone, in the same run. Prints one row per case: exit code,
 seconds, seconds minus the baseline, bytes the servers sent / archive size, and what `--json` says of the bad
 mirror. The link rows (issue 17): one mirror, every connection capped at --link-rate-mbps, clean and resetting
-every --reset-kb of each response, --link-latency-ms before each response (a reconnect's round trip), default
-chunks (8 MiB) and connections (8); the ratio is resets / clean.
+every --reset-kb of each response, --link-latency-ms before each response (a reconnect's round trip) and no
+burst when a connection starts, default chunks (8 MiB) and connections (8); the ratio is resets / clean.
 Loopback only; needs nothing but the project.
 """
 from __future__ import annotations
@@ -127,7 +127,8 @@ def lone_link(args, work: Path, manifest: Path, size: int) -> int:
     rows = {}
     for name, reset in (("clean", None), ("resets", int(args.reset_kb * 1000))):
         with FaultServer(work / "alone") as srv:
-            srv.faults.append(Faults(reset_after=reset, rate_bps=args.link_rate_mbps * 1e6,
+            # no burst at the start of a connection: a reconnect must not be faster than going on (TCP starts slow)
+            srv.faults.append(Faults(reset_after=reset, rate_bps=args.link_rate_mbps * 1e6, rate_burst=0,
                                      latency=args.link_latency_ms / 1000))
             code, took, _ = fetch(manifest, work / f"d-link-{name}", [srv.url], args.stall_timeout)
             srv.stats.wait_idle(2)

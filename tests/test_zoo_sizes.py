@@ -196,3 +196,24 @@ def test_a_lone_mirror_claiming_10_pb_is_refuted_not_a_disk_demand(tmp_path):
     assert r.returncode == 3, r.stderr
     assert "cannot serve its last bytes" in r.stderr and "not enough space" not in r.stderr
     assert sent <= 16 << 10  # probes and tail reads, no transfer
+
+
+def test_a_mirror_that_ignores_range_keeps_its_turn(tmp_path):
+    """Its claim cannot be tested by a ranged read (it answers 200): that is no evidence against it."""
+    import hashlib
+
+    from zoo.transfer import Transfer, TransferOptions
+
+    good = random.Random(3).randbytes(1 << 20)
+    for name, body in (("stale", random.Random(4).randbytes(700_000)), ("good", good)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "blob.bin").write_bytes(body)
+    plain = Faults(ignore_range=True)
+    with FaultServer(tmp_path / "stale") as stale, FaultServer(tmp_path / "good", faults=plain) as srv:
+        t = Transfer("blob", [stale.url_for("blob.bin"), srv.url_for("blob.bin")], tmp_path / "out.part",
+                     tmp_path / "out.journal", sha256=hashlib.sha256(good).hexdigest(),
+                     opts=TransferOptions(connections=2, chunk_size=256 << 10, stall_timeout=2.0))
+        result = t.run()
+    assert (tmp_path / "out.part").read_bytes() == good
+    assert plain.used >= 1 and result.mirrors[srv.url_for("blob.bin")].startswith("ok")
+    assert "sha256" in result.mirrors[stale.url_for("blob.bin")]

@@ -176,7 +176,8 @@ def rank(groups: dict[int, list[Mirror]], opts, drop) -> list[int]:
     """The sizes of `groups` (size -> its mirrors) in the order to try them; `drop(mirror, reason)` is called for
     each mirror whose claim is disproved (and it is removed from its group)."""
     sizes = sorted(groups)
-    asks = [(m, s) for size in sizes for m in groups[size] for s in sizes if 0 < s <= size]
+    # a mirror that ignores Range cannot be asked (its claim stands untested, like its whole file)
+    asks = [(m, s) for size in sizes for m in groups[size] if m.ranges for s in sizes if 0 < s <= size]
     got: dict[tuple[str, int], object] = {}
 
     def ask(m: Mirror, s: int) -> None:

@@ -59,6 +59,8 @@ class Transfer:
         `zoo_kept` = (partial file, bytes a rerun reuses, size) for the message."""
         try:
             journal = Journal.load(self.journal_path)
+            if journal is not None and journal.sha256 and self.sha256 and journal.sha256 != self.sha256:
+                journal = None  # begun for another file (the manifest's hashcode changed): its verdicts do not apply
             if journal is not None:
                 self.pool.remember(journal.verdicts)
             size = self.pool.settle(self.expected_size, resume=journal.size if journal else None,
