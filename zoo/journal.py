@@ -48,6 +48,7 @@ class Journal:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _log: object = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
+    _superseded: int = field(default=0, repr=False)  # appended partial records a later record made obsolete
 
     @property
     def served_by(self) -> dict[int, list[str]]:
@@ -88,8 +89,12 @@ class Journal:
         with self._lock:
             if self._closed or index in self.chunks or done <= 0:
                 return False
+            self._superseded += 1
             self.partials[index] = (done, digest, [list(s) for s in spans])
-            self._append(self._partial_record(index))
+            if self._superseded > max(256, len(self.chunks) + len(self.partials)):
+                self._rewrite()  # compact: a slow day-long download must not grow the journal a line a second
+            else:
+                self._append(self._partial_record(index))
             return True
 
     def _append(self, record) -> None:
@@ -136,6 +141,7 @@ class Journal:
                   "sha256": self.sha256, "validators": self.validators, "verdicts": self.verdicts}
         lines = [json.dumps(header)] + [json.dumps(self._record(i)) for i in sorted(self.chunks)]
         lines += [json.dumps(self._partial_record(i)) for i in sorted(self.partials) if i not in self.chunks]
+        self._superseded = 0
         if self._log is not None:
             self._log.close()
         atomic_write_text(self.path, "\n".join(lines) + "\n")
