@@ -68,6 +68,9 @@ def test_one_to_one_size_disagreement_the_sha256_decides(tmp_path, stale_ratio):
         asked = bad.stats.requests[REL]
     assert r.returncode == 0, r.stderr
     assert_tree(tmp_path / "data", zoo)
+    if stale_ratio < 1:  # the smaller stale archive (a valid tar.gz too) went first: streamed, failed, dropped
+        assert "failed the sha256; trying the" in r.stderr, r.stderr
+    assert not list((tmp_path / "data").rglob("extract-*"))  # the streaming extraction started over cleanly
     assert asked >= 1  # the stale mirror answered with its size: the disagreement happened
     report = _mirrors(r)
     assert report[good.url + REL].startswith("ok"), report
