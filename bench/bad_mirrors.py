@@ -1,12 +1,17 @@
-"""Bad mirrors (issue 9): per case, `mmf zoo fetch` next to one bad mirror -> exit code, time, bytes / archive.
+"""Bad mirrors (issues 9, 17): per case, `mmf zoo fetch` next to one bad mirror -> exit code, time, bytes / archive;
+then a lone link that resets every 300 KB against the same link without resets.
 
-    python bench/bad_mirrors.py [--size-mb 40] [--cases corrupt,outdated,...] [--chunk-hashes] [--rate-mbps 20]
+    python bench/bad_mirrors.py [--size-mb 40] [--cases corrupt,outdated,...|none] [--chunk-hashes]
+                                [--rate-mbps 20] [--link-rate-mbps 4] [--reset-kb 300] [--link-latency-ms 20]
 
 Each case (zoo/testing/badmirrors.py) serves the same tar.gz from a good FaultServer and a bad one, listed in the
 order the case says, every connection capped at --rate-mbps; the manifest has no `size` (and chunk hashes only
 with --chunk-hashes). The baseline is the good mirror alone, in the same run. Prints one row per case: exit code,
 seconds, seconds minus the baseline, bytes the servers sent / archive size, and what `--json` says of the bad
-mirror. Loopback only; needs nothing but the project.
+mirror. The link rows (issue 17): one mirror, every connection capped at --link-rate-mbps, clean and resetting
+every --reset-kb of each response, --link-latency-ms before each response (a reconnect's round trip) and no
+burst when a connection starts, default chunks (8 MiB) and connections (8); the ratio is resets / clean.
+Loopback only; needs nothing but the project.
 """
 from __future__ import annotations
 
@@ -81,6 +86,10 @@ def main() -> int:
     ap.add_argument("--chunk-hashes", action="store_true")
     ap.add_argument("--rate-mbps", type=float, default=20.0, help="per-connection cap on every server (MB/s)")
     ap.add_argument("--stall-timeout", type=float, default=5.0)
+    ap.add_argument("--link-rate-mbps", type=float, default=4.0, help="per-connection cap of the lone link (MB/s)")
+    ap.add_argument("--reset-kb", type=float, default=300.0, help="the lone link resets after this much of a body")
+    ap.add_argument("--link-latency-ms", type=float, default=20.0,
+                    help="wait before each response of the lone link (a round trip: what a reconnect costs)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mmf-bad-mirrors-"))
     archive = work / "features.tar.gz"
@@ -98,7 +107,7 @@ def main() -> int:
     print(f"good mirror alone: exit {code}, {base:.2f}s\n")
     print(f"{'case':16} {'exit':>4} {'time s':>7} {'- alone':>7} {'bytes/archive':>13}  bad mirror (--json)")
     worst = 0
-    for name in args.cases.split(","):
+    for name in [c for c in args.cases.split(",") if c and c != "none"]:
         with scenario(name, work / f"m-{name}", archive, REL, CHUNK) as sc:
             for srv in (sc.good, sc.bad):
                 if srv is not None:
@@ -110,7 +119,27 @@ def main() -> int:
         print(f"{name:16} {code:>4} {took:7.2f} {took - base:+7.2f} {wire / size:13.2f}  "
               f"{verdict[:90]}{'' if fired else '  (FAULT NEVER FIRED)'}", flush=True)
         worst = max(worst, code)
-    return 1 if worst else 0
+    return 1 if max(worst, lone_link(args, work, manifest, size)) else 0
+
+
+def lone_link(args, work: Path, manifest: Path, size: int) -> int:
+    """The issue's link: one mirror, resets every --reset-kb, vs the same link without resets, in this run."""
+    rows = {}
+    for name, reset in (("clean", None), ("resets", int(args.reset_kb * 1000))):
+        with FaultServer(work / "alone") as srv:
+            # no burst at the start of a connection: a reconnect must not be faster than going on (TCP starts slow)
+            srv.faults.append(Faults(reset_after=reset, rate_bps=args.link_rate_mbps * 1e6, rate_burst=0,
+                                     latency=args.link_latency_ms / 1000))
+            code, took, _ = fetch(manifest, work / f"d-link-{name}", [srv.url], args.stall_timeout)
+            srv.stats.wait_idle(2)
+            rows[name] = (code, took, sum(srv.stats.bytes_sent.values()), srv.faults[0].used)
+    print(f"\nlone link, {args.link_rate_mbps:g} MB/s per connection, {args.link_latency_ms:g} ms before each response, "
+          "8 MiB chunks, 8 connections:")
+    for name, (code, took, sent, used) in rows.items():
+        what = f"{used} resets" if name == "resets" else "no resets"
+        print(f"  {name:7} exit {code}  {took:6.2f}s  {sent / size:5.2f}x the archive sent  ({what})")
+    print(f"  ratio resets/clean: {rows['resets'][1] / rows['clean'][1]:.2f}", flush=True)
+    return max(rows["clean"][0], rows["resets"][0])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Issue 9: one bad or slow mirror next to a good one never stops a fetch (zoo/testing/badmirrors.py cases).
 
 Each case: a ~3 MB tar.gz, no size in the manifest, with and without chunk hashes. The fetch must finish with the
-right bytes, the bad server must have served its fault, and the servers must have sent at most 1.5x the archive.
+right bytes, the bad server must have served its fault, and the servers must have sent at most 1.5x the archive
+(2x where the bad mirror serves a wrong file of another size: it is known wrong only once its sha256 fails).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_bad_mirror_never_stops_a_fetch(tmp_path, archive, name, chunk_hashes):
     assert (tmp_path / "out.part").read_bytes() == data
     assert result.sha256 == hashlib.sha256(data).hexdigest()
     assert fired, f"{name}: the fault never fired"
-    assert wire <= 1.5 * len(data), f"{name}: {wire} bytes on the wire for a {len(data)}-byte archive"
+    assert wire <= sc.case.wire * len(data), f"{name}: {wire} bytes on the wire for a {len(data)}-byte archive"
     report = result.mirrors[sc.bad_url]
     if sc.case.reason:
         assert re.search(sc.case.reason, report), report

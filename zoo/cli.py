@@ -44,8 +44,17 @@ def _run(fn):
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
-        typer.echo("interrupted: partial downloads are kept and resume on the next run", err=True)
+        typer.echo(f"interrupted: {_kept(exc)}", err=True)
         raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+
+
+def _kept(exc: BaseException) -> str:
+    """What an interrupted fetch left to resume (the transfer attaches it to the KeyboardInterrupt)."""
+    kept = getattr(exc, "zoo_kept", None)
+    if not kept or kept[2] is None:
+        return "partial downloads are kept and resume on the next run"
+    part, n, size = kept
+    return f"{_human(n)} of {_human(size)} kept in {part}; run the same command to resume"
 
 
 class Terminated(KeyboardInterrupt):

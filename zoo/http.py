@@ -238,7 +238,7 @@ def probe(m: Mirror, opts) -> None:
                 raise Permanent("ignores Range and sends no Content-Length: size unknown")
             m.size, m.ranges = int(length), False
             want = min(SAMPLE, m.size)
-        m.head = _read_sample(_HttpStream(resp), want, opts)
+        m.head = read_exactly(_HttpStream(resp), want, opts)
     finally:
         resp.close()
         _release()
@@ -263,7 +263,8 @@ def check_validator(m: Mirror, opts) -> None:
         _release()
 
 
-def _read_sample(stream, want: int, opts) -> bytes:
+def read_exactly(stream, want: int, opts) -> bytes:
+    """`want` bytes from a stream, or Transient (closed early, or slower than a tarpit's pace)."""
     head, t0 = bytearray(), time.monotonic()
     while len(head) < want:
         block = stream.read(want - len(head))

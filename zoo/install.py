@@ -226,7 +226,8 @@ def _obtain(target, res, opts, urls, size, archive: Path, report: ResourceReport
     tr = Transfer(f"{target.entry.key}:{res.file_name}", urls, state / f"{res.file_name}.part",
                   state / f"{res.file_name}.journal.json", size=res.size, sha256=res.hashcode,
                   chunk_hashes=chunk_hashes, chunk_size=(res.chunk_hashes or {}).get("chunk_size"),
-                  opts=opts.transfer, progress=advance, sink=streamer.feed if streamer else None)
+                  opts=opts.transfer, progress=advance, sink=streamer.feed if streamer else None,
+                  sink_restart=streamer.restart if streamer else None)
     if streamer:
         streamer.part = tr.part
     try:
@@ -295,6 +296,11 @@ class _Streamer:
             self.ex.abort()
         if self.dest is not None:
             shutil.rmtree(self.dest, ignore_errors=True)
+
+    def restart(self) -> None:
+        """The transfer starts over with another file (another size's turn): drop what was streamed so far."""
+        self.abort()
+        self.ex, self.dest, self.off = None, None, False
 
     def finish(self, sink_error: str | None):
         if self.ex is None or sink_error:

@@ -25,7 +25,10 @@ from zoo.manifest import CONFIG_DIR, Resource
 
 ORIGIN = "https://dl.fbaipublicfiles.com/mmf/data/"
 MMF_PREFIX = "mmf://"
-PROGRESS = 1 << 20  # bytes one attempt must deliver to count as progress for a flaky mirror
+PROGRESS = 1 << 20  # bytes a mirror must have delivered before it is trusted with splits and races
+# bytes one attempt must move for its end (a reset, a stall) not to count as a failure: a link that breaks off
+# every few hundred KB keeps going, at full speed and without back-off; one that breaks off after a few KB is failing
+ATTEMPT_PROGRESS = 16 << 10
 
 
 def load_named_mirrors(path: Path | None = None) -> dict[str, dict]:
@@ -150,6 +153,9 @@ class Mirror:
     modified: float | None = None  # Last-Modified as a timestamp (a tie-break between two disagreeing mirrors)
     unstable: bool = False  # its ETag changes on every request: the validator is Last-Modified or nothing
     suspect: str = ""  # lost a dispute it could not be convicted of: no new work while others can serve
+    parked: bool = False  # serves another size than the one being tried: waits its turn (not alive meanwhile)
+    worn: bool = False  # dropped for failing too often in a row (not evidence against its file)
+    variant: int = 0  # > 0: outvoted on a range by mirrors of the same size, it serves another version of the file
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -175,11 +181,10 @@ class Mirror:
             return delay
 
     def record(self, nbytes: int, seconds: float, completed: bool) -> None:
-        """Account bytes and speed; a completed chunk or PROGRESS bytes in one attempt clear the failure streak (a
-        little progress between resets must not keep a flaky mirror's back-off from growing, but a mirror that
-        resets every few MB still moves the transfer on)."""
+        """Account bytes and speed; a completed chunk or an attempt that moved ATTEMPT_PROGRESS bytes clears the
+        failure streak (progress between resets is progress; a few KB per connection is not)."""
         with self.lock:
-            if completed or nbytes >= PROGRESS:
+            if completed or nbytes >= ATTEMPT_PROGRESS:
                 self.failures = 0
             self.bytes += nbytes
             if seconds > 0 and nbytes > 0:

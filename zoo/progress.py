@@ -16,6 +16,12 @@ class _Advance:
         if self.overall is not None:
             self.overall.update(n)
 
+    def restart(self, total: int | None) -> None:
+        """The transfer starts over (another file size's turn): the bytes so far no longer count."""
+        if self.overall is not None:
+            self.overall.update(-self.bar.n)
+        self.bar.reset(total=total)
+
     def note(self, text: str) -> None:
         now = time.monotonic()
         if now - self._last > 1.0:

@@ -12,12 +12,20 @@ from zoo.journal import Journal
 log = logging.getLogger("zoo")
 
 
-def discover_size(urls: list[str], opts) -> int | None:
-    """The size the mirrors agree on (probed in parallel, with a deadline: one tarpit does not hold it up)."""
+def discover_size(urls: list[str], opts, journal: Journal | None = None) -> int | None:
+    """The size the transfer will try first (probed in parallel, with a deadline: one tarpit does not hold it up).
+
+    When the mirrors disagree, that is the first candidate (a partial download's, else by the pool's order), not
+    the largest claim; and every claim is tested by reading its last bytes first, so a mirror whose Content-Range
+    total lies (alone or not) makes no disk-space demand. A later candidate is checked for room by the transfer
+    before its turn."""
     from zoo.transfer.pool import MirrorPool
 
     try:
-        return MirrorPool(urls[0].rsplit("/", 1)[-1] if urls else "?", urls, opts, lambda: None).settle(None)
+        pool = MirrorPool(urls[0].rsplit("/", 1)[-1] if urls else "?", urls, opts, lambda: None)
+        if journal is not None:
+            pool.remember(journal.verdicts)
+        return pool.settle(None, resume=journal.size if journal else None, verify=True)
     except ZooError:
         return None
 
@@ -31,13 +39,13 @@ def preflight(todo, opts, urls_for) -> dict[int, int]:
         folder = target.folder(opts.data_dir, res)
         if (folder / res.file_name).exists():
             continue  # kept archive: only its extraction needs room
-        size = res.size if res.size is not None else discover_size(urls_for(res), opts.transfer)
+        journal = Journal.load(layout.state_dir(folder) / f"{res.file_name}.journal.json")
+        size = res.size if res.size is not None else discover_size(urls_for(res), opts.transfer, journal)
         if size is None:
             unknown.append(res.file_name)
             continue
         sizes[id(res)] = size
-        journal = Journal.load(layout.state_dir(folder) / f"{res.file_name}.journal.json")
-        have = sum(min(journal.chunk_size, size - i * journal.chunk_size) for i in journal.chunks) if journal else 0
+        have = journal.kept_bytes() if journal and journal.size == size else 0
         archives += max(0, size - have)
         biggest = max(biggest, size)
         if res.compressed and opts.extract:

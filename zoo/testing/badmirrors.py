@@ -31,6 +31,8 @@ class Case:
     good_faults: list = field(default_factory=list)
     bad_first: bool = True
     reason: str = ""  # regex on the bad mirror's drop reason ("" when being outpaced is enough)
+    wire: float = 1.5  # bound on the bytes both servers send, in archives (a wrong file of another size costs its
+    #   own bytes once: it is only known wrong when its sha256 fails)
 
 
 CASES = {c.name: c for c in [
@@ -46,6 +48,12 @@ CASES = {c.name: c for c in [
          bad_faults=[Faults(rate_bps=2)], bad_first=False),
     Case("unstable-etag", "a lone mirror whose ETag changes on every request", bad_file="none",
          good_faults=[Faults(etag_per_request=True)]),
+    Case("reset-300k", "a lone mirror that resets every 300 KB (scaled to the chunk size)", bad_file="none",
+         good_faults=[Faults(reset_after=-2)]),
+    Case("stale-size", "another archive of 0.7x the size (no size in the manifest), listed first",
+         bad_file="stale", reason="sha256|chunk hashes", wire=2.0),
+    Case("liar-total", "the right file, but Content-Range totals claim 1 MiB more, listed first",
+         bad_faults=[Faults(claim_extra=1 << 20)], reason="last bytes|chunk hashes"),
 ]}
 
 
@@ -60,6 +68,8 @@ def _bad_copy(kind: str, archive: Path, dest: Path) -> None:
         os.utime(dest, (old, old))
     elif kind == "truncated":
         dest.write_bytes(data[: len(data) * 7 // 10])
+    elif kind == "stale":  # another file (same archive header, other bytes) of 0.7x the size
+        dest.write_bytes(data[:4096] + bytes(_xor_bytes(bytearray(data[4096: len(data) * 7 // 10]), 0x55)))
     elif kind == "html":
         dest.write_bytes(HTML_PAGE)
 
@@ -92,16 +102,18 @@ def scenario(name: str, workdir: Path, archive: Path, rel: str, chunk_size: int 
     """Serve `archive` at `rel` from a good mirror and the case's bad mirror (both FaultServers)."""
     case = CASES[name]
     flaky = max(100_000, chunk_size * 2 // 5)  # reset_after=-1 in a case: resets inside every chunk request
+    # reset_after=-2: every 300 KB of 8 MiB chunks (the issue's link), in proportion for smaller chunks
+    flaky2 = max(20_000, chunk_size * 300_000 // (8 << 20))
     good_root, bad_root = Path(workdir) / "good", Path(workdir) / "bad"
     (good_root / rel).parent.mkdir(parents=True, exist_ok=True)
     if not (good_root / rel).exists():
         shutil.copyfile(archive, good_root / rel)
     with ExitStack() as stack:
-        good = stack.enter_context(FaultServer(good_root, faults=_rules(case.good_faults, flaky)))
+        good = stack.enter_context(FaultServer(good_root, faults=_rules(case.good_faults, flaky, flaky2)))
         bad = None
         if case.bad_file != "none":
             _bad_copy(case.bad_file, archive, bad_root / rel)
-            bad = stack.enter_context(FaultServer(bad_root, faults=_rules(case.bad_faults, flaky)))
+            bad = stack.enter_context(FaultServer(bad_root, faults=_rules(case.bad_faults, flaky, flaky2)))
         yield Scenario(case, good, bad, rel)
 
 
@@ -112,9 +124,9 @@ def _fields(rule: Faults) -> dict:
     return {f.name: getattr(rule, f.name) for f in fields(rule) if not f.name.startswith("_")}
 
 
-def _rules(rules: list, flaky: int) -> list:
+def _rules(rules: list, flaky: int, flaky2: int) -> list:
     out = [Faults(**_fields(r)) for r in rules]
     for r in out:
-        if r.reset_after == -1:
-            r.reset_after = flaky
+        if r.reset_after in (-1, -2):
+            r.reset_after = flaky if r.reset_after == -1 else flaky2
     return out

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import fcntl
 import fnmatch
 import os
 import random
@@ -53,6 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+SIOCOUTQNSD = 0x894B  # Linux ioctl: bytes in a socket's send queue not sent yet
 CHUNK = 1 << 20  # Python-write chunk; large enough that loopback speed is not limited by the loop
 HTML_ERROR_PAGE = (
     b"<!DOCTYPE html><html><head><title>Access denied</title></head>"
@@ -80,11 +82,13 @@ class Faults:
     wrong_content_range: int = 0  # 206 for a range shifted by this many bytes (True = 1)
     html_200: bool = False  # 200 text/html error page (captive portal, S3 error)
     rate_bps: float | None = None  # per-connection token bucket, bytes per second
+    rate_burst: int | None = None  # bytes a new connection may send at once (default: the bucket, >= 16 KiB)
     latency: float = 0.0  # seconds before the status line
     short_body: bool = False  # send half the body, then close cleanly (FIN)
     flip_per_body: bool = False  # flip one byte at a random position of every body (a bad disk or proxy)
     etag_per_request: bool = False  # a new ETag on every response, same content (an unstable validator)
     header_rate_bps: float | None = None  # send status line and headers at this many bytes per second
+    claim_extra: int = 0  # Content-Range totals claim the file is this many bytes larger (negative: smaller)
     _used: int = field(default=0, repr=False, compare=False)
     _status_pos: int = field(default=0, repr=False, compare=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -126,11 +130,13 @@ class Plan:
     replacement: Path | None = None
     wrong_content_range: int = 0
     rate_bps: float | None = None
+    rate_burst: int | None = None
     latency: float = 0.0
     short_body: bool = False
     flip_per_body: bool = False
     etag_per_request: bool = False
     header_rate_bps: float | None = None
+    claim_extra: int = 0
 
 
 def _take_status(rule: Faults) -> tuple[int, dict] | None:
@@ -188,8 +194,10 @@ def _plan(rules: list[Faults], rel: str, method: str, requests_before: int) -> P
             plan.ignore_range = plan.ignore_range or rule.ignore_range
             plan.wrong_content_range = plan.wrong_content_range or int(rule.wrong_content_range)
             plan.rate_bps = plan.rate_bps or rule.rate_bps
+            plan.rate_burst = plan.rate_burst if plan.rate_burst is not None else rule.rate_burst
             plan.short_body = plan.short_body or rule.short_body
             plan.flip_per_body = plan.flip_per_body or rule.flip_per_body
+            plan.claim_extra = plan.claim_extra or rule.claim_extra
     return plan
 
 
@@ -256,10 +264,10 @@ class _Aborted(Exception):
 class _Bucket:
     """Token bucket for one connection; waits on the stop event so stop() is never delayed."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, burst: int | None = None):
         self.rate = rate
         self.capacity = max(16 * 1024, int(rate / 50))
-        self.tokens = float(self.capacity)
+        self.tokens = float(self.capacity if burst is None else min(burst, self.capacity))
         self.last = time.monotonic()
 
     def take(self, n: int, stop: threading.Event) -> None:
@@ -420,8 +428,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", last_modified)
-        if span is not None:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if span is not None:  # a lying total (claim_extra) still serves the real file's bytes
+            self.send_header("Content-Range", f"bytes {start}-{end}/{max(0, size + plan.claim_extra)}")
         self.end_headers()
         self.server.stats._status(rel, 206 if span is not None else 200, None if head else (start, end))
         if not head and length > 0:
@@ -464,7 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Aborted("server stopping")
         sent += self._segment(rel, fh, start + sent, cut - sent, plan, xor)
         if cut_kind == "reset":
-            self._reset()
+            self._reset(rel)
         if cut_kind is not None:
             raise _Aborted(cut_kind)
 
@@ -474,7 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 0
         rate = plan.rate_bps
         if rate and (self.bucket is None or self.bucket.rate != rate):
-            self.bucket = _Bucket(rate)
+            self.bucket = _Bucket(rate, plan.rate_burst)
         # about ten sends a second, so a slow rate trickles instead of going silent between bursts
         step = max(1, min(CHUNK, self.bucket.capacity, int(rate / 10))) if rate else CHUNK
         python_write = bool(xor or plan.corrupt)
@@ -517,9 +525,16 @@ class _Handler(BaseHTTPRequestHandler):
                 buf[pos - offset] ^= 0xFF
         return bytes(buf)
 
-    def _reset(self) -> None:
-        """Close with SO_LINGER 0 so the kernel sends RST instead of FIN."""
+    def _reset(self, rel: str) -> None:
+        """Close with SO_LINGER 0 so the kernel sends RST instead of FIN. What it still held unsent (or unacked)
+        is discarded, never reaching the client: it is taken off `bytes_sent` (Linux: bytes not yet sent)."""
         conn = self.connection
+        try:
+            self.wfile.flush()
+            queued = struct.unpack("i", fcntl.ioctl(conn.fileno(), SIOCOUTQNSD, b"\0\0\0\0"))[0]
+            self.server.stats._sent(rel, -queued)
+        except OSError:
+            pass
         try:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:

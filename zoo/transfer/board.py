@@ -25,7 +25,8 @@ class Tail:
 
 @dataclass
 class Partial:
-    """Progress inside a chunk, kept across retries and mirrors, so a reset refetches nothing."""
+    """Progress inside a chunk, kept across retries and mirrors (and, journaled in steps, across runs), so a
+    reset refetches nothing."""
 
     start: int  # the chunk's first byte
     done: int = 0
@@ -36,6 +37,8 @@ class Partial:
     done_at_start: int = 0
     limit: int | None = None  # absolute last byte this connection fetches when another one took the rest
     tail: Tail | None = None
+    saved: int = 0  # bytes of it recorded in the journal (durable, hash recorded)
+    saved_at: float = field(default_factory=time.monotonic)
 
     def add(self, pos: int, n: int, url: str) -> None:
         if self.spans and self.spans[-1][2] == url and self.spans[-1][1] == pos - 1:

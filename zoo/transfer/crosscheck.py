@@ -92,9 +92,9 @@ class CrossCheck:
         third = _witness(pool, {url, other.url})
         vote = read_range(t, third, a, b, tries=2, extra=True, deadline=CHECK_DEADLINE) if third is not None else None
         if vote is not None and vote == theirs:
-            return t.convict(served, f"outvoted on bytes {a}-{b} by {other.host} and {third.host}")
+            return t.outvoted(served, f"outvoted on bytes {a}-{b} by {other.host} and {third.host}")
         if vote is not None and vote == disk:
-            return t.convict(other, f"outvoted on bytes {a}-{b} by {served.host} and {third.host}")
+            return t.outvoted(other, f"outvoted on bytes {a}-{b} by {served.host} and {third.host}")
         with self.lock:
             self.suspicion[served.url] += 1
             self.suspicion[other.url] += 1

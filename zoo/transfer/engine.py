@@ -4,16 +4,18 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from zoo import http
-from zoo.errors import DiskError, VerificationError
+from zoo.errors import DiskError, HashMismatchError, MirrorsExhaustedError, VerificationError
+from zoo.fsutil import existing_ancestor, human
 from zoo.journal import Journal
 from zoo.mirrors import Mirror
-from zoo.transfer import strategies
+from zoo.transfer import partials, strategies
 from zoo.transfer.board import ChunkBoard, Partial
 from zoo.transfer.crosscheck import CrossCheck
 from zoo.transfer.cursor import run_cursor
@@ -25,19 +27,25 @@ log = logging.getLogger("zoo")
 EXIT_GRACE = 1.0  # seconds the workers get to stop when the transfer ends (Ctrl-C must exit within 2 s)
 
 
+class WrongFile(Exception):
+    """The file of the size being tried is not the one the manifest means; another size waits for its turn."""
+
+
 class Transfer:
     """Download `urls` (mirrors of one file) -> `part` with a journal. `run()` raises ZooError subclasses."""
 
     def __init__(self, name: str, urls: list[str], part: Path, journal_path: Path, *, size: int | None = None,
                  sha256: str | None = None, chunk_hashes: list[str] | None = None, chunk_size: int | None = None,
                  opts: TransferOptions | None = None, progress: Callable[[int], None] | None = None,
-                 sink: Callable[[memoryview], None] | None = None):
+                 sink: Callable[[memoryview], None] | None = None, sink_restart: Callable[[], None] | None = None):
         self.name, self.part, self.journal_path = name, Path(part), Path(journal_path)
         self.opts = opts or TransferOptions()
         self.expected_size, self.sha256, self.chunk_hashes = size, sha256, chunk_hashes
         self.chunk_size = chunk_size or self.opts.chunk_size
-        self.progress, self.sink = progress, sink
+        self.progress, self.sink, self.sink_restart = progress, sink, sink_restart
         self.board: ChunkBoard | None = None
+        self.journal: Journal | None = None
+        self.resumed = 0
         self.pool = MirrorPool(name, urls, self.opts, self._wake)
         self.mirrors = self.pool.mirrors
         self.fetched = 0
@@ -47,10 +55,37 @@ class Transfer:
 
     # ---- public ---------------------------------------------------------------------------------------------
     def run(self) -> TransferResult:
-        journal = Journal.load(self.journal_path)
-        if journal is not None:
-            self.pool.remember(journal.verdicts)
-        size = self.pool.settle(self.expected_size)
+        """Fetch and verify the file. Ctrl-C (KeyboardInterrupt) leaves the journal consistent and carries
+        `zoo_kept` = (partial file, bytes a rerun reuses, size) for the message."""
+        try:
+            journal = Journal.load(self.journal_path)
+            if journal is not None and journal.sha256 and self.sha256 and journal.sha256 != self.sha256:
+                journal = None  # begun for another file (the manifest's hashcode changed): its verdicts do not apply
+            if journal is not None:
+                self.pool.remember(journal.verdicts)
+            size = self.pool.settle(self.expected_size, resume=journal.size if journal else None,
+                                    plausible=self._plausible)
+            while True:
+                try:
+                    return self._attempt(size, journal)
+                except WrongFile as exc:
+                    size, journal = self._next_file(str(exc)), None
+        except KeyboardInterrupt as exc:
+            try:
+                exc.zoo_kept = self.kept()
+            except OSError:
+                pass
+            raise
+
+    def kept(self) -> tuple[Path, int, int | None]:
+        """(partial file, bytes of it a rerun can reuse, file size) as journaled now."""
+        journal = self.journal or Journal.load(self.journal_path)
+        if journal is None or not self.part.exists():
+            return self.part, 0, self.pool.size
+        return self.part, journal.kept_bytes(), journal.size
+
+    def _attempt(self, size: int, journal: Journal | None) -> TransferResult:
+        """One size: resume or start the partial download, transfer, verify (and repair)."""
         if journal and (journal.size != size or journal.chunk_size != self.chunk_size or not self.part.exists()):
             log.info("%s: partial download does not match (size/chunk size changed); starting over", self.name)
             journal = None
@@ -59,6 +94,7 @@ class Transfer:
                         self.name)
             journal = None
         if journal is None:
+            self._check_space(size)
             journal = Journal(self.journal_path, size, self.chunk_size, self.sha256, verdicts=dict(self.pool.verdicts))
             self._fresh_part()
         for m in self.pool.usable():
@@ -69,19 +105,79 @@ class Transfer:
         if self.chunk_hashes is not None and len(self.chunk_hashes) != journal.num_chunks:
             raise VerificationError(f"{self.name}: manifest lists {len(self.chunk_hashes)} chunk hashes but the file "
                                     f"has {journal.num_chunks} chunks of {self.chunk_size} bytes; fix chunk_hashes")
-        resumed = sum(journal.chunk_range(i)[1] - journal.chunk_range(i)[0] + 1 for i in journal.chunks)
-        if resumed:
-            log.info("%s: resuming, %d of %d chunks already on disk", self.name, len(journal.chunks), journal.num_chunks)
-        digest = self._transfer(journal)
+        self.resumed = sum(journal.chunk_range(i)[1] - journal.chunk_range(i)[0] + 1 for i in journal.chunks)
+        if journal.chunks or journal.partials:
+            log.info("%s: resuming, %d of %d chunks already on disk%s", self.name, len(journal.chunks),
+                     journal.num_chunks, f" (and {len(journal.partials)} in part)" if journal.partials else "")
+        try:
+            digest = self._transfer(journal)
+        except MirrorsExhaustedError:
+            if self.pool.files.has_next() and self.pool.files.disproved():
+                raise WrongFile("could not be fetched (every mirror serving it failed on evidence)") from None
+            raise
         if self.sha256 and digest != self.sha256:
-            self.board = None  # the workers are gone; the repair makes its own requests
-            self.fd = os.open(self.part, os.O_RDWR)
-            try:
-                digest = repair(self, digest)
-            finally:
-                os.close(self.fd)
-                journal.close()
-        return TransferResult(size, digest, self.fetched, resumed, self.pool.report(), self.sink_error, self.extra)
+            digest = self._mismatch(digest)
+        return TransferResult(size, digest, self.fetched, self.resumed, self.pool.report(), self.sink_error,
+                              self.extra)
+
+    def _mismatch(self, digest: str) -> str:
+        """The sha256 failed: another size's turn if this file looks wrong as a whole, else locate and repair."""
+        self.board = None  # the workers are gone; the repair makes its own requests
+        if self.chunk_hashes is None:
+            self.pool.settle_fallback()  # the origin is another witness now (or serves another size), if held back
+        why = "failed the sha256"
+        other = self.pool.files.has_next() and self.chunk_hashes is None
+        served = {s[2] for spans in self.journal.spans.values() for s in spans}
+        if other and not served & self.pool.files.distrusted() and not any(self.checks.suspicion[u] for u in served):
+            raise WrongFile(why)  # its mirrors agreed on every sample: the file itself is wrong, not some bytes
+        self.fd = os.open(self.part, os.O_RDWR)
+        try:
+            return repair(self, digest)
+        except HashMismatchError:
+            if other:
+                raise WrongFile(why) from None
+            self.discard()
+            raise
+        finally:
+            os.close(self.fd)
+            self.journal.close()
+
+    def _next_file(self, why: str) -> int:
+        size = self.pool.files.next_group(f"its {self.pool.size}-byte file {why}")
+        log.warning("%s: %s %s; trying the %s file of %s", self.name, self.pool.files.tried[-1], why, human(size),
+                    ", ".join(m.host for m in self.pool.usable()))
+        self.sink_error = None
+        if self.sink_restart is not None:
+            self.sink_restart()  # the streamed bytes were the wrong file's
+        if self.progress is not None and hasattr(self.progress, "restart"):
+            self.progress.restart(size)
+        return size
+
+    def _plausible(self, size: int) -> str | None:
+        """Why a file of `size` bytes cannot be the one the manifest's chunk hashes describe, or None."""
+        if self.chunk_hashes is None:
+            return None
+        n, cs = len(self.chunk_hashes), self.chunk_size
+        if (n - 1) * cs < size <= n * cs or (n == 1 and size == 0):
+            return None
+        return f"the manifest's {n} chunk hashes of {cs} bytes need {(n - 1) * cs + 1} to {n * cs} bytes"
+
+    def _check_space(self, size: int) -> None:
+        """A fresh partial download of `size` bytes must fit (the preflight checked the first size; a size tried
+        later, or a transfer started without the preflight, is checked here before anything is allocated)."""
+        where = existing_ancestor(self.part.parent)
+        try:
+            free = shutil.disk_usage(where).free + (self.part.stat().st_blocks * 512 if self.part.exists() else 0)
+        except OSError:
+            return
+        if size > free and not self.pool.files.verify():  # nobody can serve the end of that claim: it lied
+            if self.pool.files.has_next():
+                raise WrongFile("is a claim its mirrors cannot serve the end of")
+            raise self.pool.exhausted()
+        if size > free:
+            raise DiskError(f"{self.name}: not enough space in {where} for its {human(size)} "
+                            f"({self.pool.files.reason}); {human(free)} free: free space or choose another "
+                            "--data-dir / MMF_DATA_DIR")
 
     # ---- setup ----------------------------------------------------------------------------------------------
     def _changed_everywhere(self, journal: Journal) -> bool:
@@ -113,6 +209,7 @@ class Transfer:
         self.checks = CrossCheck(self)
         self.pool.vetted = self.checks.vetted
         self.fd = os.open(self.part, os.O_RDWR)
+        self.resumed += partials.resume(self, journal)
         workers = [threading.Thread(target=self._worker, name=f"zoo-conn-{k}", daemon=True)
                    for k in range(max(1, self.opts.connections))]
         for w in workers:
@@ -128,6 +225,7 @@ class Transfer:
             deadline = time.monotonic() + EXIT_GRACE
             for w in workers:
                 w.join(max(0.0, deadline - time.monotonic()))
+            partials.save_all(self)  # what arrived of the chunks in flight stays resumable
             if any(w.is_alive() for w in workers):
                 # stragglers may still write: nothing more is journaled, and the fd stays open until they end
                 journal.close(final=True)
@@ -178,8 +276,8 @@ class Transfer:
         board = self.board
         urls = partial.urls()
         digest = partial.hasher.hexdigest()
-        if urls & set(self.pool.verdicts):
-            with board.cond:  # bytes from a mirror convicted while this chunk was in flight
+        if urls & self.pool.files.distrusted():
+            with board.cond:  # bytes from a mirror convicted (or set aside) while this chunk was in flight
                 board.partials.pop(i, None)
             return False
         if self.chunk_hashes is not None and digest != self.chunk_hashes[i]:
@@ -213,6 +311,18 @@ class Transfer:
             self.board.finish(i)
             return True
 
+    def outvoted(self, m: Mirror, reason: str) -> None:
+        """Two mirrors that agree outvoted m on a range. With a sha256 to decide, number is not proof: m is set
+        aside as serving another version of the file (its turn comes if theirs fails) and what it served is
+        refetched; without one, the vote is all there is and m is convicted."""
+        if self.sha256 is None:
+            return self.convict(m, reason)
+        if self.pool.files.park_variant(m, reason):
+            log.warning("%s: %s was %s; it serves another version of the file and gets its turn if this one fails "
+                        "the sha256", self.name, m.host, reason)
+            self.pool.wake()
+            self._refetch(m)
+
     def convict(self, m: Mirror | None, reason: str, requeue: bool = True) -> None:
         """Drop m on evidence, remember why in the journal, and refetch what it served (without chunk hashes the
         chunks it served cannot be trusted)."""
@@ -220,7 +330,12 @@ class Transfer:
             return
         self.pool.convict(m, reason)
         self.journal.verdicts[m.url] = reason
+        self._refetch(m, requeue)
+
+    def _refetch(self, m: Mirror, requeue: bool = True) -> None:
         board = self.board
+        for i in self._partly_served_by(m):  # a chunk in flight starts again without its bytes (see fetch_chunk)
+            self.journal.forget_partial(i)
         if board is None or not requeue:  # before the transfer, forgotten chunks are simply fetched with the rest
             for i in self._served_by(m) if requeue else []:
                 self.journal.forget(i)
@@ -239,6 +354,9 @@ class Transfer:
 
     def _served_by(self, m: Mirror) -> list[int]:
         return [i for i, spans in list(self.journal.spans.items()) if any(s[2] == m.url for s in spans)]
+
+    def _partly_served_by(self, m: Mirror) -> list[int]:
+        return [i for i, p in list(self.journal.partials.items()) if any(s[2] == m.url for s in p[2])]
 
     def count(self, n: int, extra: bool = False) -> None:
         with self._count_lock:

@@ -5,6 +5,10 @@ from dataclasses import dataclass, field
 
 MiB = 1 << 20
 BLOCK = 1 << 20  # read / pwrite unit
+# a chunk in flight is journaled (data fdatasynced first) at most this often, once this much is new: a SIGKILL
+# loses at most about a second of each connection's bytes, and a fast link (chunks done within it) pays nothing
+PARTIAL_EVERY = 1.0
+PARTIAL_MIN = 64 << 10
 DEFAULT_MIN_RATE = 10_000.0  # bytes/s per connection; a mirror below it loses its chunks to a faster one
 
 

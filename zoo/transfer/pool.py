@@ -1,9 +1,10 @@
 """The mirrors of one file: parallel probes with a deadline, the size by evidence, health, back-off, verdicts.
 
-A mirror is given work only once its probe answered with the agreed size and a first block that looks like the
-file (judged by content, not by Content-Type). The size is the manifest's when it has one, else the majority of
-the mirrors' answers (a minority answer is not used). Default roots (the origin) are probed only when the other
-mirrors cannot serve. A mirror is dropped for a permanent error, too many transient ones, or on evidence
+A mirror is given work only once its probe answered with the size being tried and a first block that looks like
+the file (judged by content, not by Content-Type). Which size (and which version of it) is tried is the job of
+zoo/transfer/candidates.py: the manifest's size, else each size the mirrors serve in turn until the sha256 accepts
+one. Default roots (the origin) are probed when the other mirrors cannot serve, disagree on the size, or their
+file fails the sha256. A mirror is dropped for a permanent error, too many transient ones, or on evidence
 (`convict`: the reason is kept in the journal, so a rerun does not trust it again).
 """
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 
 from zoo import http
 from zoo.archive.formats import describe, sniff
 from zoo.errors import MirrorsExhaustedError, OfflineError
 from zoo.mirrors import Mirror, fallback_urls, is_local
+from zoo.transfer.candidates import Candidates
 
 log = logging.getLogger("zoo")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".gz", ".tar", ".zip", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".tzst")
@@ -42,7 +43,7 @@ class MirrorPool:
         urls = list(dict.fromkeys(urls))
         fallback = fallback_urls(urls)
         self.mirrors = [Mirror(u, fallback=u in fallback) for u in urls]
-        self.size: int | None = None
+        self.files = Candidates(self)
         self.verdicts: dict[str, str] = {}  # url -> why it is proven bad for this file
         self._lock = threading.Condition()
         self._probing: set[str] = set()
@@ -95,28 +96,47 @@ class MirrorPool:
         """Some alive mirror not in `exclude` may still get work (now or after a probe / back-off)."""
         return any(m.url not in exclude for m in self.alive())
 
-    # ---- probes ---------------------------------------------------------------------------------------------
-    def settle(self, expected: int | None) -> int:
-        """Probe (preferred mirrors first, in parallel) and return the file's size, by evidence."""
+    # ---- probes and the size ------------------------------------------------------------------------------
+    def settle(self, expected: int | None, resume: int | None = None,
+               plausible: Callable[[int], str | None] | None = None, verify: bool = False) -> int:
+        """Probe (preferred mirrors first, in parallel) and return the size to try first, by evidence.
+
+        `resume`: the size of a partial download (its group goes first); `plausible(size)`: why a size cannot be
+        the file (e.g. the manifest's chunk hashes need another), or None; `verify`: test the mirrors' claims
+        even when they agree (see Candidates.decide)."""
+        self.files.plausible = plausible or self.files.plausible
         first = [m for m in self.mirrors if not m.fallback]
         self._probe_round(first)
         with self._lock:
-            need_fallback = not self._answered
-        if need_fallback:
+            claimed = {m.size for m in self._answered if m.alive}
+        if not claimed or (expected is None and len(claimed) > 1):
+            # nobody answered, or the given mirrors disagree on the size: the held-back roots (origin) vote too
             self._probe_round([m for m in self.mirrors if m.fallback])
         while True:
             with self._lock:
                 answers = [m for m in self._answered if m.alive]
-                if answers:
-                    return self._decide(answers, expected)
-                if not self.alive():
+                if not answers and not self.alive():
                     raise self.exhausted()
+            if answers:
+                break
             self.maintain(force_fallback=True)
             with self._lock:
                 self._lock.wait(0.2)
+        size = self.files.decide(answers, expected, resume, verify)
+        with self._lock:
+            self.files.size = size
+            for m in self._answered:  # answers that came in while deciding
+                if m.alive and not m.probed and not m.parked:
+                    self.files.classify(m)
+        return size
+
+    @property
+    def size(self) -> int | None:
+        """The size of the file being tried."""
+        return self.files.size
 
     def settle_fallback(self) -> None:
-        """Probe the held-back default roots now (more witnesses for a repair)."""
+        """Probe the held-back default roots now (more witnesses for a repair, or another size to try)."""
         held = [m for m in self.mirrors if m.fallback and m.alive and not m.probed]
         if held:
             self._probe_round(held)
@@ -134,25 +154,6 @@ class MirrorPool:
                 if now > deadline or (first_answer is not None and now - first_answer > ANSWER_GRACE):
                     return
                 self._lock.wait(0.05)
-
-    def _decide(self, answers: list[Mirror], expected: int | None) -> int:
-        if expected is not None:
-            size, why = expected, f"the manifest says {expected}"
-        else:
-            votes = Counter(m.size for m in answers)
-            # majority; on a tie the larger size (a mirror with an interrupted copy serves fewer bytes)
-            size = max(votes, key=lambda s: (votes[s], s))
-            why = f"{votes[size]} other mirror(s) serve {size}"
-        self.size, self.size_reason = size, why
-        for m in answers:
-            if m.size == size:
-                m.probed = True
-        for m in list(self._answered):
-            if m.size != size:
-                self.drop(m, f"serves {m.size} bytes, {why}")
-        if not any(m.probed for m in answers):
-            raise self.exhausted()
-        return size
 
     def probe(self, mirrors: list[Mirror]) -> None:
         """Start a background probe of each alive, unprobed mirror that has none running."""
@@ -172,13 +173,9 @@ class MirrorPool:
                 self.drop(m, problem)
                 return
             with self._lock:
-                if self.size is None:
-                    self._answered.append(m)
-                elif m.size == self.size:
-                    self._answered.append(m)
-                    m.probed = True
-                else:
-                    m.drop(f"serves {m.size} bytes, {self.size_reason}")
+                self._answered.append(m)
+                if self.files.size is not None:
+                    self.files.classify(m)
         except http.Permanent as exc:
             self.drop(m, str(exc))
         except http.Transient as exc:
@@ -244,6 +241,7 @@ class MirrorPool:
 
     def transient(self, m: Mirror, exc: Exception) -> None:
         if m.failures + 1 >= self.opts.max_failures:
+            m.worn = True
             self.drop(m, f"failed {self.opts.max_failures} times in a row (last: {exc})")
             return
         delay = m.transient(self.opts.backoff_base, self.opts.backoff_cap, getattr(exc, "retry_after", None))
@@ -256,4 +254,5 @@ class MirrorPool:
                                      "run again later or add --mirror NAME|URL")
 
     def report(self) -> dict[str, str]:
-        return {m.url: (f"ok ({m.bytes} bytes)" if m.alive else f"dropped: {m.reason}") for m in self.mirrors}
+        return {m.url: (f"ok ({m.bytes} bytes)" if m.alive else f"unused: {m.reason}" if m.parked else
+                        f"dropped: {m.reason}") for m in self.mirrors}

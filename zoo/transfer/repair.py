@@ -76,7 +76,9 @@ def _apply(t, alt: _Alternatives, hyp) -> None:
 
 
 def repair(t, digest: str) -> str:
-    """The manifest's sha256 after repairing the partial file, or HashMismatchError (partial file deleted)."""
+    """The manifest's sha256 after repairing the partial file, or HashMismatchError (the caller deletes the partial
+    file, unless another size is still to be tried), or MirrorsExhaustedError (partial kept: a mirror not asked
+    yet may still repair it)."""
     journal, pool = t.journal, t.pool
     spans = [Span(a, b, u) for i in sorted(journal.spans) for a, b, u in journal.spans[i]]
     servers = list(dict.fromkeys(s.url for s in spans))
@@ -84,12 +86,11 @@ def repair(t, digest: str) -> str:
         pool.settle_fallback()  # the origin is another witness now, if it was held back
     witnesses = [m for m in pool.mirrors if m.alive and m.probed and m.ranges]
     if t.chunk_hashes is not None or len({m.url for m in witnesses} | set(servers)) < 2:
-        t.discard()
         raise HashMismatchError(
             f"{t.name}: sha256 is {digest}, the manifest says {t.sha256}; "
             + ("every chunk matched its chunk hash, so the manifest's hashcode is likely outdated"
                if t.chunk_hashes is not None else "only one mirror was available, so the bad bytes cannot be located")
-            + "; the partial file was deleted, run the fetch again (add a --mirror to help)")
+            + _tried(t) + "; the partial file was deleted, run the fetch again (add a --mirror to help)")
     served = {u: sum(s.end - s.start + 1 for s in spans if s.url == u) for u in servers}
 
     def rank(u):
@@ -125,10 +126,13 @@ def repair(t, digest: str) -> str:
         raise MirrorsExhaustedError(f"{t.name}: sha256 is {digest}, the manifest says {t.sha256}; the mirrors asked "
                                     f"so far could not locate the bad bytes and {len(unasked)} could not be asked "
                                     f"({', '.join(unasked)}); the partial download is kept: run the fetch again")
-    t.discard()
     raise HashMismatchError(f"{t.name}: sha256 is {digest}, the manifest says {t.sha256}, and comparing the ranges "
-                            f"with {len(witnesses)} mirror(s) did not explain it; the partial file was deleted, run "
-                            "the fetch again (add a --mirror to help)")
+                            f"with {len(witnesses)} mirror(s) did not explain it{_tried(t)}; the partial file was "
+                            "deleted, run the fetch again (add a --mirror to help)")
+
+
+def _tried(t) -> str:
+    return f" ({'; '.join(t.pool.files.tried)} failed it too)" if t.pool.files.tried else ""
 
 
 def _ask(t, span: Span, seen: dict, others: list, alt: _Alternatives) -> None:

@@ -13,9 +13,10 @@ import time
 import xxhash
 
 from zoo import http
-from zoo.mirrors import PROGRESS, Mirror
+from zoo.mirrors import ATTEMPT_PROGRESS, PROGRESS, Mirror
+from zoo.transfer import partials
 from zoo.transfer.board import Partial, Tail
-from zoo.transfer.options import BLOCK
+from zoo.transfer.options import BLOCK, PARTIAL_EVERY, PARTIAL_MIN
 
 log = logging.getLogger("zoo")
 SPLIT_MIN = 2 << 20  # an in-flight chunk with at least this much still to come may be split
@@ -48,7 +49,7 @@ def fetch_chunk(t, i: int) -> None:
             sequential(t, m)
             return
         partial = board.partial(i, start)
-        if partial.urls() & set(pool.verdicts):
+        if partial.urls() & pool.files.distrusted():
             with board.cond:  # it holds bytes of a mirror convicted since: start the chunk again
                 partial = board.partials[i] = Partial(start)
         if i in board.whole and partial.spans and partial.urls() != {m.url}:
@@ -69,11 +70,15 @@ def fetch_chunk(t, i: int) -> None:
             pool.drop(m, str(exc))
             continue
         except http.Transient as exc:
-            # an attempt that moved the chunk on (a quarter of it, or PROGRESS bytes) clears the failure streak:
-            # a mirror that resets every few MB is flaky but good; one that resets after a few kB is not
+            # an attempt that moved the chunk on is not a failure: reconnect at once and go on from where it broke
+            # off (a link that resets every few hundred KB still finishes at its speed); one that moved next to
+            # nothing counts toward dropping the mirror, with back-off
             got = partial.done - got0
-            m.record(got, time.monotonic() - t0, completed=got >= min(PROGRESS, (end - start + 1) // 4))
-            pool.transient(m, exc)
+            m.record(got, time.monotonic() - t0, completed=got >= ATTEMPT_PROGRESS)
+            if got >= ATTEMPT_PROGRESS and not isinstance(exc, http.Slow):
+                log.debug("%s: %s: %s after %d bytes; continuing", t.name, m.host, exc, got)
+            else:
+                pool.transient(m, exc)
             continue
         finally:
             with m.lock:
@@ -116,6 +121,9 @@ def copy(t, stream, pos: int, end: int, partial: Partial, i: int, m: Mirror) -> 
         t.count(len(data))
         if board.stopping:
             raise Fatal("stopped")
+        now = time.monotonic()
+        if partial.done - partial.saved >= PARTIAL_MIN and now - partial.saved_at >= PARTIAL_EVERY:
+            partials.save(t, i, partial)  # a SIGKILL now loses at most the last step of this chunk
         if m.url not in t.checks.seen:
             t.checks.early(m.url, partial.spans[-1])
             if not m.alive:
@@ -137,28 +145,34 @@ def read_range(t, m: Mirror, start: int, end: int, tries: int = 1, extra: bool =
     """Bytes start..end from m into memory, or None when it failed `tries` times (no mirror state changed).
     `extra`: a cross-check or repair read, counted apart from the file's own bytes; `deadline`: seconds one
     attempt may take (a cross-check must not hold up the transfer behind a slow witness)."""
-    for attempt in range(tries):
-        data, t0 = bytearray(), time.monotonic()
+    data, attempt, want = bytearray(), 0, end - start + 1
+    while attempt < tries:
+        t0, got0, gave_up = time.monotonic(), len(data), False
         try:
-            with http.open_range(m, start, end, t.opts) as stream:
-                while len(data) < end - start + 1:
-                    block = stream.read(min(BLOCK, end - start + 1 - len(data)))
+            with http.open_range(m, start + len(data), end, t.opts) as stream:
+                while len(data) < want:
+                    block = stream.read(min(BLOCK, want - len(data)))
                     if not block or (t.board is not None and t.board.stopping):
                         break
                     data += block
                     elapsed = time.monotonic() - t0
-                    if elapsed > t.opts.stall_timeout and len(data) < t.opts.min_rate * elapsed:
-                        break  # a tarpit: this reading is not worth waiting for
+                    if elapsed > t.opts.stall_timeout and len(data) - got0 < t.opts.min_rate * elapsed:
+                        gave_up = True  # a tarpit: this reading is not worth waiting for
+                        break
                     if deadline is not None and elapsed > deadline:
+                        gave_up = True
                         break
         except (http.Permanent, http.Transient):
             pass
-        t.count(len(data), extra)
-        if len(data) == end - start + 1:
+        t.count(len(data) - got0, extra)
+        if len(data) == want:
             return bytes(data)
         if t.board is not None and t.board.stopping:
             return None
+        if len(data) - got0 >= ATTEMPT_PROGRESS and not gave_up:
+            continue  # it broke off after real progress: go on from there, no attempt used
         time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        attempt += 1
     return None
 
 
@@ -315,6 +329,8 @@ def sequential(t, m: Mirror) -> None:
                     http.discard(stream, end - start + 1)
                     continue
                 partial = Partial(start)
+                with board.cond:
+                    board.partials[i] = partial  # journaled in steps like a ranged chunk's
                 try:
                     copy(t, stream, start, end, partial, i, m)
                 except Lost:
