@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zoo import layout, publish, records
-from zoo.errors import DiskError, ManifestError, OfflineError, UnsafeArchiveError
+from zoo.errors import DiskError, ManifestError, OfflineError
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.mirrors import mirror_roots, resource_urls

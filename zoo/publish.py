@@ -255,7 +255,8 @@ class _Checker:
             return
         raise self._refuse(rel, target, what, None)
 
-    def _claimed(self, rel: str, src: os.DirEntry, new_kind: str, target: str, old_kind: str | None) -> None:
+    def _claimed(self, rel: str, new_kind: str, target: str, old_kind: str | None) -> None:
+        """Another record lists `rel`: only the very bytes it lists may land there."""
         claim = self.claims.files[rel]
         if new_kind != "file" or claim.digest is None or self._new_digest(rel) != claim.digest:
             raise self._refuse(rel, target, "file", claim)
@@ -304,7 +305,7 @@ class _Checker:
                 if old_kind == "folder" or rel in self.claims.dirs:
                     self.walk(e.path, target, rel + "/", old_kind == "folder")
             elif rel in self.claims.files:
-                self._claimed(rel, e, new_kind, target, old_kind)
+                self._claimed(rel, new_kind, target, old_kind)
             elif old_kind == "folder":
                 self._own_folder(rel, target)
             elif old_kind == "file":

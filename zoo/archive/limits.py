@@ -90,19 +90,19 @@ class Budget:
         self.used = 0      # footprint bytes charged so far
         self.entries = 0   # files, folders and links made so far
 
-    def _cap(self) -> tuple[int | None, str, str]:
-        """(cap, where it comes from, what to do when it is hit)."""
-        fixed = (f"if the archive is trusted and really this compressible, {override_hint()}")
+    def _cap(self) -> int | None:
         if self.received is None:
-            return self.limit, self.desc, fixed
+            return self.limit
         grown = RATIO * self.received + FLOOR
-        if self.limit is not None and self.limit <= grown:
-            return self.limit, self.desc, fixed
-        return grown, (f"{RATIO}x the bytes received ({human(self.received)} so far) plus {human(FLOOR)}, until the "
-                       "sha256 has vouched for them"), \
-            "extract the finished, verified file instead (mmf zoo fetch does so by itself)"
+        return self.limit if self.limit is not None and self.limit <= grown else grown
 
-    def _refuse(self, used: int, entries: int, member: str, cap: int, desc: str, hint: str) -> UnsafeArchiveError:
+    def _refuse(self, used: int, entries: int, member: str, cap: int) -> UnsafeArchiveError:
+        if cap == self.limit:
+            desc, hint = self.desc, f"if the archive is trusted and really this compressible, {override_hint()}"
+        else:
+            desc = (f"{RATIO}x the bytes received ({human(self.received)} so far) plus {human(FLOOR)}, until the "
+                    "sha256 has vouched for them")
+            hint = "extract the finished, verified file instead (mmf zoo fetch does so by itself)"
         return UnsafeArchiveError(
             f"{self.label}: extracting {member!r} would bring the extracted tree to {human(used)} on disk in "
             f"{entries} files, folders and links, over the limit of {human(cap)} ({desc}; every entry counts "
@@ -114,10 +114,9 @@ class Budget:
                 f"{self.label}: extracting {member!r} would make {entries} files, folders and links, over the "
                 f"limit of {self.max_entries} ({self.entries_desc}); this looks like a decompression bomb. If the "
                 f"archive is trusted and really holds that many, set {ENTRIES_ENV}=<count>")
-        cap, desc, hint = (self.limit, self.desc, f"if the archive is trusted, {override_hint()}") if fixed_only \
-            else self._cap()
+        cap = self.limit if fixed_only else self._cap()
         if cap is not None and used > cap:
-            raise self._refuse(used, entries, member, cap, desc, hint)
+            raise self._refuse(used, entries, member, cap)
 
     def precheck(self, nbytes: int, member: str, entries: int = 1) -> None:
         """Refuse `entries` new entries with a footprint of `nbytes` in all, before writing any of them."""
