@@ -406,17 +406,143 @@ def test_bomb_default_limits(tmp_path):
 
 
 def test_bomb_limit_env_override_wins(tmp_path, monkeypatch):
-    """The override the bomb error suggests works for files and streams, even over a declared size."""
+    """The override the bomb error suggests works for files and streams, even over a declared size; a stream
+    stays held to the bytes received (a mirror's bytes are not vouched for yet), whatever the override."""
     archive = zeros_tgz(tmp_path / "bomb.tar.gz", 100 << 20)
     monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_BYTES", str(200 << 20))
     assert sized(extract_archive(archive, tmp_path / "d1", declared_size=1 << 20)) == [("zeros.bin", 100 << 20)]
-    assert sized(stream(archive, tmp_path / "s1", "gztar")) == [("zeros.bin", 100 << 20)]
+    with pytest.raises(UnsafeArchiveError, match="50x the bytes received"):
+        stream(archive, tmp_path / "s0", "gztar", declared_size=1 << 20)
+    small = zeros_tgz(tmp_path / "small.tar.gz", 60 << 20)  # within the 64 MiB a stream may always make
+    assert sized(stream(small, tmp_path / "s1", "gztar", declared_size=1 << 20)) == [("zeros.bin", 60 << 20)]
     monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_BYTES", str(1 << 20))
     with pytest.raises(UnsafeArchiveError, match="MMF_ZOO_MAX_EXTRACT_BYTES"):
         stream(archive, tmp_path / "s2", "gztar")
     monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_BYTES", "lots")
     with pytest.raises(ZooError, match="not a byte count"):
         extract_archive(archive, tmp_path / "d3")
+
+
+# ------------------------------------------------------------------------------------ directory bombs
+def entry_bomb(path, n, kind="dir"):
+    """n empty folders, or n symlinks / hard links to one 1-byte file: almost nothing compressed."""
+    with tarfile.open(path, "w:gz") as tf:
+        if kind != "dir":
+            tf.addfile(*_tarinfo("f", b"x"))
+        for i in range(n):
+            if kind == "dir":
+                tf.addfile(_tarinfo(f"d{i:06d}", type=tarfile.DIRTYPE, mode=0o755)[0])
+            else:
+                link = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
+                tf.addfile(_tarinfo(f"l{i:06d}", type=link, linkname="f")[0])
+    return path
+
+
+def tree_size(dest) -> tuple[int, int]:
+    """(entries, bytes on disk) of everything under dest, walked now."""
+    entries = used = 0
+    for dirpath, dirnames, filenames in os.walk(dest):
+        for name in dirnames + filenames:
+            entries += 1
+            used += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return entries, used
+
+
+def test_directory_bomb_refused_by_default(tmp_path):
+    """Empty folders cost a block each: 20,000 of them in a 95 KB archive go over the 64 MiB floor of the default
+    limit, and the tree at refusal holds no more than the limit allows."""
+    from zoo.archive.limits import BLOCK, FLOOR
+
+    archive = entry_bomb(tmp_path / "dirs.tar.gz", 20_000)
+    assert os.path.getsize(archive) < 200_000
+    cap = FLOOR // BLOCK
+    with pytest.raises(UnsafeArchiveError, match="decompression bomb") as info:
+        extract_archive(archive, tmp_path / "file")
+    assert f"in {cap + 1} files, folders and links" in str(info.value) and "50x the archive size" in str(info.value)
+    entries, used = tree_size(tmp_path / "file")
+    assert entries <= cap and used <= FLOOR + (1 << 20), (entries, used)
+    # streams: test_stream_from_a_loopback_mirror_stays_within_the_bytes_received (the same bomb, by default)
+
+
+@pytest.mark.parametrize("kind", ["sym", "hard"])
+def test_link_bombs_count_as_entries(tmp_path, monkeypatch, kind):
+    """Links take inodes and directory entries, not data blocks: the entry cap and the per-entry cost count them."""
+    archive = entry_bomb(tmp_path / "links.tar.gz", 3000, kind)
+    monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_ENTRIES", "1000")
+    msg = fail_extract(tmp_path, archive, UnsafeArchiveError, "would make 1001 files, folders and links")
+    assert "MMF_ZOO_MAX_EXTRACT_ENTRIES" in msg
+    assert tree_size(tmp_path / "out/dest")[0] <= 1000
+    with pytest.raises(UnsafeArchiveError, match="1001 files, folders and links"):
+        stream(archive, tmp_path / "s", "gztar")
+    monkeypatch.delenv("MMF_ZOO_MAX_EXTRACT_ENTRIES")
+    monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_BYTES", str(2 << 20))  # 512 blocks
+    with pytest.raises(UnsafeArchiveError, match="in 513 files, folders and links"):
+        extract_archive(archive, tmp_path / "bytes")
+    monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_ENTRIES", "lots")
+    with pytest.raises(ZooError, match="MMF_ZOO_MAX_EXTRACT_ENTRIES='lots' is not a count"):
+        extract_archive(archive, tmp_path / "env")
+
+
+def test_deep_member_path_counts_every_folder_it_makes(tmp_path, monkeypatch):
+    """One member named a/a/a/.../x makes a folder per level: each is an entry."""
+    archive = make_tar(tmp_path / "deep.tar", [("a/" * 1500 + "x", b"x")])
+    monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_ENTRIES", "1000")
+    fail_extract(tmp_path, archive, UnsafeArchiveError, "would make 1500 files, folders and links")
+    assert not os.path.exists(tmp_path / "out/dest/a")  # refused before makedirs
+
+
+def test_zip_entry_bomb_refused_from_the_central_directory(tmp_path, monkeypatch):
+    archive = tmp_path / "dirs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3000):
+            zf.writestr(f"d{i}/", b"")
+    monkeypatch.setenv("MMF_ZOO_MAX_EXTRACT_ENTRIES", "1000")
+    fail_extract(tmp_path, archive, UnsafeArchiveError, "would make 3000 files, folders and links")
+    assert tree_size(tmp_path / "out/dest")[0] == 0  # nothing made
+
+
+def test_stream_from_a_loopback_mirror_stays_within_the_bytes_received(tmp_path):
+    """A lone bad mirror's body (a folder bomb where a 60 MB archive is expected) streamed into the extractor as it
+    arrives: refused by the budget that grows with the bytes received, not by 50x the expected size, and the tree at
+    refusal is no bigger than that budget."""
+    import requests
+
+    from zoo.archive.limits import BLOCK, FLOOR, RATIO
+    from zoo.testing.faultserver import FaultServer
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    entry_bomb(mirror / "features.tar.gz", 20_000)
+    dest = tmp_path / "dest"
+    fed = 0
+    with FaultServer(mirror) as srv:
+        sx = StreamExtractor(dest, "gztar", archive_size=60 << 20, name="features.tar.gz")
+        with pytest.raises(UnsafeArchiveError, match="bytes received") as info:
+            try:
+                with requests.get(f"{srv.url}/features.tar.gz", stream=True, timeout=10) as resp:
+                    for block in resp.iter_content(16 << 10):
+                        sx.feed(block)
+                        fed += len(block)
+                sx.close()
+            except BaseException:
+                sx.abort()
+                raise
+        assert srv.stats.bytes_sent["features.tar.gz"] > 0  # it really came from the server
+    entries, used = tree_size(dest)
+    bound = RATIO * (fed + (16 << 10)) + FLOOR
+    assert "files, folders and links" in str(info.value)
+    assert entries * BLOCK <= bound and used <= bound, (entries, used, fed)
+    assert entries < 20_000
+
+
+def test_honest_archive_of_many_small_files_passes(tmp_path):
+    """Thousands of small files (OCR tokens, vocabularies) in one archive: well inside both caps, file and stream."""
+    rng = random.Random(3)
+    members = [(f"ocr/{i // 500:02d}/{i:06d}.json", rng.randbytes(rng.randint(50, 3000))) for i in range(2000)]
+    archive = make_tar(tmp_path / "ocr.tar.gz", members, "w:gz")
+    files = extract_archive(archive, tmp_path / "file")
+    assert len(files) == 2000
+    assert len(stream(archive, tmp_path / "stream", "gztar", archive_size=os.path.getsize(archive))) == 2000
 
 
 @pytest.mark.parametrize("name", [".built.json", "features/.built.json", ".mmfzoo/features.tar.gz.installed.json",

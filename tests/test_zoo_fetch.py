@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tarfile
+import time
 import io
 import shutil
 from pathlib import Path
@@ -12,7 +15,7 @@ import pytest
 import yaml
 
 from zoo.testing.faultserver import FaultServer, Faults
-from tests.zoo_helpers import assert_tree, make_zoo, run_mmf, sha256, tar_gz
+from tests.zoo_helpers import ROOT, assert_tree, make_zoo, run_mmf, sha256, tar_gz
 
 
 def fetch(zoo, data, *extra, mirror=None, key="toyset"):
@@ -141,7 +144,6 @@ def test_archive_member_never_replaces_a_users_folder(tmp_path):
     assert (mine / "notes.txt").read_text() == "mine"
     assert not (data / "datasets/toyset/defaults/annotations/imdb_train.npy").exists()  # stopped before any rename
     shutil.rmtree(mine)
-    mine.write_text("a file where the archive has one: replaced, as MMF's unpack does")
     (data / "datasets/toyset/defaults/extras").write_text("the user's file where the archive has a folder")
     r = fetch(zoo, data, mirror=str(zoo.mirror))
     assert r.returncode == 2 and "would replace the existing file" in r.stderr
@@ -297,6 +299,52 @@ def test_unsafe_or_corrupt_archives_are_refused(tmp_path, builder, phrase):
     feats = data / "datasets/toyset/defaults/features"
     assert not (feats / ".built.json").exists() and not (feats / "open_images").exists()
     assert not list((feats / ".mmfzoo").glob("extract-*"))  # no temp tree left behind
+
+
+def test_lone_bad_mirror_folder_bomb_is_stopped_while_streaming(tmp_path):
+    """A lone mirror serves a folder bomb where the manifest's archive should be (same size, other bytes): the
+    streaming extractor, fed before the sha256 can judge, counts every folder against its budget and stops, its temp
+    tree goes at once, and the sha256 then refuses the body: exit 2, nothing published. (A 4 MiB cap keeps the test
+    fast; test_extract.py shows the default budget, bound to the bytes received, on a loopback stream.)"""
+    from zoo.archive.limits import BLOCK
+
+    cap = 4 << 20
+    zoo = make_zoo(tmp_path)
+    path = zoo.mirror / "datasets/toyset/defaults/features/features.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        for i in range(20_000):
+            info = tarfile.TarInfo(f"open_images/d{i:06d}")
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(info)
+        pad = os.urandom(128 << 10)
+        info = tarfile.TarInfo("open_images/pad.bin")
+        info.size = len(pad)
+        tf.addfile(info, io.BytesIO(pad))
+    size = path.stat().st_size
+    _manifest_with(zoo, size=size)  # the manifest's sha256 is still the real archive's
+    data = tmp_path / "data"
+    feats = data / "datasets/toyset/defaults/features"
+    peak = 0
+    # 64 KiB chunks at 100 KB/s: the cursor feeds the extractor chunk by chunk for ~2 s before the sha256 is known
+    faults = Faults(glob="*features*", rate_bps=100_000)
+    with FaultServer(zoo.mirror, faults=faults) as srv:
+        proc = subprocess.Popen([sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo",
+                                 str(zoo.manifest), "--data-dir", str(data), "--mirror", srv.url, "--mirror-only",
+                                 "--connections", "1", "--chunk-size", "0.0625"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "MMF_ZOO_MAX_EXTRACT_BYTES": str(cap)})
+        while proc.poll() is None:  # the temp tree, measured while the fetch runs
+            state = feats / ".mmfzoo"
+            for tmp in list(state.glob("extract-*")) if state.is_dir() else []:
+                peak = max(peak, sum(len(d) + len(f) for _, d, f in os.walk(tmp)))
+            time.sleep(0.02)
+        out, err = proc.communicate()
+        assert faults.used > 0 and srv.stats.bytes_sent["datasets/toyset/defaults/features/features.tar.gz"] >= size
+    assert proc.returncode == 2 and "sha256" in err and "Traceback" not in err, err
+    stopped = [line for line in err.splitlines() if "streaming extraction stopped" in line]
+    assert stopped and f"in {cap // BLOCK + 1} files, folders and links" in stopped[0], err
+    assert peak <= cap // BLOCK + 1, peak  # bounded by the budget, not the 20,000 folders
+    assert not (feats / "open_images").exists() and not list((feats / ".mmfzoo").glob("extract-*"))
 
 
 def test_bomb_guard_uses_declared_extracted_size(tmp_path):

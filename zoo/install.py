@@ -12,15 +12,16 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo import layout, records, trust
-from zoo.errors import DiskError, ManifestError, OfflineError, UnsafeArchiveError
+from zoo import layout, publish, records, trust
+from zoo.errors import DiskError, ManifestError, OfflineError
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.mirrors import mirror_roots, resource_urls
-from zoo.fsutil import folder_problem, sha256_file
+from zoo.fsutil import folder_problem, is_inside, sha256_file
 from zoo.sources import LocalSource
 from zoo.space import preflight
 from zoo.transfer import Transfer, TransferOptions
@@ -107,6 +108,7 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None
             mine = [r for r in target.entry.resources if target.marker_folder(opts.data_dir, r) == folder]
             if all(_installed(target, r, opts, quick=True)[0] for r in mine):
                 layout.mark_built(folder, target.entry.version)
+                publish.clear_mmf_note(folder)  # every file now has a record: MMF's marker is the zoo's own
     return reports
 
 
@@ -122,7 +124,7 @@ def _urls(res: Resource, roots: list[str], source: LocalSource | None) -> list[s
 
 def _installed(target: layout.Target, res: Resource, opts: FetchOptions, quick: bool = False) -> tuple[bool, str]:
     folder = target.folder(opts.data_dir, res)
-    if opts.force and not quick:
+    if opts.force and not quick or publish.interrupted(folder, res.file_name):
         return False, ""
     rec = layout.read_record(folder, res)
     if rec and rec.get("version") == target.entry.version and (not res.hashcode or rec.get("sha256") == res.hashcode):
@@ -147,7 +149,7 @@ def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls:
     except OSError as exc:
         raise DiskError(f"cannot create {state}: {exc.strerror}; choose a writable --data-dir or MMF_DATA_DIR") from None
     t0 = time.monotonic()
-    with resource_lock(state / f"{res.file_name}.lock", label, opts.lock_timeout):
+    with resource_lock(state / f"{res.file_name}.lock", label, opts.lock_timeout), ExitStack() as publishing:
         done, why = (False, "") if redo else _installed(target, res, opts)
         if done:  # maybe another process finished it while we waited
             untrusted = trust.record_problem(layout.record_path(folder, res)) if why == "already installed" else None
@@ -163,10 +165,7 @@ def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls:
         if opts.extract and res.compressed:
             if tree is None:
                 tree, files = _extract(res, archive, state)
-            # an interrupted publish must not look installed: drop the record and MMF's marker first
-            layout.record_path(folder, res).unlink(missing_ok=True)
-            layout.unmark(target.marker_folder(opts.data_dir, res))
-            top = _publish(tree, folder, _owned(previous), label)
+            top = _publish(target, res, opts, tree, files, previous, label, publishing)
             rows = records.file_rows(folder, files)
         else:
             top = [res.file_name]
@@ -196,6 +195,7 @@ def _record(target: layout.Target, res: Resource, opts: FetchOptions, report: Re
     if not opts.trust:
         rec["no_trust"] = True
     layout.write_record(folder, res, rec, grant)
+    publish.end(folder, res.file_name)
     if verified and not opts.trust:
         opts.say(f"note: {target.entry.key}:{res.file_name}: installed with --no-trust: its pickles are not trusted "
                  f"until `mmf zoo adopt {rec['key']}`")
@@ -289,13 +289,20 @@ class _Streamer:
             self.dest = _fresh_tmp(self.state, self.res)
             self.ex = StreamExtractor(self.dest, fmt, archive_size=self.res.size,
                                       declared_size=self.res.extracted_size, name=self.res.file_name)
-        self.ex.feed(view)
+        try:
+            self.ex.feed(view)
+        except BaseException:
+            self.abort()  # now, not after the download: a refused tree (a bomb, bad bytes) must not stay on disk
+            self.off = True
+            raise
 
     def abort(self) -> None:
         if self.ex is not None:
             self.ex.abort()
+            self.ex = None
         if self.dest is not None:
             shutil.rmtree(self.dest, ignore_errors=True)
+            self.dest = None
 
     def restart(self) -> None:
         """The transfer starts over with another file (another size's turn): drop what was streamed so far."""
@@ -333,60 +340,44 @@ def _extract(res: Resource, archive: Path, state: Path):
     return tmp, files
 
 
-def _owned(previous: dict) -> set[str]:
-    """Paths this resource installed last time (files and their folders): a new version may replace them."""
-    owned = set(previous.get("top_level") or [])
-    for row in previous.get("files") or []:
-        parts = row[0].split("/")
-        owned.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return owned
-
-
-def _publish(tree: Path, folder: Path, owned: set[str], label: str) -> list[str]:
-    """Move the extracted tree into folder by renames (same filesystem), merging into existing folders.
-
-    A file where a folder is (or a folder where a file or link is) is replaced only when this resource put it
-    there; anything else is the user's, and the install stops before the first rename.
-    """
-    top = sorted(p.name for p in tree.iterdir())
+def _publish(target: layout.Target, res: Resource, opts: FetchOptions, tree: Path, files, previous: dict,
+             label: str, publishing: ExitStack) -> list[str]:
+    """Move the extracted tree into the resource's folder, writing only what is its own (see `zoo.publish`): any
+    clash is refused before the record, MMF's marker or a single file is touched. `publishing` receives the entry's
+    publish lock, held until the caller has written the record: from check to record, no other resource of the
+    entry moves files under this one."""
+    data_dir = opts.data_dir
+    folder = target.folder(data_dir, res)
+    marker = target.marker_folder(data_dir, res)
     try:
-        _check_clashes(tree, folder, owned, label)
-        _merge(tree, folder)
+        publishing.enter_context(resource_lock(layout.state_dir(target.root(data_dir)) / "publish.lock",
+                                               f"{target.entry.key} (publishing)", opts.lock_timeout))
+        owned, roots = publish.ownership(folder, res.file_name, previous)
+        adopt = _mmf_region(target, res, data_dir) if not previous else None
+        mine = publish.Mine(label, layout.record_path(folder, res), res.file_name, owned, roots, adopt)
+        keep = publish.check(tree, files, folder, data_dir, mine)
+        top = sorted(p.name for p in tree.iterdir())
+        if adopt is not None:
+            publish.note_mmf_built(marker)  # the marker goes next; MMF's files stay adoptable after a crash
+        # an interrupted publish must not look installed: MMF's marker goes first, then the record goes aside
+        layout.unmark(marker)
+        publish.begin(folder, res.file_name, layout.record_path(folder, res), top)
+        publish.merge(tree, folder, keep)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     return top
 
 
-def _check_clashes(src: Path, dst: Path, owned: set[str], label: str, prefix: str = "") -> None:
-    for item in src.iterdir():
-        rel = f"{prefix}{item.name}"
-        target = dst / item.name
-        if not (target.exists() or target.is_symlink()):
-            continue
-        new_dir = item.is_dir() and not item.is_symlink()
-        old_dir = target.is_dir() and not target.is_symlink()
-        if new_dir and old_dir:
-            _check_clashes(item, target, owned, label, rel + "/")
-        elif (new_dir or old_dir or target.is_symlink() and target.is_dir()) and rel not in owned:
-            what = "folder" if old_dir else ("link to a folder" if target.is_dir() else "file")
-            raise UnsafeArchiveError(
-                f"{label}: installing {rel!r} would replace the existing {what} {target}, which this resource did "
-                "not install; move it away (or delete it if it is not yours) and run the command again")
-
-
-def _merge(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        target = dst / item.name
-        if item.is_dir() and not item.is_symlink() and target.is_dir() and not target.is_symlink():
-            _merge(item, target)
-        elif item.is_dir() and not item.is_symlink() and (target.exists() or target.is_symlink()):
-            target.unlink()  # a file (or link) this resource installed where the new tree has a folder
-            os.rename(item, target)
-        else:
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)  # a folder this resource installed where the new tree has a file
-            os.replace(item, target)
+def _mmf_region(target: layout.Target, res: Resource, data_dir: Path):
+    """Where this resource may replace files MMF extracted: its marker folder, minus other resources' marker
+    folders inside it (an `extras` archive must not take over `features/`); None unless MMF built it."""
+    marker = target.marker_folder(data_dir, res)
+    sharing = [layout.record_path(target.folder(data_dir, r), r) for r in target.entry.resources
+               if target.marker_folder(data_dir, r) == marker]
+    if not publish.built_by_mmf(marker, sharing):
+        return None
+    inner = [m for m in target.marker_folders(data_dir) if m != marker and is_inside(m, marker)]
+    return marker, inner
 
 
 @dataclass
@@ -429,6 +420,9 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
         problems.append("kept archive missing")
     if rec.get("version") != target.entry.version:
         problems.append(f"installed version {rec.get('version')!r}, manifest has {target.entry.version!r}")
+    elif res.hashcode and rec.get("sha256") and rec.get("sha256") != res.hashcode:
+        problems.append(f"installed from archive sha256 {str(rec.get('sha256'))[:12]}…, manifest has "
+                        f"{res.hashcode[:12]}…")
     if not records.has_hashes(rec):
         problems.append("record has no content hashes (written by an older version)")
     untrusted = trust.record_problem(layout.record_path(folder, res))
@@ -437,7 +431,9 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     problems += [f"{d.rel}: {d.problem}" for d in records.check_record(folder, rec, full=True, limit=limit)]
     paths = sorted(layout.state_dir(folder).glob("*.installed.json"))
     siblings = [r for r in (_read_json(p) for p in paths) if r]
-    archives = {p.name[:-len(".installed.json")] for p in paths}
+    # every archive this entry lands in this folder, installed or not (one refused for a clash stays, verified)
+    archives = {p.name[:-len(".installed.json")] for p in paths} | \
+        {r.file_name for r in target.entry.resources if target.folder(data_dir, r) == folder}
     extra = records.extra_files(folder, siblings, archives) if rec.get("extracted") else []
     n = len(rec.get("files") or [])
     detail = "; ".join(problems[:6] + [f"extra file {e}" for e in extra[:4]]) or \

@@ -84,9 +84,30 @@ def check_record(folder: Path, rec: dict, full: bool, limit: int | None = None) 
     return out
 
 
+def _nested_listed(dirpath: str, folder: Path) -> set[str]:
+    """Files the install records of another install folder below `folder` list, relative to `folder`."""
+    state = os.path.join(dirpath, STATE_DIR)
+    try:
+        names = [n for n in os.listdir(state) if n.endswith(".installed.json")]
+    except OSError:
+        return set()
+    prefix = os.path.relpath(dirpath, folder).replace(os.sep, "/") + "/"
+    out = set()
+    for name in names:
+        try:
+            rec = json.loads(Path(state, name).read_text())
+            out.update(prefix + str(row[0]) for row in rec.get("files") or [])
+            if rec.get("extracted"):
+                out.add(prefix + name[:-len(".installed.json")])  # its archive
+        except (OSError, ValueError, AttributeError, TypeError, IndexError):
+            continue
+    return out
+
+
 def extra_files(folder: Path, records: list[dict], archives=()) -> list[str]:
     """Files that none of these records lists (dropped in afterwards): directly in `folder` (besides the
-    `archives` and MMF's marker) and anywhere inside the folders the records installed."""
+    `archives` and MMF's marker) and anywhere inside the folders the records installed, where the records of
+    another install folder below (say `features/` under an entry's `extras`) list that folder's files."""
     listed = {row[0] for rec in records for row in rec.get("files") or []}
     tops = {t for rec in records if rec.get("extracted") for t in rec.get("top_level") or []}
     extras = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.is_symlink()
@@ -97,12 +118,14 @@ def extra_files(folder: Path, records: list[dict], archives=()) -> list[str]:
         if not base.is_dir() or base.is_symlink():
             continue
         for dirpath, dirnames, filenames in os.walk(base):
+            if STATE_DIR in dirnames:
+                listed |= _nested_listed(dirpath, folder)
             dirnames[:] = [d for d in dirnames if d != STATE_DIR]
             for name in filenames:
                 if os.path.islink(os.path.join(dirpath, name)):
                     continue  # links the archive made; their targets are checked as files
                 rel = os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/")
-                if rel not in listed:
+                if rel not in listed and name != MARKER:
                     extras.append(rel)
     return sorted(extras)
 

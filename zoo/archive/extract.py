@@ -4,7 +4,7 @@
     files = extract_archive(path, tmp_dest)       # [(relative posix path, size, xxh3-128), ...]
 
 `extract_archive` never writes outside `dest`, refuses links that lead out, device files and FIFOs, caps
-the extracted size (decompression bombs), and turns truncation, corruption and a full disk into
+what the tree takes on disk in bytes and entries (decompression and directory bombs), and turns truncation, corruption and a full disk into
 `CorruptArchiveError` / `DiskError` messages that name the archive and say what to do. The caller extracts
 into a fresh temp folder and renames it into place; nothing here fsyncs. `StreamExtractor` does the same
 while a download is still arriving (see `zoo.archive.stream`).
@@ -20,7 +20,7 @@ import zlib
 
 from zoo.archive.decoders import CHUNK, SourceError, open_decoder
 from zoo.archive.formats import SINGLE_FORMATS, TAR_FORMATS, describe, detect_format
-from zoo.archive.limits import extract_limit
+from zoo.archive.limits import BLOCK, Budget, extract_limit, footprint
 from zoo.archive.safetree import SafeTree, safe_relpath
 from zoo.archive.stream import StreamExtractor, extract_tar
 from zoo.errors import CorruptArchiveError, UnsafeArchiveError
@@ -36,7 +36,7 @@ def extract_archive(archive, dest, *, declared_size: int | None = None, max_byte
 
     The list holds every regular file written (hard links included), in archive order; the caller records
     it to verify the tree later. `progress(n)` is called with each number of bytes written. `max_bytes`
-    caps the extracted size (see `zoo.archive.limits`). `external`: None = the fastest decoder measured here
+    caps the tree's size on disk, every entry counting at least a block (see `zoo.archive.limits`). `external`: None = the fastest decoder measured here
 (zlib/lzma in-process; lbzip2, or zstd without the zstandard package); True = pigz/xz/zstd tools.
 
     Raises CorruptArchiveError (not an archive, truncated, corrupt), UnsafeArchiveError (a member that
@@ -51,7 +51,7 @@ def extract_archive(archive, dest, *, declared_size: int | None = None, max_byte
         raise CorruptArchiveError(
             f"{archive} is not an archive: {describe(head)}; delete it and download it again")
     limit, desc = extract_limit(os.path.getsize(archive), declared_size, max_bytes)
-    tree = SafeTree(dest, label, limit, desc, progress)
+    tree = SafeTree(dest, Budget(label, limit, desc), progress)
     f = open(archive, "rb")
     if fmt == "zip":
         with f:
@@ -122,8 +122,9 @@ def _extract_zip(f, tree: SafeTree) -> None:
             "download it again") from None
     with zf:
         infos = zf.infolist()
-        total = sum(i.file_size for i in infos if not i.is_dir())
-        tree.check_budget(total, f"all {len(infos)} members")  # zip declares sizes up front: refuse early
+        # zip declares sizes up front: refuse a bomb (bytes or entries) before writing anything
+        total = sum(BLOCK if i.is_dir() else footprint(i.file_size) for i in infos)
+        tree.budget.precheck(total, f"all {len(infos)} members", entries=len(infos))
         for info in infos:
             _extract_zip_member(zf, info, tree)
     tree.verify_links()

@@ -10,7 +10,8 @@ place and hold on every Python version (we do not rely on 3.12's `tarfile` filte
 - every write goes through a parent whose real path is inside the folder, into a file opened with
   O_NOFOLLOW | O_EXCL, so a link planted by the archive is never written through;
 - modes lose setuid/setgid/sticky and group/other write; nothing is chowned, so files belong to the user;
-- the total of extracted bytes is capped (decompression bombs);
+- what the tree takes on disk is capped, in bytes and in entries (decompression and directory bombs; the
+  policy and the accounting are `zoo.archive.limits.Budget`), charged before each entry is made;
 - nothing may be named like the zoo's own records (`.built.json`, `.mmfzoo/`): an archive must not mark data
   as installed or forge an install record;
 - every file's xxh3-128 is computed as it is written, for the install record (content-level verify and trust).
@@ -23,7 +24,7 @@ import stat
 
 import xxhash
 
-from zoo.archive.limits import override_hint
+from zoo.archive.limits import Budget
 from zoo.errors import CorruptArchiveError, DiskError, UnsafeArchiveError
 from zoo.fsutil import human
 from zoo.records import MARKER, STATE_DIR
@@ -65,47 +66,30 @@ def safe_relpath(name: str, label: str) -> str | None:
 
 
 class SafeTree:
-    """The destination folder of one extraction, with its byte budget and the list of files written.
+    """The destination folder of one extraction, with its budget (`zoo.archive.limits.Budget`: bytes on disk
+    and entries, fixed or growing with a stream's bytes) and the list of files written."""
 
-    `limit` is the most bytes that may be extracted; `limit_desc` says where that number comes from, for the
-    error message. With `precheck` the declared size of a member is checked before it is written; a streaming
-    extractor whose limit grows with the bytes received turns it off and relies on the running count.
-    """
-
-    def __init__(self, dest, label: str, limit: int | None, limit_desc: str = "max_bytes",
-                 progress=None, precheck: bool = True):
+    def __init__(self, dest, budget: Budget, progress=None):
         os.makedirs(dest, mode=0o700, exist_ok=True)
         self.dest = os.path.realpath(dest)
-        self.label = label
-        self.limit = limit
-        self.limit_desc = limit_desc
+        self.budget = budget
+        self.label = budget.label
         self.progress = progress
-        self.precheck = precheck
-        self.written = 0
+        self.written = 0  # content bytes, for messages; the budget counts footprints
+        self._sizes: dict[int, int] = {}  # open fd -> bytes written to it so far
         self.files: dict[str, int] = {}  # insertion order = archive order
         self.hashes: dict[str, str] = {}  # rel -> xxh3-128 of the content written
         self._hashers: dict[int, object] = {}  # open fd -> running xxh3
         self._links: list[str] = []
         self._dirs: set[str] = {self.dest}  # folders known to exist and to resolve inside dest
 
-    # ----------------------------------------------------------------------------------------- budget
-    def _over(self, total: int, member: str):
-        override = override_hint()
-        return UnsafeArchiveError(
-            f"{self.label}: extracting {member!r} would bring the extracted size to {human(total)}, over the "
-            f"limit of {human(self.limit)} ({self.limit_desc}); this looks like a decompression bomb. If the "
-            f"archive is trusted and really this compressible, {override}")
-
-    def check_budget(self, size: int, member: str) -> None:
-        """Refuse a member whose declared size would go over the limit, before writing any of it."""
-        if self.precheck and self.limit is not None and self.written + size > self.limit:
-            raise self._over(self.written + size, member)
-
+    # ----------------------------------------------------------------------------------------- writes
     def write(self, fd: int, data, member: str) -> None:
-        """Write all of `data` to `fd`, counting it against the limit and mapping disk errors."""
+        """Write all of `data` to `fd`, counting it against the budget and mapping disk errors."""
         n = len(data)
-        if self.limit is not None and self.written + n > self.limit:
-            raise self._over(self.written + n, member)
+        old = self._sizes.get(fd, 0)
+        self.budget.grow(old, old + n, member)
+        self._sizes[fd] = old + n
         view = memoryview(data)
         hasher = self._hashers.get(fd)
         if hasher is not None:
@@ -147,6 +131,7 @@ class SafeTree:
         parent = os.path.dirname(path)
         if parent not in self._dirs:
             self._check_real(parent, member)
+            self._charge_parents(parent, member)
             try:
                 os.makedirs(parent, mode=0o755, exist_ok=True)
             except (FileExistsError, NotADirectoryError):
@@ -157,6 +142,15 @@ class SafeTree:
                 raise self.disk_error(exc, member) from exc
             self._dirs.add(parent)
         return path
+
+    def _charge_parents(self, parent: str, member: str) -> None:
+        """Charge the folders that makedirs is about to create: a member named a/a/a/.../x makes one per level."""
+        missing = 0
+        while parent not in self._dirs and not os.path.lexists(parent):
+            missing += 1
+            parent = os.path.dirname(parent)
+        if missing:
+            self.budget.entry(member, missing)
 
     def _clear(self, path: str, rel: str, member: str) -> None:
         """Remove what an earlier member put at `path` (tar semantics: a later member wins)."""
@@ -179,6 +173,8 @@ class SafeTree:
         if path in self._dirs:
             return
         self._check_real(path, member)
+        if not os.path.lexists(path):
+            self.budget.entry(member)
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
@@ -194,6 +190,7 @@ class SafeTree:
     def open_file(self, rel: str, member: str) -> int:
         """Open a new file for member `rel`, replacing an earlier member of the same name."""
         path = self._parent(rel, member)
+        self.budget.entry(member)
         try:
             fd = os.open(path, _OPEN_FLAGS, 0o600)
         except FileExistsError:
@@ -205,6 +202,7 @@ class SafeTree:
         except OSError as exc:
             raise self.disk_error(exc, member) from exc
         self._hashers[fd] = xxhash.xxh3_128()
+        self._sizes[fd] = 0
         return fd
 
     def finish_file(self, fd: int, rel: str, size: int, mode: int, mtime, member: str) -> None:
@@ -221,6 +219,7 @@ class SafeTree:
         finally:
             os.close(fd)
             hasher = self._hashers.pop(fd, None)
+            self._sizes.pop(fd, None)
         self.files[rel] = size
         self.hashes[rel] = hasher.hexdigest() if hasher is not None else None
 
@@ -239,6 +238,7 @@ class SafeTree:
         if not self._inside(os.path.realpath(os.path.join(os.path.dirname(path), target))):
             raise bad
         self._clear(path, rel, member)
+        self.budget.entry(member)
         try:
             os.symlink(target, path)
         except OSError as exc:
@@ -262,6 +262,7 @@ class SafeTree:
         path = self._parent(rel, member)
         self._check_real(os.path.dirname(path), member)
         self._clear(path, rel, member)
+        self.budget.entry(member)
         try:
             os.link(source, path, follow_symlinks=False)
         except OSError as exc:

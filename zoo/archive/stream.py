@@ -14,7 +14,7 @@ import threading
 from zoo.archive.decoders import (CHUNK, ByteQueue, ProcessDecoder, SourceError, Stopped, can_decode, open_decoder,
                                   zstd_missing)
 from zoo.archive.formats import TAR_FORMATS, check_head
-from zoo.archive.limits import FLOOR, RATIO, extract_limit
+from zoo.archive.limits import Budget, extract_limit, footprint
 from zoo.archive.safetree import SafeTree, safe_relpath
 from zoo.errors import CorruptArchiveError, UnsafeArchiveError
 from zoo.fsutil import human
@@ -100,7 +100,7 @@ def _extract_member(tf: tarfile.TarFile, src: _TarSource, m: tarfile.TarInfo, tr
     elif m.islnk():
         tree.hardlink(rel, m.linkname, m.name)
     elif m.isreg():
-        tree.check_budget(m.size, m.name)
+        tree.budget.precheck(footprint(m.size), m.name)
         fd = tree.open_file(rel, m.name)
         try:
             if m.issparse():  # rare (tar -S); tarfile fills the holes for us
@@ -175,8 +175,9 @@ class StreamExtractor:
     a fresh `dest`. `feed` blocks while extraction is behind, so memory stays bounded (about 20 MB) whatever
     the archive size. `close` raises the errors of `extract_archive`; `feed` raises them early when it can.
 
-    max_bytes / archive_size / declared_size: the cap on extracted bytes, by the policy of `zoo.archive.limits`
-    (with none of them known, and MMF_ZOO_MAX_EXTRACT_BYTES unset, it grows with the bytes fed).
+    max_bytes / archive_size / declared_size: the cap on what the tree takes on disk, by the policy of
+    `zoo.archive.limits`; whatever the cap, the tree may not outgrow the bytes fed so far (50x plus 64 MiB):
+    a mirror's bytes are fed before the sha256 has vouched for them.
     name: what messages call the archive. external: as for `extract_archive` (True = pigz/xz/zstd tools).
     """
 
@@ -191,11 +192,8 @@ class StreamExtractor:
             raise zstd_missing(label)
         self._fmt, self._external = fmt, external
         limit, desc = extract_limit(archive_size, declared_size, max_bytes)
-        self._dynamic = limit is None
-        if self._dynamic:
-            limit = FLOOR
-        # a growing limit cannot judge a member by its declared size before its bytes arrive
-        self._tree = SafeTree(dest, label, limit, desc, precheck=not self._dynamic)
+        self._budget = Budget(label, limit, desc, stream=True)
+        self._tree = SafeTree(dest, self._budget)
         self._head: bytearray | None = bytearray()
         self._fed = 0
         self._queue: ByteQueue | None = None
@@ -222,8 +220,7 @@ class StreamExtractor:
             raise ValueError("StreamExtractor.feed() called after close() or abort()")
         self._raise_error()
         self._fed += len(data)
-        if self._dynamic:
-            self._tree.limit = RATIO * self._fed + FLOOR
+        self._budget.received = self._fed  # read by the worker thread: an int store is atomic
         if self._head is not None:
             self._head += data
             if len(self._head) < _HEAD:
