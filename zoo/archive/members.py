@@ -16,6 +16,7 @@ import xxhash
 from zoo.archive.decoders import open_decoder
 from zoo.archive.extract import _extract_single, _extract_zip, _single_name
 from zoo.archive.formats import SINGLE_FORMATS, TAR_FORMATS, describe, detect_format
+from zoo.archive.limits import Budget
 from zoo.archive.safetree import SafeTree
 from zoo.archive.stream import extract_tar
 from zoo.errors import CorruptArchiveError, UnsafeArchiveError
@@ -25,17 +26,16 @@ class HashTree(SafeTree):
     """A SafeTree that writes nothing: file descriptors are /dev/null, member data only feeds an xxh3-128."""
 
     def __init__(self, label: str):  # no destination folder: SafeTree.__init__ would create one
-        self.dest, self.label, self.limit, self.limit_desc = os.devnull, label, None, "none"
-        self.progress, self.precheck, self.written = None, False, 0
+        self.dest, self.label = os.devnull, label
+        # no byte cap (nothing is written); the entry cap still bounds the bookkeeping
+        self.budget = Budget(label, None, "nothing is written")
+        self.progress, self.written = None, 0
         self.files: dict[str, int] = {}
         self.hashes: dict[str, str] = {}
         self._hashers: dict[int, object] = {}
         self._links: list[str] = []
         self._dirs: set[str] = set()
         self.tops: set[str] = set()
-
-    def check_budget(self, size: int, member: str) -> None:
-        pass  # nothing is written
 
     def write(self, fd: int, data, member: str) -> None:
         self._hashers[fd].update(data)
