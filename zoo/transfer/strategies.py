@@ -36,6 +36,13 @@ def fetch_chunk(t, i: int) -> None:
     board, pool = t.board, t.pool
     start, end = t.journal.chunk_range(i)
     while not board.stopping:
+        held = board.partials.get(i)
+        if held is not None and start + held.done > end and not held.urls() & pool.files.distrusted():
+            # every byte already arrived (a run stopped between the last write and the commit): a request for
+            # bytes=end+1-end would be answered 200, which reads as "the file changed on this mirror"
+            if t.settle(i, held):
+                return
+            continue
         m = pool.pick()
         if m is None:
             if not pool.can_serve():
