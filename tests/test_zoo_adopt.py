@@ -13,7 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -21,6 +20,7 @@ import zoo
 from mmfdata.errors import UntrustedPickleError
 from mmfdata.imdb import load_imdb
 from mmfdata.trust import require_trusted
+from tests.payload import Payload, evil_imdb
 from tests.zoo_helpers import run_mmf, sha256, tar_gz
 from zoo.fsutil import xxh3_file
 from zoo.records import stamp
@@ -28,26 +28,10 @@ from zoo.records import stamp
 ANN = "datasets/trustset/defaults/annotations"
 
 
-class _Payload:
-    """Unpickling this creates `path`: the proof that code ran."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def _evil_imdb(proof: Path) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.array([_Payload(proof)], dtype=object), allow_pickle=True)
-    return buf.getvalue()
-
-
 def _install(tmp_path: Path, proof: Path):
     """A verified install of `trustset` (annotations with the payload imdb, features) into tmp_path/A."""
     mirror = tmp_path / "mirror"
-    ann = tar_gz(mirror / f"{ANN}/annotations.tar.gz", {"imdb_train.npy": _evil_imdb(proof)})
+    ann = tar_gz(mirror / f"{ANN}/annotations.tar.gz", {"imdb_train.npy": evil_imdb(proof)})
     feats = tar_gz(mirror / "datasets/trustset/defaults/features/features.tar.gz",
                    {"open_images/detectron.lmdb/data.mdb": os.urandom(4096)})
     res = {cat: [{"url": f"mmf://{p.relative_to(mirror)}", "file_name": p.name, "hashcode": sha256(p)}]
@@ -99,7 +83,7 @@ def test_a_forged_record_grants_nothing(tmp_path):
     folder = tmp_path / "data" / ANN
     folder.mkdir(parents=True)
     imdb = folder / "imdb_train.npy"
-    imdb.write_bytes(_evil_imdb(proof))
+    imdb.write_bytes(evil_imdb(proof))
     (folder / ".built.json").write_text(json.dumps({"created_at": "now", "version": "1"}))
     (folder / ".mmfzoo").mkdir()
     record = {"format": 2, "key": "trustset.defaults", "version": "1", "url": "mmf://x", "sha256": "0" * 64,
@@ -117,7 +101,7 @@ def test_an_edited_record_and_a_record_in_another_folder_grant_nothing(tmp_path)
     a, manifest, _ = _install(tmp_path, proof / "never")
     # a file dropped beside the verified ones, and the record edited to list it (exact size, hash and stamp)
     dropped = a / ANN / "imdb_val.npy"
-    dropped.write_bytes(_evil_imdb(proof))
+    dropped.write_bytes(evil_imdb(proof))
     rec_path = a / ANN / ".mmfzoo/annotations.tar.gz.installed.json"
     rec = json.loads(rec_path.read_text())
     rec["files"].append([dropped.name, dropped.stat().st_size, xxh3_file(dropped), stamp(dropped)])
@@ -157,7 +141,7 @@ def test_adopt_rehashes_the_archive_and_ignores_the_copied_record(tmp_path):
     shutil.copytree(a, b)
     # the copy's imdb swapped, and its (copied) record rewritten to agree with the swap
     imdb = b / ANN / "imdb_train.npy"
-    imdb.write_bytes(_evil_imdb(proof) + b"\0" * 16)
+    imdb.write_bytes(evil_imdb(proof) + b"\0" * 16)
     rec_path = b / ANN / ".mmfzoo/annotations.tar.gz.installed.json"
     rec = json.loads(rec_path.read_text())
     rec["files"] = [[imdb.name, imdb.stat().st_size, xxh3_file(imdb), stamp(imdb)]]
@@ -274,7 +258,7 @@ def test_a_zoo_checkpoint_in_a_copied_data_dir_is_not_unpickled_until_adopted(tm
 
     proof = tmp_path / "proof"
     buf = io.BytesIO()
-    torch.save({"model": {"w": torch.zeros(2)}, "extra": _Payload(proof)}, buf)
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": Payload(proof)}, buf)
     archive = tar_gz(tmp_path / "mirror/models/evilnet/evilnet.tar.gz", {"model.pth": buf.getvalue()})
     manifest = tmp_path / "models.yaml"  # a model zoo: the file name says so
     manifest.write_text(yaml.safe_dump({"evilnet": {"version": "1", "resources": [

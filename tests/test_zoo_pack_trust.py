@@ -7,10 +7,8 @@ case (--trust-pack) shows the same payload does fire.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -18,28 +16,13 @@ import zoo
 from mmfdata.errors import UntrustedPickleError
 from mmfdata.imdb import load_imdb
 from mmfdata.trust import require_trusted
+from tests.payload import evil_imdb
 from tests.zoo_helpers import assert_tree, make_zoo, run_mmf, sha256, tar_gz
-
-
-class _Payload:
-    """Unpickling this creates `path`: the proof that code ran."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def _evil_imdb(proof: Path) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.array([_Payload(proof)], dtype=object), allow_pickle=True)
-    return buf.getvalue()
 
 
 def _attacker_pack(root: Path, key: str, proof: Path) -> Path:
     """A pack whose own entry is `key` (nested in the YAML as the key's parts), made with the real tools."""
-    archive = tar_gz(root / "mirror/evil/annotations.tar.gz", {"imdb_train.npy": _evil_imdb(proof)})
+    archive = tar_gz(root / "mirror/evil/annotations.tar.gz", {"imdb_train.npy": evil_imdb(proof)})
     node = {"version": "6.6.6", "resources": {"annotations": [
         {"url": "mmf://evil/annotations.tar.gz", "file_name": "annotations.tar.gz", "hashcode": sha256(archive)}]}}
     for part in reversed(key.split(".")):

@@ -55,6 +55,14 @@ def _stat(path):
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def _new_extras(zoo, members: dict[str, bytes]) -> None:
+    """Replace the toy zoo's extras archive on the mirror by one with `members`, and its manifest entry to match."""
+    extras = tar_gz(zoo.mirror / f"{ROOT_REL}/extras.tar.gz", members)
+    m = yaml.safe_load(zoo.manifest.read_text())
+    m["toyset"]["defaults"]["resources"]["extras"][0].update(hashcode=sha256(extras), size=extras.stat().st_size)
+    zoo.manifest.write_text(yaml.safe_dump(m))
+
+
 # ------------------------------------------------------------------------------------------- clashes
 def test_two_resources_writing_one_path_with_other_content_are_refused(tmp_path):
     """The second archive's different bytes are refused naming the first as owner; nothing of it is published, the
@@ -160,12 +168,8 @@ def test_extras_archive_cannot_overwrite_another_resources_data(tmp_path):
     assert _fetch(zoo.manifest, zoo.mirror, data).returncode == 0
     mdb = data / f"{ROOT_REL}/features/open_images/detectron.lmdb/data.mdb"
     good = mdb.read_bytes()
-    extras = zoo.mirror / f"{ROOT_REL}/extras.tar.gz"
-    tar_gz(extras, {"extras/vocabs/fixed_answer_vocab.txt": b"<pad>\n",
-                    "features/open_images/detectron.lmdb/data.mdb": b"not the features"})
-    m = yaml.safe_load(zoo.manifest.read_text())
-    m["toyset"]["defaults"]["resources"]["extras"][0].update(hashcode=sha256(extras), size=extras.stat().st_size)
-    zoo.manifest.write_text(yaml.safe_dump(m))
+    _new_extras(zoo, {"extras/vocabs/fixed_answer_vocab.txt": b"<pad>\n",
+                      "features/open_images/detectron.lmdb/data.mdb": b"not the features"})
     r = _fetch(zoo.manifest, zoo.mirror, data)
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip().splitlines()[-1]
@@ -178,6 +182,24 @@ def test_extras_archive_cannot_overwrite_another_resources_data(tmp_path):
     fresh = tmp_path / "fresh"
     r = _fetch(zoo.manifest, zoo.mirror, fresh)
     assert r.returncode == 2 and "toyset.defaults:extras.tar.gz" in r.stderr and "data.mdb" in r.stderr, r.stderr
+
+
+def test_an_archive_adding_files_inside_another_resources_folder_verifies_both(tmp_path):
+    """An `extras` archive may add a file of its own inside features/ (no clash): verify walks extras' tree into the
+    features install folder and counts the files that folder's own record lists as listed, not as extra."""
+    zoo = make_zoo(tmp_path)
+    data = tmp_path / "data"
+    _new_extras(zoo, {"extras/vocabs/fixed_answer_vocab.txt": b"<pad>\n",
+                      "features/open_images/README.txt": b"features added by extras\n"})
+    r = _fetch(zoo.manifest, zoo.mirror, data)
+    assert r.returncode == 0, r.stderr
+    assert (data / f"{ROOT_REL}/features/open_images/README.txt").read_bytes() == b"features added by extras\n"
+    v, lines = _verify(zoo.manifest, data)
+    assert v.returncode == 0 and "Traceback" not in v.stderr, v.stdout + v.stderr
+    assert all(line.startswith("ok ") for line in lines.values()) and len(lines) == 3, v.stdout
+    (data / f"{ROOT_REL}/features/open_images/dropped.txt").write_bytes(b"the user's")
+    v, lines = _verify(zoo.manifest, data)
+    assert v.returncode == 2 and "extra file features/open_images/dropped.txt" in lines["extras.tar.gz"], v.stdout
 
 
 # ----------------------------------------------------------------------------------------- MMF's data

@@ -20,21 +20,12 @@ from mmfdata.errors import UntrustedPickleError
 from mmfdata.imdb import load_imdb
 from mmfdata.lmdb_features import LmdbFeatureReader
 from mmfdata.trust import require_trusted
+from tests.payload import Payload
 from tests.zoo_helpers import sha256
 
 
-class _Payload:
-    """Unpickling this creates `path`: the proof that code ran."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def _evil_npy(path: Path, proof: Path) -> Path:
-    np.save(path, np.array([_Payload(proof)], dtype=object), allow_pickle=True)
+    np.save(path, np.array([Payload(proof)], dtype=object), allow_pickle=True)
     return path
 
 
@@ -49,7 +40,7 @@ def _evil_lmdb(folder: Path, proof: Path) -> Path:
 
     env = lmdb.open(str(folder), subdir=True, map_size=1 << 20)
     with env.begin(write=True) as txn:
-        txn.put(b"keys", pickle.dumps(_Payload(proof)))
+        txn.put(b"keys", pickle.dumps(Payload(proof)))
     env.close()
     return folder
 
@@ -193,7 +184,7 @@ def test_detectron_weights_need_a_verified_install(tmp_path):
     folder.mkdir(parents=True)
     (folder / ".built.json").write_text(json.dumps({"created_at": "now", "version": 1.0}))
     for name in ("fc7_w.pkl", "fc7_b.pkl"):
-        (folder / name).write_bytes(pickle.dumps(_Payload(proof)))
+        (folder / name).write_bytes(pickle.dumps(Payload(proof)))
     with pytest.raises(CheckpointError, match="not listed in any zoo install record"):
         load_fc7_weights(None, folder)
     assert not proof.exists()

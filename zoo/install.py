@@ -434,7 +434,8 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     # every archive this entry lands in this folder, installed or not (one refused for a clash stays, verified)
     archives = {p.name[:-len(".installed.json")] for p in paths} | \
         {r.file_name for r in target.entry.resources if target.folder(data_dir, r) == folder}
-    extra = records.extra_files(folder, siblings, archives) if rec.get("extracted") else []
+    extra = records.extra_files(folder, siblings, archives, records.listed_above(folder, target.root(data_dir))) \
+        if rec.get("extracted") else []
     n = len(rec.get("files") or [])
     detail = "; ".join(problems[:6] + [f"extra file {e}" for e in extra[:4]]) or \
         f"ok ({n} files re-hashed{', archive re-hashed' if archive.exists() and rec.get('extracted') else ''})"

@@ -9,6 +9,7 @@ manifest's hashcode: a resource without one is installed, not verified.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -84,31 +85,58 @@ def check_record(folder: Path, rec: dict, full: bool, limit: int | None = None) 
     return out
 
 
-def _nested_listed(dirpath: str, folder: Path) -> set[str]:
-    """Files the install records of another install folder below `folder` list, relative to `folder`."""
-    state = os.path.join(dirpath, STATE_DIR)
+def _records_in(folder) -> list[tuple[str, dict]]:
+    """(archive file name, record) of every readable install record in `folder`'s state dir."""
+    state = os.path.join(folder, STATE_DIR)
     try:
-        names = [n for n in os.listdir(state) if n.endswith(".installed.json")]
+        names = sorted(n for n in os.listdir(state) if n.endswith(".installed.json"))
     except OSError:
-        return set()
-    prefix = os.path.relpath(dirpath, folder).replace(os.sep, "/") + "/"
-    out = set()
+        return []
+    out = []
     for name in names:
         try:
             rec = json.loads(Path(state, name).read_text())
-            out.update(prefix + str(row[0]) for row in rec.get("files") or [])
-            if rec.get("extracted"):
-                out.add(prefix + name[:-len(".installed.json")])  # its archive
-        except (OSError, ValueError, AttributeError, TypeError, IndexError):
+        except (OSError, ValueError):
             continue
+        if isinstance(rec, dict):
+            out.append((name[:-len(".installed.json")], rec))
     return out
 
 
-def extra_files(folder: Path, records: list[dict], archives=()) -> list[str]:
+def _rows(rec: dict) -> list[str]:
+    return [str(row[0]) for row in rec.get("files") or [] if isinstance(row, list) and row]
+
+
+def _nested_listed(dirpath: str, folder: Path) -> set[str]:
+    """Files the install records of another install folder below `folder` list, relative to `folder`."""
+    prefix = os.path.relpath(dirpath, folder).replace(os.sep, "/") + "/"
+    out = set()
+    for archive, rec in _records_in(dirpath):
+        out.update(prefix + rel for rel in _rows(rec))
+        if rec.get("extracted"):
+            out.add(prefix + archive)
+    return out
+
+
+def listed_above(folder: Path, root: Path) -> set[str]:
+    """Files inside `folder` that the install records of the folders above it, up to `root`, list (an `extras`
+    archive may add files inside a category's folder), relative to `folder`."""
+    folder, root = Path(folder), Path(root)
+    out: set[str] = set()
+    above = folder
+    while above != root and root in above.parents:
+        above = above.parent
+        prefix = folder.relative_to(above).as_posix() + "/"
+        for _, rec in _records_in(above):
+            out.update(rel[len(prefix):] for rel in _rows(rec) if rel.startswith(prefix))
+    return out
+
+
+def extra_files(folder: Path, records: list[dict], archives=(), listed_elsewhere=frozenset()) -> list[str]:
     """Files that none of these records lists (dropped in afterwards): directly in `folder` (besides the
     `archives` and MMF's marker) and anywhere inside the folders the records installed, where the records of
     another install folder below (say `features/` under an entry's `extras`) list that folder's files."""
-    listed = {row[0] for rec in records for row in rec.get("files") or []}
+    listed = {row[0] for rec in records for row in rec.get("files") or []} | set(listed_elsewhere)
     tops = {t for rec in records if rec.get("extracted") for t in rec.get("top_level") or []}
     extras = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.is_symlink()
               and p.name not in listed and p.name not in archives and p.name != MARKER] \

@@ -43,27 +43,39 @@ def extract_archive(archive, dest, *, declared_size: int | None = None, max_byte
     would escape dest, a device file or FIFO, a bomb), DiskError (disk full, unwritable dest).
     """
     archive = os.fspath(archive)
-    label = os.path.basename(archive)
+    fmt = archive_format(archive)
+    limit, desc = extract_limit(os.path.getsize(archive), declared_size, max_bytes)
+    tree = SafeTree(dest, Budget(os.path.basename(archive), limit, desc), progress)
+    try:
+        read_members(archive, fmt, tree, external)
+    except BaseException:
+        if fmt == "zip":
+            tree.drop_links()
+        raise
+    return tree.file_list()
+
+
+def archive_format(archive: str) -> str:
+    """The archive's format by content; CorruptArchiveError when it is none."""
     fmt = detect_format(archive)
     if fmt is None:
         with open(archive, "rb") as f:
             head = f.read(4096)
         raise CorruptArchiveError(
             f"{archive} is not an archive: {describe(head)}; delete it and download it again")
-    limit, desc = extract_limit(os.path.getsize(archive), declared_size, max_bytes)
-    tree = SafeTree(dest, Budget(label, limit, desc), progress)
+    return fmt
+
+
+def read_members(archive: str, fmt: str, tree: SafeTree, external: bool | None = None) -> None:
+    """Feed every member of `archive` (format `fmt`) to `tree`, which decides what is written (or only hashed)."""
     f = open(archive, "rb")
     if fmt == "zip":
         with f:
-            try:
-                _extract_zip(f, tree)
-            except BaseException:
-                tree.drop_links()
-                raise
-        return tree.file_list()
+            _extract_zip(f, tree)
+        return
     kind = TAR_FORMATS[fmt] if fmt in TAR_FORMATS else SINGLE_FORMATS[fmt]
     try:
-        decoder = open_decoder(kind, f, external=external, closer=f.close, label=label)
+        decoder = open_decoder(kind, f, external=external, closer=f.close, label=tree.label)
     except BaseException:
         f.close()
         raise
@@ -74,7 +86,6 @@ def extract_archive(archive, dest, *, declared_size: int | None = None, max_byte
             _extract_single(decoder, tree, _single_name(archive, kind))
     finally:
         decoder.close()
-    return tree.file_list()
 
 
 # ---------------------------------------------------------------------------------------- one file

@@ -13,13 +13,10 @@ import os
 
 import xxhash
 
-from zoo.archive.decoders import open_decoder
-from zoo.archive.extract import _extract_single, _extract_zip, _single_name
-from zoo.archive.formats import SINGLE_FORMATS, TAR_FORMATS, describe, detect_format
+from zoo.archive.extract import archive_format, read_members
 from zoo.archive.limits import Budget
 from zoo.archive.safetree import SafeTree
-from zoo.archive.stream import extract_tar
-from zoo.errors import CorruptArchiveError, UnsafeArchiveError
+from zoo.errors import UnsafeArchiveError
 
 
 class HashTree(SafeTree):
@@ -84,29 +81,7 @@ def archive_members(archive, *, external: bool | None = None) -> tuple[list[tupl
     """(relative path, size, xxh3-128) of every regular file `archive` holds, in archive order, and the sorted
     top-level names (files, folders, links). Raises CorruptArchiveError / UnsafeArchiveError as extraction would."""
     archive = os.fspath(archive)
-    label = os.path.basename(archive)
-    fmt = detect_format(archive)
-    if fmt is None:
-        with open(archive, "rb") as f:
-            head = f.read(4096)
-        raise CorruptArchiveError(f"{archive} is not an archive: {describe(head)}")
-    tree = HashTree(label)
-    f = open(archive, "rb")
-    if fmt == "zip":
-        with f:
-            _extract_zip(f, tree)
-    else:
-        kind = TAR_FORMATS[fmt] if fmt in TAR_FORMATS else SINGLE_FORMATS[fmt]
-        try:
-            decoder = open_decoder(kind, f, external=external, closer=f.close, label=label)
-        except BaseException:
-            f.close()
-            raise
-        try:
-            if fmt in TAR_FORMATS:
-                extract_tar(decoder, tree)
-            else:
-                _extract_single(decoder, tree, _single_name(archive, kind))
-        finally:
-            decoder.close()
+    fmt = archive_format(archive)
+    tree = HashTree(os.path.basename(archive))
+    read_members(archive, fmt, tree, external)
     return tree.file_list(), sorted(tree.tops)
