@@ -21,6 +21,7 @@ import yaml
 
 from mmftrain.errors import ConfigError
 from zoo import safeyaml
+from zoo.safeyaml import show
 from zoo.datadir import default_cache_dir
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -248,19 +249,6 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
     else:
         return new
     raise ConfigError(f"config key {key!r} expects {type(old).__name__} (now {show(old)}), got {show(new)}")
-
-
-def show(value: Any) -> str:
-    """A value for a one-line error: a long text or number (a 5000-digit override) is cut to its start."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        try:
-            return f"an integer of {len(str(abs(value)))} digits"
-        except ValueError:  # past Python's 4300-digit limit for str()
-            return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
-    if isinstance(value, str) and len(value) > 70:
-        return f"{value[:60]!r}… ({len(value)} characters)"
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
 
 def apply_override(cfg: dict, key: str, raw: str) -> None:

@@ -54,6 +54,15 @@ def _adopt(manifest, data, *extra):
     return run_mmf("zoo", "adopt", "trustset", "--zoo", str(manifest), "--data-dir", str(data), *extra)
 
 
+def _adopt_then_payload_runs(manifest, data, proof: Path) -> None:
+    """After `mmf zoo adopt`, the imdb is trusted: loading it unpickles the payload, which creates `proof`."""
+    r = _adopt(manifest, data)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with pytest.raises(Exception):
+        load_imdb(str(data / ANN / "imdb_train.npy"))
+    assert proof.exists()
+
+
 def test_a_copied_data_dir_is_not_trusted_until_adopted(tmp_path):
     proof = tmp_path / "proof"
     a, manifest, _ = _install(tmp_path, proof)
@@ -225,11 +234,7 @@ def test_an_install_by_mmf_itself_is_adopted_from_its_kept_archives(tmp_path):
         shutil.rmtree(state)  # what MMF leaves: archives, extracted files, .built.json, no record of ours
     msg = _refused(a / ANN / "imdb_train.npy", proof, "not listed in any zoo install record")
     assert "if MMF installed it, run `mmf zoo adopt trustset.defaults`" in msg, msg
-    r = _adopt(manifest, a)
-    assert r.returncode == 0, r.stdout + r.stderr
-    with pytest.raises(Exception):
-        load_imdb(str(a / ANN / "imdb_train.npy"))
-    assert proof.exists()
+    _adopt_then_payload_runs(manifest, a, proof)
 
 
 def test_no_trust_installs_and_verifies_but_trusts_only_after_adopt(tmp_path):
@@ -242,11 +247,7 @@ def test_no_trust_installs_and_verifies_but_trusts_only_after_adopt(tmp_path):
     assert r.returncode == 0 and "installed with --no-trust" in r.stderr, r.stderr
     msg = _refused(data / ANN / "imdb_train.npy", proof, "installed with --no-trust")
     assert "mmf zoo adopt trustset.defaults" in msg
-    r = _adopt(manifest, data)
-    assert r.returncode == 0, r.stdout + r.stderr
-    with pytest.raises(Exception):
-        load_imdb(str(data / ANN / "imdb_train.npy"))
-    assert proof.exists()
+    _adopt_then_payload_runs(manifest, data, proof)
 
 
 def test_a_zoo_checkpoint_in_a_copied_data_dir_is_not_unpickled_until_adopted(tmp_path):

@@ -429,10 +429,10 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     if untrusted:
         problems.append(untrusted)
     problems += [f"{d.rel}: {d.problem}" for d in records.check_record(folder, rec, full=True, limit=limit)]
-    paths = sorted(layout.state_dir(folder).glob("*.installed.json"))
-    siblings = [r for r in (_read_json(p) for p in paths) if r]
+    found = records.records_in(folder)
+    siblings = [r for _, r in found]
     # every archive this entry lands in this folder, installed or not (one refused for a clash stays, verified)
-    archives = {p.name[:-len(".installed.json")] for p in paths} | \
+    archives = {name for name, _ in found} | \
         {r.file_name for r in target.entry.resources if target.folder(data_dir, r) == folder}
     extra = records.extra_files(folder, siblings, archives, records.listed_above(folder, target.root(data_dir))) \
         if rec.get("extracted") else []
@@ -440,15 +440,6 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     detail = "; ".join(problems[:6] + [f"extra file {e}" for e in extra[:4]]) or \
         f"ok ({n} files re-hashed{', archive re-hashed' if archive.exists() and rec.get('extracted') else ''})"
     return Check(key, res.file_name, not problems and not extra, detail, problems, extra, untrusted)
-
-
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def repair(zoo: Zoo, keys: list[str], opts: FetchOptions) -> tuple[list[Check], list[ResourceReport]]:

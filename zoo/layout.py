@@ -17,7 +17,7 @@ from zoo import trust
 from zoo.errors import ManifestError
 from zoo.fsutil import atomic_write_text, is_inside
 from zoo.manifest import Entry, Resource
-from zoo.records import MARKER, STATE_DIR
+from zoo.records import MARKER, RECORD_SUFFIX, STATE_DIR
 
 
 
@@ -56,15 +56,22 @@ def _inside(data_dir: Path, path: Path) -> Path:
     return path
 
 
+def install_name(kind: str, key: str) -> str:
+    """The folder under <data_dir>/<kind>/ of an entry keyed `key`: datasets/<name>/<variation> (`defaults` when
+    the key names no variation), models/<key> as typed (MMF's rule)."""
+    if kind == "datasets":
+        parts = key.split(".")
+        return "/".join(parts if len(parts) > 1 else parts + ["defaults"])
+    return key
+
+
 def target_for(zoo, key: str) -> Target:
     entry = zoo.resolve(key)
     if entry.kind == "datasets":
-        parts = entry.key.split(".")
-        name = "/".join(parts if len(parts) > 1 else parts + ["defaults"])
-    else:
-        requested = key.strip()
-        name = requested if requested in zoo.entries or requested in zoo.aliases else f"{requested}.defaults"
-    return Target(entry, name)
+        return Target(entry, install_name("datasets", entry.key))
+    requested = key.strip()
+    return Target(entry, install_name("models", requested if requested in zoo.entries or requested in zoo.aliases
+                                      else f"{requested}.defaults"))
 
 
 def state_dir(folder: Path) -> Path:
@@ -72,7 +79,7 @@ def state_dir(folder: Path) -> Path:
 
 
 def record_path(folder: Path, res: Resource) -> Path:
-    return state_dir(folder) / f"{res.file_name}.installed.json"
+    return state_dir(folder) / f"{res.file_name}{RECORD_SUFFIX}"
 
 
 def read_record(folder: Path, res: Resource) -> dict | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from zoo import safeyaml
+from zoo.safeyaml import show
 from zoo.errors import ManifestError, UnknownKeyError
 from zoo.records import MARKER, STATE_DIR
 
@@ -321,7 +322,7 @@ def _entry(node: dict, key: str, kind: str, source: str, problems: list[str]) ->
             or isinstance(version, float) and not math.isfinite(version) \
             or isinstance(version, int) and abs(version) > MAX_NUMBER or len(str(version)) > 100:
         problems.append(f"'{key}.version' must be a version like 1.0_2020_06_30 (text or a finite number of at "
-                        f"most 100 characters), got {_show(version)}")
+                        f"most 100 characters), got {show(version)}")
         version = ""
     text = getattr(version, "text", "") or str(version)
     return Entry(key, kind, version, tuple(resources), reqs, None, source, version_text=text)
@@ -356,7 +357,7 @@ def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
             problems.append(f"'{where}' URL {str(url)!r:.60} {why}")
     h = r.get("hashcode")
     if h is not None and not (isinstance(h, str) and _HEX64.fullmatch(h)):
-        problems.append(f"'{where}.hashcode' must be a sha256 of 64 hex digits, got {_show(h)}")
+        problems.append(f"'{where}.hashcode' must be a sha256 of 64 hex digits, got {show(h)}")
     sizes = {num: _whole(r.get(num), f"'{where}.{num}'", "a whole number of bytes", 0, problems)
              for num in ("size", "extracted_size")}
     flags = {flag: _flag(r.get(flag, default), f"'{where}.{flag}'", problems)
@@ -369,14 +370,6 @@ def _resource(r, cat, where: str, problems: list[str]) -> Resource | None:
     )
 
 
-def _show(value) -> str:
-    """A manifest value for a one-line reason: long text (a 5000-digit "number") is cut to its start."""
-    if isinstance(value, str) and len(value) > 60:
-        return f"{value[:50]!r}… ({len(value)} characters)"
-    text = repr(value)
-    return text if len(text) <= 70 else f"{text[:50]}… ({len(text)} characters)"
-
-
 def _whole(value, name: str, what: str, low: int, problems: list[str]) -> int | None:
     """`value` if it is an int (not a bool) in [low, MAX_NUMBER]; else None and the reason in `problems`."""
     if value is None:
@@ -384,14 +377,14 @@ def _whole(value, name: str, what: str, low: int, problems: list[str]) -> int | 
     if isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_NUMBER:
         return value
     kind = "true/false" if isinstance(value, bool) else "text" if isinstance(value, str) else type(value).__name__
-    problems.append(f"{name} must be {what} from {low} to 2**63-1, got {_show(value)} ({kind})")
+    problems.append(f"{name} must be {what} from {low} to 2**63-1, got {show(value)} ({kind})")
     return None
 
 
 def _flag(value, name: str, problems: list[str]) -> bool:
     if isinstance(value, bool):
         return value
-    problems.append(f"{name} must be true or false, got {_show(value)}")
+    problems.append(f"{name} must be true or false, got {show(value)}")
     return False
 
 
@@ -415,7 +408,7 @@ def _chunk_hashes(ch, size: int | None, where: str, problems: list[str]) -> dict
         bad = next((h for h in hashes if not (isinstance(h, str) and _HEX32.fullmatch(h))), None)
         if bad is not None or not hashes:
             problems.append(f"{name[:-1]}.xxh3_128' must list one xxh3-128 hash (32 hex digits) per chunk, got "
-                            f"{_show(bad) if hashes else 'none'}")
+                            f"{show(bad) if hashes else 'none'}")
         elif chunk and size is not None and len(hashes) != max(1, -(-size // chunk)):
             problems.append(f"{name[:-1]}.xxh3_128' lists {len(hashes)} hashes, but size {size} in chunks of "
                             f"{chunk} makes {max(1, -(-size // chunk))}")

@@ -137,12 +137,8 @@ def _pack_entry(item, source: str, pack_path) -> Entry:
 
 
 def _folder(kind: str, key: str) -> tuple[str, ...]:
-    """The install folder of `key` typed as is (zoo.layout.target_for's rule): datasets/<name>/<variation>/...,
-    models/<key>/."""
-    if kind == "models":
-        return (kind, key)
-    parts = tuple(key.split("."))
-    return (kind, *parts) if len(parts) > 1 else (kind, *parts, "defaults")
+    """The install folder of `key` typed as is, as path parts (zoo.layout owns the rule)."""
+    return (kind, *layout.install_name(kind, key).split("/"))
 
 
 def _clashes(zoo: Zoo, entry: Entry) -> list[tuple[str, str, bool]]:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from zoo import safeyaml
 from zoo.errors import ManifestError
+from zoo.manifest import MAX_NUMBER
 
 INDEX_NAME = "mmfzoo-pack.json"
 FORMAT = "mmfzoo-pack/1"
 MAX_INDEX_BYTES = 64 << 20  # an index lists entries and archives: a few KB per key
-MAX_SIZE = 2**63 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # field -> (type, what it must be); str fields must be non-empty
 _ENTRY = {"key": (str, "a zoo key"), "kind": (str, "datasets or models"), "node": (dict, "a manifest entry")}
@@ -62,7 +62,7 @@ def _item_problem(item, fields: dict) -> str | None:
         value = item.get(field)
         ok = isinstance(value, kind) and not isinstance(value, bool) and (kind is not str or value.strip() != "")
         if ok and field == "size":
-            ok = 0 <= value <= MAX_SIZE
+            ok = 0 <= value <= MAX_NUMBER
         elif ok and field == "sha256":
             ok = bool(_SHA256.fullmatch(value))
         elif ok and field == "kind":

@@ -27,9 +27,8 @@ from pathlib import Path
 
 from zoo.errors import UnsafeArchiveError
 from zoo.fsutil import atomic_write_text, is_inside, xxh3_file
-from zoo.records import STATE_DIR, check_file
+from zoo.records import MARKER, STATE_DIR, check_file, records_in
 
-RECORD_SUFFIX = ".installed.json"
 INTENT_SUFFIX = ".publishing.json"       # the top-level names a publish is putting in place
 PREVIOUS_SUFFIX = ".previous-record.json"  # the record a publish replaces, moved aside (grants no trust)
 MMF_NOTE = "built-by-mmf.json"  # in a marker folder's .mmfzoo: MMF had built it when the zoo started re-installing
@@ -120,7 +119,7 @@ def built_by_mmf(marker_folder: Path, records: list[Path]) -> bool:
     or the note left when the zoo began re-installing MMF's data."""
     if (marker_folder / STATE_DIR / MMF_NOTE).exists():
         return True
-    return (marker_folder / ".built.json").is_file() and not any(r.exists() for r in records)
+    return (marker_folder / MARKER).is_file() and not any(r.exists() for r in records)
 
 
 # ------------------------------------------------------------------------------------------------ claims
@@ -146,22 +145,9 @@ class Claims:
             strip, add = os.path.relpath(self.folder, base).replace(os.sep, "/") + "/", ""
         else:
             strip, add = "", os.path.relpath(base, self.folder).replace(os.sep, "/") + "/"
-        state = base / STATE_DIR
-        try:
-            names = sorted(n for n in os.listdir(state) if n.endswith(RECORD_SUFFIX))
-        except OSError:
-            return
-        for name in names:
-            path = state / name
-            if path == self.mine.record:
-                continue
-            try:
-                rec = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(rec, dict):
-                continue
-            file_name = name[:-len(RECORD_SUFFIX)]
+        for file_name, rec in records_in(base):
+            if base / STATE_DIR == self.mine.record.parent and file_name == self.mine.archive:
+                continue  # its own record: not a foreign claim
             owner = f"{rec.get('key') or base.name}:{file_name}"
             rows = [row for row in rec.get("files") or [] if isinstance(row, list) and row]
             if rec.get("extracted") and rec.get("archive_kept"):

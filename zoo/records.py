@@ -20,6 +20,7 @@ from zoo.fsutil import xxh3_file
 RECORD_FORMAT = 2
 MARKER = ".built.json"  # MMF's "this folder is built" marker
 STATE_DIR = ".mmfzoo"  # our bookkeeping beside the data: partial downloads, journals, locks, install records
+RECORD_SUFFIX = ".installed.json"  # STATE_DIR/<archive file name><RECORD_SUFFIX>: one resource's install record
 # LMDB rewrites its lock file when opened with locking; it holds no data, so its content is not compared
 VOLATILE = {"lock.mdb"}
 
@@ -85,11 +86,11 @@ def check_record(folder: Path, rec: dict, full: bool, limit: int | None = None) 
     return out
 
 
-def _records_in(folder) -> list[tuple[str, dict]]:
+def records_in(folder) -> list[tuple[str, dict]]:
     """(archive file name, record) of every readable install record in `folder`'s state dir."""
     state = os.path.join(folder, STATE_DIR)
     try:
-        names = sorted(n for n in os.listdir(state) if n.endswith(".installed.json"))
+        names = sorted(n for n in os.listdir(state) if n.endswith(RECORD_SUFFIX))
     except OSError:
         return []
     out = []
@@ -99,7 +100,7 @@ def _records_in(folder) -> list[tuple[str, dict]]:
         except (OSError, ValueError):
             continue
         if isinstance(rec, dict):
-            out.append((name[:-len(".installed.json")], rec))
+            out.append((name[:-len(RECORD_SUFFIX)], rec))
     return out
 
 
@@ -111,7 +112,7 @@ def _nested_listed(dirpath: str, folder: Path) -> set[str]:
     """Files the install records of another install folder below `folder` list, relative to `folder`."""
     prefix = os.path.relpath(dirpath, folder).replace(os.sep, "/") + "/"
     out = set()
-    for archive, rec in _records_in(dirpath):
+    for archive, rec in records_in(dirpath):
         out.update(prefix + rel for rel in _rows(rec))
         if rec.get("extracted"):
             out.add(prefix + archive)
@@ -127,7 +128,7 @@ def listed_above(folder: Path, root: Path) -> set[str]:
     while above != root and root in above.parents:
         above = above.parent
         prefix = folder.relative_to(above).as_posix() + "/"
-        for _, rec in _records_in(above):
+        for _, rec in records_in(above):
             out.update(rel[len(prefix):] for rel in _rows(rec) if rel.startswith(prefix))
     return out
 
@@ -181,4 +182,4 @@ def write_local_record(folder, name: str, version, origin: str, skip=()) -> None
 
     state = folder / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    write_record(state / f"{name}.installed.json", record, grant=True)
+    write_record(state / f"{name}{RECORD_SUFFIX}", record, grant=True)

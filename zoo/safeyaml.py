@@ -104,6 +104,35 @@ class _Open:
         self.key, self.has_key, self.size, self.merges, self.keys = None, False, 1, [], {}
         self.names: dict = {}  # str(key) -> (key, line) for keys that are not text
 
+    def put(self, key, value, line: int, keep_twins: bool) -> None:
+        """Add `key: value` to this mapping: a duplicate key, or a key of another type that reads the same (unless
+        `keep_twins`), is an error; `<<` merges are applied when the mapping ends."""
+        if key is MERGE:
+            self.merges.append((value, line))
+            return
+        if key in self.keys:
+            raise YamlError(f"line {line}: duplicate key {key!r} (first defined on line {self.keys[key]}); "
+                            "keep one of them")
+        name = key if type(key) is str or keep_twins else str(key)
+        twin = self.names.get(name) if self.names else None  # a key of another type that reads the same
+        if twin is None and name is not key:
+            twin = (name, self.keys[name]) if name in self.keys else None
+        if twin is not None:
+            raise YamlError(f"line {line}: keys {twin[0]!r} (line {twin[1]}) and {key!r} both name {name!r}; "
+                            "keep one of them")
+        if name is not key:
+            self.names[name] = (key, line)
+        self.keys[key] = line
+        self.data[key] = value
+
+    def apply_merges(self) -> None:
+        for merged, line in self.merges:
+            for part in merged if isinstance(merged, list) else [merged]:
+                if not isinstance(part, dict):
+                    raise YamlError(f"line {line}: a merge key '<<' needs a mapping or a list of mappings")
+                for k, v in part.items():
+                    self.data.setdefault(k, v)
+
 
 def load(text: str, *, config: bool = False, keep_twins: bool = False):
     """Parse one YAML document; raises YamlError with a one-line message.
@@ -172,23 +201,7 @@ def _build(events, scalars, keep_twins: bool):
             top.key, top.has_key = value, True
         else:
             key, top.has_key = top.key, False
-            if key is MERGE:
-                top.merges.append((value, line))
-                return
-            if key in top.keys:
-                raise YamlError(f"line {line}: duplicate key {key!r} (first defined on line {top.keys[key]}); "
-                                "keep one of them")
-            name = key if type(key) is str or keep_twins else str(key)
-            twin = top.names.get(name) if top.names else None  # a key of another type that reads the same
-            if twin is None and name is not key:
-                twin = (name, top.keys[name]) if name in top.keys else None
-            if twin is not None:
-                raise YamlError(f"line {line}: keys {twin[0]!r} (line {twin[1]}) and {key!r} both name {name!r}; "
-                                "keep one of them")
-            if name is not key:
-                top.names[name] = (key, line)
-            top.keys[key] = line
-            top.data[key] = value
+            top.put(key, value, line, keep_twins)
 
     scalar_t, alias_t = yaml.ScalarEvent, yaml.AliasEvent
     starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -210,12 +223,7 @@ def _build(events, scalars, keep_twins: bool):
             open_.append(_Open(data, ev.anchor, line))
         elif t in ends:
             done = open_.pop()
-            for merged, mline in done.merges:
-                for part in merged if isinstance(merged, list) else [merged]:
-                    if not isinstance(part, dict):
-                        raise YamlError(f"line {mline}: a merge key '<<' needs a mapping or a list of mappings")
-                    for k, v in part.items():
-                        done.data.setdefault(k, v)
+            done.apply_merges()
             if done.anchor:
                 anchors[done.anchor] = (done.data, done.size)
             add(done.data, done.size, done.line)
@@ -236,6 +244,20 @@ def _build(events, scalars, keep_twins: bool):
             if documents > 1:
                 raise YamlError(f"line {line}: more than one YAML document (a `---` line); keep one")
     return result
+
+
+def show(value) -> str:
+    """A value from a file or option a user handed in, for a one-line error: a long text or number (a 5000-digit
+    "size" or override) is cut to its start."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # past Python's 4300-digit limit for str()
+            return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    if isinstance(value, str) and len(value) > 70:
+        return f"{value[:60]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
 
 def load_json(text: str | bytes):

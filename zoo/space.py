@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 from zoo import layout
 from zoo.errors import DiskError, ZooError
@@ -28,6 +29,12 @@ def discover_size(urls: list[str], opts, journal: Journal | None = None) -> int 
         return pool.settle(None, resume=journal.size if journal else None, verify=True)
     except ZooError:
         return None
+
+
+def not_enough(where: Path, need: str, free: int, hint: str = "") -> DiskError:
+    """The one wording of a disk-space refusal: where, what is needed, what is free, what to do."""
+    return DiskError(f"not enough space in {where}: need {need}, {human(free)} free{hint}; free space or choose "
+                     "another --data-dir / MMF_DATA_DIR")
 
 
 def preflight(todo, opts, urls_for) -> dict[int, int]:
@@ -60,7 +67,6 @@ def preflight(todo, opts, urls_for) -> dict[int, int]:
         hint = ""
         if extracted and not opts.delete_archives and extracted + biggest <= free:
             hint = "; --delete-archives (removes each archive after its verified extraction) would make it fit"
-        raise DiskError(f"not enough space in {where}: need {human(need)} ({human(archives)} of archives"
-                        f"{f' + {human(extracted)} extracted' if extracted else ''}), {human(free)} free{hint}; "
-                        "or choose another --data-dir / MMF_DATA_DIR")
+        raise not_enough(where, f"{human(need)} ({human(archives)} of archives"
+                                f"{f' + {human(extracted)} extracted' if extracted else ''})", free, hint)
     return sizes

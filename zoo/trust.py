@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo import truststore
-from zoo.records import MARKER, STATE_DIR, VOLATILE, check_file, has_hashes
+from zoo.records import MARKER, RECORD_SUFFIX, STATE_DIR, VOLATILE, check_file, has_hashes
 
 PACK_SOURCE = "pack "  # Entry.source of a pack's own manifest entries: "pack PATH" (+ CONSENT when chosen)
 CONSENT = " (--trust-pack)"
@@ -217,7 +217,7 @@ def _records(folder: str) -> list[_Record]:
     state_safe = _safe_owner(st)
     out = []
     for name in names:
-        if not name.endswith(".installed.json"):
+        if not name.endswith(RECORD_SUFFIX):
             continue
         p = os.path.join(state, name)
         try:

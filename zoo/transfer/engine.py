@@ -14,6 +14,7 @@ from zoo import http
 from zoo.errors import DiskError, HashMismatchError, MirrorsExhaustedError, VerificationError
 from zoo.fsutil import existing_ancestor, human
 from zoo.journal import Journal
+from zoo.space import not_enough
 from zoo.mirrors import Mirror
 from zoo.transfer import partials, strategies
 from zoo.transfer.board import ChunkBoard, Partial
@@ -175,9 +176,7 @@ class Transfer:
                 raise WrongFile("is a claim its mirrors cannot serve the end of")
             raise self.pool.exhausted()
         if size > free:
-            raise DiskError(f"{self.name}: not enough space in {where} for its {human(size)} "
-                            f"({self.pool.files.reason}); {human(free)} free: free space or choose another "
-                            "--data-dir / MMF_DATA_DIR")
+            raise not_enough(where, f"{human(size)} for {self.name} ({self.pool.files.reason})", free)
 
     # ---- setup ----------------------------------------------------------------------------------------------
     def _changed_everywhere(self, journal: Journal) -> bool:

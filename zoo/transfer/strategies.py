@@ -55,42 +55,12 @@ def fetch_chunk(t, i: int) -> None:
                 m.active -= 1
             sequential(t, m)
             return
-        partial = board.partial(i, start)
-        if partial.urls() & pool.files.distrusted():
-            with board.cond:  # it holds bytes of a mirror convicted since: start the chunk again
-                partial = board.partials[i] = Partial(start)
-        if i in board.whole and partial.spans and partial.urls() != {m.url}:
-            with board.cond:  # after a chunk-hash failure with several sources: one mirror per attempt
-                partial = board.partials[i] = Partial(start)
-        board.begin(i, partial, m.url)
-        t0, got0 = time.monotonic(), partial.done
+        partial = _partial_for(t, i, start, m)
         try:
-            with http.open_range(m, start + partial.done, end, t.opts) as stream:
-                copy(t, stream, start + partial.done, end, partial, i, m)
+            if not _attempt(t, i, partial, m, start, end):
+                continue
         except Lost:
             return
-        except http.Changed as exc:
-            if not pool.recheck_validator(m):
-                pool.drop(m, str(exc))
-            continue
-        except http.Permanent as exc:
-            pool.drop(m, str(exc))
-            continue
-        except http.Transient as exc:
-            # an attempt that moved the chunk on is not a failure: reconnect at once and go on from where it broke
-            # off (a link that resets every few hundred KB still finishes at its speed); one that moved next to
-            # nothing counts toward dropping the mirror, with back-off
-            got = partial.done - got0
-            m.record(got, time.monotonic() - t0, completed=got >= ATTEMPT_PROGRESS)
-            if got >= ATTEMPT_PROGRESS and not isinstance(exc, http.Slow):
-                log.debug("%s: %s: %s after %d bytes; continuing", t.name, m.host, exc, got)
-            else:
-                pool.transient(m, exc)
-            continue
-        finally:
-            with m.lock:
-                m.active -= 1
-        m.record(partial.done - got0, time.monotonic() - t0, completed=True)
         if start + partial.done <= end:  # stopped at the limit: another connection fetched the rest
             try:
                 if not join_tail(t, i, partial):
@@ -99,6 +69,53 @@ def fetch_chunk(t, i: int) -> None:
                 return
         if t.settle(i, partial):
             return
+
+
+def _partial_for(t, i: int, start: int, m: Mirror) -> Partial:
+    """What chunk i has so far, as `m` may go on from it (kept across resets, retries and runs)."""
+    board = t.board
+    partial = board.partial(i, start)
+    if partial.urls() & t.pool.files.distrusted():
+        with board.cond:  # it holds bytes of a mirror convicted since: start the chunk again
+            partial = board.partials[i] = Partial(start)
+    if i in board.whole and partial.spans and partial.urls() != {m.url}:
+        with board.cond:  # after a chunk-hash failure with several sources: one mirror per attempt
+            partial = board.partials[i] = Partial(start)
+    board.begin(i, partial, m.url)
+    return partial
+
+
+def _attempt(t, i: int, partial: Partial, m: Mirror, start: int, end: int) -> bool:
+    """One ranged request from `m` for the rest of chunk i (its `active` count is lowered here). True when it
+    ended at the chunk's end or its limit; False to try again (the mirror's failure accounted). Raises Lost."""
+    pool = t.pool
+    t0, got0 = time.monotonic(), partial.done
+    try:
+        with http.open_range(m, start + partial.done, end, t.opts) as stream:
+            copy(t, stream, start + partial.done, end, partial, i, m)
+    except http.Changed as exc:
+        if not pool.recheck_validator(m):
+            pool.drop(m, str(exc))
+        return False
+    except http.Permanent as exc:
+        pool.drop(m, str(exc))
+        return False
+    except http.Transient as exc:
+        # an attempt that moved the chunk on is not a failure: reconnect at once and go on from where it broke
+        # off (a link that resets every few hundred KB still finishes at its speed); one that moved next to
+        # nothing counts toward dropping the mirror, with back-off
+        got = partial.done - got0
+        m.record(got, time.monotonic() - t0, completed=got >= ATTEMPT_PROGRESS)
+        if got >= ATTEMPT_PROGRESS and not isinstance(exc, http.Slow):
+            log.debug("%s: %s: %s after %d bytes; continuing", t.name, m.host, exc, got)
+        else:
+            pool.transient(m, exc)
+        return False
+    finally:
+        with m.lock:
+            m.active -= 1
+    m.record(partial.done - got0, time.monotonic() - t0, completed=True)
+    return True
 
 
 def copy(t, stream, pos: int, end: int, partial: Partial, i: int, m: Mirror) -> None:
