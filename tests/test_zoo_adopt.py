@@ -278,3 +278,28 @@ def test_a_zoo_checkpoint_in_a_copied_data_dir_is_not_unpickled_until_adopted(tm
     assert not proof.exists()
     start(tmp_path / "A")  # this user's verified install: fully unpickled ...
     assert proof.exists()  # ... so the payload fires
+
+
+def test_adopting_what_is_not_installed_says_so(tmp_path):
+    _, manifest, _ = _install(tmp_path, tmp_path / "proof")  # installed in A; C holds nothing
+    r = _adopt(manifest, tmp_path / "C")
+    assert r.returncode == 2 and r.stdout.count("BAD") == 2, r.stdout + r.stderr
+    assert "is not installed in" in r.stdout and "mmf zoo fetch trustset.defaults" in r.stdout, r.stdout
+    assert "put it back" not in r.stdout  # not asked for an archive it never had
+
+
+def test_an_install_by_another_user_is_named_as_such(tmp_path, monkeypatch):
+    """Records owned by root (a lab's shared data dir installed by an admin) read by another user: the refusal
+    says whose install it is and that adopt re-verifies it for this user."""
+    proof = tmp_path / "proof"
+    a, _, _ = _install(tmp_path, proof)
+    owner = os.lstat(a / ANN / ".mmfzoo").st_uid
+    if owner not in (0, os.getuid()):
+        pytest.skip("records must belong to this user or root")
+    monkeypatch.setattr(os, "getuid", lambda: owner + 4242)  # another user, reading records root (or we) wrote
+    monkeypatch.setenv("MMF_ZOO_TRUST_DIR", str(tmp_path / "other-user-store"))
+    if owner != 0:
+        msg = _refused(a / ANN / "imdb_train.npy", proof, "belongs to another user")
+    else:
+        msg = _refused(a / ANN / "imdb_train.npy", proof, "installed by another user")
+    assert "mmf zoo adopt trustset.defaults" in msg, msg

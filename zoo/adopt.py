@@ -56,6 +56,10 @@ def _adopt_one(target: layout.Target, res: Resource, data_dir: Path, lock_timeou
         raise VerificationError(f"the manifest ({source}) has no sha256 for it, so the zoo cannot verify it; its "
                                 "pickles are read only with --trust-pickle / training.trust_pickle=true")
     archive = folder / res.file_name
+    if not archive.is_file() and not layout.record_path(folder, res).exists() and \
+            not (target.marker_folder(data_dir, res) / records.MARKER).exists():
+        raise VerificationError(f"it is not installed in {data_dir} (no install record, no MMF marker): nothing to "
+                                f"adopt; install it with `mmf zoo fetch {key}`, or pass the --data-dir that holds it")
     if not archive.is_file():
         raise VerificationError(f"adopting needs its archive {archive} (sha256 {res.hashcode[:12]}…), which is not "
                                 f"there: put it back and run `mmf zoo adopt {key}` again, or re-install with "

@@ -184,8 +184,29 @@ def _not_granted(rec: _Record, key: str) -> tuple[str, str]:
         return "it was installed with --no-trust", f"if you trust its manifest's author, {fix}"
     if truststore.lookup(rec.path) is not None:
         return f"its install record ({rec.path}) changed after this user's zoo wrote it", fix
+    owner = _owner(rec.path)
+    if owner is not None:
+        return (f"it was installed by another user ({owner}), whose install records you cannot vouch for",
+                f"run `mmf zoo adopt {key}` to re-verify it for yourself against its archive (nothing is written "
+                "into their folders)")
     return ("its install record was not written by this user's zoo at this path (this data dir was copied, moved, "
             "rsynced or unpacked from elsewhere, or the record is forged)", fix)
+
+
+def _owner(path: str) -> str | None:
+    """The name of the user owning `path` when it is not this user, else None."""
+    import pwd
+
+    try:
+        uid = os.lstat(path).st_uid
+    except OSError:
+        return None
+    if uid == os.getuid():
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _foreign_check(f: str, row: list, grant: dict, key: str) -> Distrust | None:
