@@ -60,7 +60,7 @@ def write_manifest(path: Path, archive: Path, chunk_hashes: bool) -> None:
 
 
 def fetch(manifest: Path, data_dir: Path, roots: list[str], stall: float) -> tuple[int, float, dict]:
-    cmd = [sys.executable, "-m", "mmf_cli", "zoo", "fetch", KEY, "--zoo", str(manifest), "--data-dir", str(data_dir),
+    cmd = [sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", KEY, "--zoo", str(manifest), "--data-dir", str(data_dir),
            "--json", "--stall-timeout", str(stall)]
     for r in roots:
         cmd += ["--mirror", r]

@@ -301,13 +301,13 @@ def engine_cmd(urls: list[str], archive: Archive, extra: list[str], root: Path |
         manifest.write_text(json.dumps({KEY: {"defaults": {"version": "1", "resources": {"features": [
             {"url": f"mmf://{REL}", "file_name": archive.path.name, "hashcode": archive.sha256,
              "size": archive.size}]}}}}))  # JSON is YAML
-        cmd = [sys.executable, "-m", "mmf_cli", "zoo", "fetch", KEY, "--zoo", str(manifest), "--mirror-only",
+        cmd = [sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", KEY, "--zoo", str(manifest), "--mirror-only",
                "--data-dir", str(out / "data"), "--json"]
         for u in urls:
             cmd += ["--mirror", u]
         if root is not None:  # its own code first on sys.path, whatever is installed
             cmd[1:3] = ["-c", f"import sys, runpy; sys.path.insert(0, {str(root)!r}); "
-                              "sys.argv[0] = 'mmf'; runpy.run_module('mmf_cli', run_name='__main__')"]
+                              "sys.argv[0] = 'mmf'; runpy.run_module('mmfzoo_cli', run_name='__main__')"]
         return cmd + extra
     return make
 

@@ -100,7 +100,7 @@ train() {  # train NAME UPDATES OVERRIDES...
     local name=$1 n=$2
     shift 2
     # shellcheck disable=SC2086
-    step "$name" $PY -m mmf_cli train $CFG run_type=train env.save_dir="$WORK/save-$name" \
+    step "$name" $PY -m mmfzoo_cli train $CFG run_type=train env.save_dir="$WORK/save-$name" \
         training.max_updates="$n" training.log_interval=$WINDOW training.evaluation_interval=100000 \
         training.checkpoint_interval=100000 "$@"
     losses "$WORK/save-$name"
@@ -131,8 +131,8 @@ if [ -n "$missing" ]; then
 fi
 
 want() { case " ${STEPS:-data profile recipe decode bf16 fp16 autotune lmdb} " in *" $1 "*) return 0 ;; esac; return 1; }
-want data && step data bash -c "$PY -m mmf_cli data synth --out $D --questions $QUESTIONS --images $IMAGES &&
-                                 $PY -m mmf_cli data pack textvqa --data-dir $D"
+want data && step data bash -c "$PY -m mmfzoo_cli data synth --out $D --questions $QUESTIONS --images $IMAGES &&
+                                 $PY -m mmfzoo_cli data pack textvqa --data-dir $D"
 # shellcheck disable=SC2086
 want profile && step profile $PY bench/train.py $PROFILE
 BEST=auto

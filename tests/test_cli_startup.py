@@ -10,7 +10,7 @@ from tests.zoo_helpers import ROOT
 @pytest.mark.parametrize("args", [["--help"], ["zoo", "--help"], ["zoo", "list"], ["zoo", "info", "textvqa"],
                                   ["zoo", "fetch", "--help"]])
 def test_no_torch_import(args):
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "mmf_cli", *args], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "mmfzoo_cli", *args], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     modules = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if line.startswith("import time:")}

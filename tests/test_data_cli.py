@@ -15,7 +15,7 @@ from mmfdata import build_dataset, default_dataset_config
 from mmfdata.synth import write_synthetic
 from tests.data_helpers import batches_equal
 
-MMF = [sys.executable, "-c", "from mmf_cli.main import main; main()"]
+MMF = [sys.executable, "-c", "from mmfzoo_cli.main import main; main()"]
 
 
 def run(*args, env=None):

@@ -18,7 +18,7 @@ from mmfdata import fingerprint as fp
 from mmfdata.configs import run_config
 from mmfdata.synth import write_synthetic
 
-MMF = [sys.executable, "-c", "from mmf_cli.main import main; main()"]
+MMF = [sys.executable, "-c", "from mmfzoo_cli.main import main; main()"]
 STORE = "packed/textvqa/defaults/annotations/imdb_train_ocr_en"
 SEQ = "dataset_config.textvqa.processors.text_processor.params.max_seq_length"
 

@@ -15,7 +15,7 @@ from mmfdata import DataConfigError, DataFileError, build_dataset, default_datas
 from mmfdata.fasttext import FASTTEXT_EXTRA, FASTTEXT_MAGIC, FASTTEXT_ZOO_KEY, load_fasttext
 from tests.data_helpers import copy_synth
 
-MMF = [sys.executable, "-c", "from mmf_cli.main import main; main()"]
+MMF = [sys.executable, "-c", "from mmfzoo_cli.main import main; main()"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTRAS = "datasets/textvqa/defaults/extras"
 

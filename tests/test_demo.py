@@ -13,7 +13,7 @@ QUESTIONS, UPDATES = 600, 240
 def test_demo_runs_end_to_end_and_learns(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    r = subprocess.run([sys.executable, "-m", "mmf_cli", "demo", "--out", str(out), "--questions", str(QUESTIONS),
+    r = subprocess.run([sys.executable, "-m", "mmfzoo_cli", "demo", "--out", str(out), "--questions", str(QUESTIONS),
                         "--updates", str(UPDATES)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     report = json.loads((out / "demo.json").read_text())

@@ -278,7 +278,7 @@ def test_mmf_train_on_the_lmdb_path_with_four_loader_workers(tmp_path):
 
     data = tmp_path / "data"
     write_synthetic(str(data), questions=64, seed=2, val_questions=8, test_questions=8)
-    cmd = [sys.executable, "-c", "from mmf_cli.main import main; main()", "train",
+    cmd = [sys.executable, "-c", "from mmfzoo_cli.main import main; main()", "train",
            "config=projects/m4c/configs/textvqa/tiny.yaml", "datasets=textvqa", "model=m4c", "run_type=train",
            f"env.data_dir={data}", f"env.save_dir={tmp_path / 'save'}", "env.fetch_missing_data=false",
            "training.num_workers=4", "training.batch_size=8", "training.max_updates=6", "training.log_interval=1",

@@ -51,7 +51,7 @@ def test_lone_mirror_resetting_every_40kb_finishes_in_one_run(tmp_path):
 
 
 def _cmd(zoo, data, url, *extra):
-    return [sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
+    return [sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
             str(data), "--mirror", url, *extra]
 
 

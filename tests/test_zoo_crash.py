@@ -20,7 +20,7 @@ CONNS = 4
 
 
 def _cmd(zoo, data, url):
-    return [sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
+    return [sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
             str(data), "--mirror", url, "--quiet", "--chunk-size", str(CHUNK_MIB), "--connections", str(CONNS)]
 
 
@@ -99,7 +99,7 @@ def test_interrupt_exits_within_two_seconds_at_50kbs_and_resumes(tmp_path, sig, 
     zoo = make_zoo(tmp_path, feature_bytes=3 << 20)
     data = tmp_path / "data"
     with FaultServer(zoo.mirror, faults=Faults(rate_bps=50_000)) as srv:
-        cmd = [sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
+        cmd = [sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
                str(data), "--mirror", srv.url, "--quiet", "--chunk-size", "0.25", "--connections", "4"]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
@@ -137,7 +137,7 @@ def test_three_mirrors_one_bad_one_flaky_two_sigkills(tmp_path):
     with FaultServer(roots["bad"], faults=[Faults(flip_per_body=True, rate_bps=700_000)]) as bad, \
             FaultServer(roots["flaky"], faults=[Faults(reset_after=150_000, rate_bps=700_000)]) as flaky, \
             FaultServer(roots["good"], faults=[rate]) as good:
-        cmd = [sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
+        cmd = [sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
                str(data), "--mirror", bad.url, "--mirror", flaky.url, "--mirror", good.url, "--quiet",
                "--chunk-size", "0.25", "--connections", "4", "--stall-timeout", "2"]
         kills = 0

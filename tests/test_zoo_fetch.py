@@ -328,7 +328,7 @@ def test_lone_bad_mirror_folder_bomb_is_stopped_while_streaming(tmp_path):
     # 64 KiB chunks at 100 KB/s: the cursor feeds the extractor chunk by chunk for ~2 s before the sha256 is known
     faults = Faults(glob="*features*", rate_bps=100_000)
     with FaultServer(zoo.mirror, faults=faults) as srv:
-        proc = subprocess.Popen([sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo",
+        proc = subprocess.Popen([sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo",
                                  str(zoo.manifest), "--data-dir", str(data), "--mirror", srv.url, "--mirror-only",
                                  "--connections", "1", "--chunk-size", "0.0625"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -486,7 +486,7 @@ def test_full_disk_mid_fetch_then_resume_after_space_is_freed(tmp_path):
 
     zoo = make_zoo(tmp_path, feature_bytes=6 << 20)
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
+    cmd = [sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest), "--data-dir",
            str(data), "--quiet", "--chunk-size", "0.5", "--connections", "2"]
 
     def small_disk():
@@ -628,7 +628,7 @@ def test_a_data_dir_that_is_or_sits_under_a_file_is_refused_before_any_request(t
     afile.write_text("mine")
     with FaultServer(zoo.mirror) as srv:
         for data, says in ((afile, "is a file, not a folder"), (afile / "data", f"is under {afile}, which is a file")):
-            r = subprocess.run([sys.executable, "-m", "mmf_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest),
+            r = subprocess.run([sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest),
                                 "--data-dir", str(data), "--mirror", srv.url], cwd=ROOT, capture_output=True,
                                text=True, timeout=120)
             assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
@@ -647,7 +647,7 @@ def test_fetch_options_that_would_spin_are_usage_errors(option, tmp_path):
 
     from tests.zoo_helpers import ROOT
 
-    r = subprocess.run([sys.executable, "-m", "mmf_cli", "zoo", "fetch", "textvqa", "--offline", "--data-dir",
+    r = subprocess.run([sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "textvqa", "--offline", "--data-dir",
                         str(tmp_path / "data"), *option], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and f"Invalid value for '{option[0]}'" in r.stderr, r.stderr
     assert not (tmp_path / "data").exists()

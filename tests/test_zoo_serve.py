@@ -21,7 +21,7 @@ def _rst(sock: socket.socket) -> None:
 
 def test_serve_prints_no_traceback_when_clients_close_early(tmp_path):
     (tmp_path / "big.bin").write_bytes(b"\0" * (32 << 20))
-    proc = subprocess.Popen([sys.executable, "-m", "mmf_cli", "zoo", "serve", str(tmp_path), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "mmfzoo_cli", "zoo", "serve", str(tmp_path), "--port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -59,7 +59,7 @@ def _start(folder, *options, nofile: int | None = None):
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
-    proc = subprocess.Popen([sys.executable, "-m", "mmf_cli", "zoo", "serve", str(folder), "--port", "0", *options],
+    proc = subprocess.Popen([sys.executable, "-m", "mmfzoo_cli", "zoo", "serve", str(folder), "--port", "0", *options],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=limit if nofile else None)
     line = proc.stdout.readline()

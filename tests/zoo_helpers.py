@@ -75,7 +75,7 @@ def make_zoo(root: Path, *, key: str = "toyset", feature_bytes: int = 3 << 20, s
 
 def run_mmf(*args: str, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "mmf_cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mmfzoo_cli", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=kw.pop("cwd", ROOT), **kw)
 
 

@@ -40,7 +40,7 @@ def demo(out: str = typer.Option("mmf-demo", "--out", help="Folder for the demo'
          questions: int = typer.Option(1200, "--questions", help="Synthetic train questions."),
          updates: int = typer.Option(300, "--updates", help="Training updates of the small M4C.")) -> None:
     """Run fetch -> pack -> train -> evaluate -> predict end to end on embedded synthetic data (CPU, no internet)."""
-    from mmf_cli.demo import demo_command
+    from mmfzoo_cli.demo import demo_command
 
     raise typer.Exit(demo_command(out, questions, updates))
 

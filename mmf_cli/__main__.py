@@ -1,3 +1,0 @@
-from mmf_cli.main import main
-
-main()

@@ -1,0 +1,3 @@
+from mmfzoo_cli.main import main
+
+main()
