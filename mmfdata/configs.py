@@ -17,7 +17,7 @@ PROJECT_CONFIGS = Path("projects") / "m4c" / "configs"
 
 def project_config(name: str, variant: str | None = None) -> str:
     """The project config `mmf train` is run with for `name` (and `variant`, e.g. joint_with_stvqa)."""
-    from mmftrain.config import CONFIGS_DIR
+    from zoo.project import CONFIGS_DIR
 
     folder = CONFIGS_DIR / PROJECT_CONFIGS / name
     if not folder.is_dir():

@@ -298,7 +298,11 @@ def git_details() -> tuple[str, str] | None:
     """(commit, branch) of the project's git checkout (MMF's checkpoint.save_git_details), None outside git."""
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    from zoo.project import checkout
+
+    root = checkout()
+    if root is None:  # a wheel install: site-packages may sit inside some other git repository
+        return None
     try:
         commit, branch = (subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
                                          check=True).stdout.strip()

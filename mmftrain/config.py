@@ -23,8 +23,8 @@ from mmftrain.errors import ConfigError
 from zoo import safeyaml
 from zoo.safeyaml import show
 from zoo.datadir import default_cache_dir
+from zoo.project import CONFIGS_DIR, shipped
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 SPECIAL_KEYS = ("config", "datasets", "model", "run_type")
 RUN_TYPES = ("train", "val", "test", "train_val", "train_test", "train_val_test", "train_inference", "inference",
              "val_test", "predict")
@@ -119,8 +119,8 @@ def find_config_file(name: str | Path, base_dir: Path | None = None) -> Path:
             return p
         raise ConfigError(f"config file {p} does not exist")
     candidates = [(base_dir or Path.cwd()) / p, CONFIGS_DIR / p]
-    if str(p).startswith("configs/"):
-        candidates.append(CONFIGS_DIR.parent / p)
+    if p.parts[:1] == ("configs",):  # MMF's spelling, relative to its package root
+        candidates.append(shipped(p))
     for c in candidates:
         if c.is_file():
             return c.resolve()

@@ -371,6 +371,7 @@ def _fetch_requirements(cfg: dict) -> None:
     import zoo
     from zoo.errors import ZooError
     from zoo.manifest import CONFIG_DIR, default_manifest_paths
+    from zoo.project import shipped as shipped_path
 
     data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
     shipped = {p.resolve() for _, p in default_manifest_paths()}  # already loaded (MMF_DATASET_ZOO honoured)
@@ -378,7 +379,7 @@ def _fetch_requirements(cfg: dict) -> None:
     manifests = []  # env.dataset_zoo / env.model_zoo (MMF's keys) when they name other manifests
     for key in ("dataset_zoo", "model_zoo"):
         path = Path(str(cfg["env"].get(key) or "")).expanduser()
-        path = path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
+        path = path if path.is_absolute() else shipped_path(path)  # MMF: relative to its package root
         if path.is_file() and path.resolve() not in shipped:
             manifests.append(path)
     for name in cfg["datasets"]:

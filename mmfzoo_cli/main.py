@@ -1,10 +1,8 @@
-"""Entry points `mmf` and `mmf_run`.
+"""The `mmf` entry point (MMF's `mmf_run key=value ...` is `mmf train key=value ...`).
 
 Sub-apps are imported eagerly but their modules keep heavy imports (torch, numpy) inside command bodies.
 """
 from __future__ import annotations
-
-import sys
 
 import typer
 
@@ -16,6 +14,20 @@ app = typer.Typer(
     help="MMF-compatible zoo manager and M4C trainer for TextVQA / ST-VQA.",
 )
 app.add_typer(zoo_app, name="zoo")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from zoo.project import version
+
+        typer.echo(f"mmf-zoo {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(show_version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                                help="Print this project's version and exit.")) -> None:
+    """MMF-compatible zoo manager and M4C trainer for TextVQA / ST-VQA."""
 
 try:  # the data and training packages are mounted when present
     from mmfdata.cli import app as data_app
@@ -56,9 +68,3 @@ except ImportError:  # pragma: no cover
 def main() -> None:
     app()
 
-
-def mmf_run() -> None:
-    """MMF's `mmf_run` spelling: every argument is a training option."""
-    from mmftrain.cli import run_from_argv
-
-    sys.exit(run_from_argv(sys.argv[1:]))

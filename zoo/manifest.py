@@ -23,9 +23,10 @@ from urllib.parse import unquote
 from zoo import safeyaml
 from zoo.safeyaml import show
 from zoo.errors import ManifestError, UnknownKeyError
+from zoo.project import ZOO_DIR
 from zoo.records import MARKER, STATE_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "zoo"
+CONFIG_DIR = ZOO_DIR  # the shipped manifests (zoo.project owns where they are in a checkout or an install)
 RESOURCE_FIELDS = {"url", "file_name", "hashcode", "compressed", "dest_folder", "delete_original"}
 EXTENSION_FIELDS = {"size", "extracted_size", "chunk_hashes", "mirrors"}
 _HEX64 = re.compile(r"[A-Fa-f0-9]{64}")
