@@ -1,18 +1,43 @@
 """Filesystem helpers shared by the zoo, the data path and the trainer (no torch, no yaml).
 
-One definition each: atomic writes (readers see the old or the new file, never a mix), directory fsync,
-sha256 / xxh3-128 of a file, and `human()` byte counts for messages.
+One definition each: atomic writes (readers see the old or the new file, never a mix), the modes of what the zoo
+writes (`shared_mode`), directory fsync, sha256 / xxh3-128 of a file, and `human()` byte counts for messages.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import xxhash
 
 BLOCK = 8 << 20  # 8 MiB reads: few syscalls, flat memory
+FILE, FOLDER = 0o666, 0o777  # the modes open() and mkdir() ask for; the umask takes its bits away
+EXECUTABLE = FOLDER
+
+
+@functools.cache
+def umask() -> int:
+    """This process's umask, read once (Linux shows it in /proc; elsewhere it can only be read by setting it)."""
+    try:
+        found = re.search(r"^Umask:\s*([0-7]+)", Path("/proc/self/status").read_text(), re.M)
+        if found:
+            return int(found.group(1), 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def shared_mode(base: int) -> int:
+    """The mode for what the zoo writes into a data dir, as open()/mkdir() under the user's umask would give it
+    (`FILE` -> 0644, `FOLDER` / `EXECUTABLE` -> 0755 under umask 022), so a lab's second user (and their MMF) can
+    read an install. The owner always keeps its own bits: the zoo replaces and repairs what it installed."""
+    return (base & ~umask() | base & 0o700) & 0o777
 
 
 def fsync_dir(path) -> None:
@@ -41,13 +66,17 @@ def folder_problem(path) -> str | None:
     return None
 
 
-def atomic_write_bytes(path, write) -> None:
-    """Call `write(fileobj)` on a temp file beside `path`, fsync it, rename it over `path`, fsync the folder."""
+def atomic_write_bytes(path, write, private: bool = False) -> None:
+    """Call `write(fileobj)` on a temp file beside `path`, fsync it, rename it over `path`, fsync the folder.
+    The file gets `shared_mode(FILE)` (mkstemp's 0600 would lock other users out of a shared data dir), or stays
+    0600 when `private`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if not private:
+                os.fchmod(f.fileno(), shared_mode(FILE))
             write(f)
             f.flush()
             os.fsync(f.fileno())

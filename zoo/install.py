@@ -324,7 +324,7 @@ class _Streamer:
 
 def _fresh_tmp(state: Path, res: Resource) -> Path:
     path = state / f"extract-{res.file_name}-{os.getpid()}-{time.monotonic_ns()}"
-    path.mkdir(parents=True)
+    path.mkdir(mode=0o700, parents=True)  # private until the sha256 vouches for it; what moves out has shared modes
     return path
 
 

@@ -72,7 +72,7 @@ def register(record_path, data: bytes, *, archive_sha256: str | None, key: str, 
     root = store_dir()
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = json.dumps(entry, indent=1).encode()
-    atomic_write_bytes(_entry_path(real), lambda f: f.write(text))  # mkstemp: 0600
+    atomic_write_bytes(_entry_path(real), lambda f: f.write(text), private=True)  # this user's only
 
 
 def forget(record_path) -> None:

@@ -9,7 +9,8 @@ place and hold on every Python version (we do not rely on 3.12's `tarfile` filte
 - a hard link may only point at a regular file extracted earlier;
 - every write goes through a parent whose real path is inside the folder, into a file opened with
   O_NOFOLLOW | O_EXCL, so a link planted by the archive is never written through;
-- modes lose setuid/setgid/sticky and group/other write; nothing is chowned, so files belong to the user;
+- modes are what the user's umask gives (`zoo.fsutil.shared_mode`: 0644, 0755 for folders and executables under
+  umask 022), never setuid/setgid/sticky; nothing is chowned, so files belong to the user;
 - what the tree takes on disk is capped, in bytes and in entries (decompression and directory bombs; the
   policy and the accounting are `zoo.archive.limits.Budget`), charged before each entry is made;
 - nothing may be named like the zoo's own records (`.built.json`, `.mmfzoo/`): an archive must not mark data
@@ -26,7 +27,7 @@ import xxhash
 
 from zoo.archive.limits import Budget
 from zoo.errors import CorruptArchiveError, DiskError, UnsafeArchiveError
-from zoo.fsutil import human
+from zoo.fsutil import EXECUTABLE, FILE, FOLDER, human, shared_mode
 from zoo.records import MARKER, STATE_DIR
 
 
@@ -133,7 +134,7 @@ class SafeTree:
             self._check_real(parent, member)
             self._charge_parents(parent, member)
             try:
-                os.makedirs(parent, mode=0o755, exist_ok=True)
+                os.makedirs(parent, mode=shared_mode(FOLDER), exist_ok=True)
             except (FileExistsError, NotADirectoryError):
                 raise CorruptArchiveError(
                     f"{self.label}: member {member!r} needs a folder where the archive already put a "
@@ -168,7 +169,8 @@ class SafeTree:
 
     # -------------------------------------------------------------------------------------- writers
     def make_dir(self, rel: str, mode: int, member: str) -> None:
-        """Create folder `rel` (and its parents) with a safe mode."""
+        """Create folder `rel` (and its parents) with the mode the umask gives (the archive's own mode is not
+        kept: the data dir may be shared, and its owner must be able to replace and repair what is installed)."""
         path = self._parent(rel, member)
         if path in self._dirs:
             return
@@ -184,7 +186,7 @@ class SafeTree:
                     "archive is inconsistent, download it again or report it") from None
         except OSError as exc:
             raise self.disk_error(exc, member) from exc
-        os.chmod(path, (mode & 0o755) | 0o700)
+        os.chmod(path, shared_mode(FOLDER))
         self._dirs.add(path)
 
     def open_file(self, rel: str, member: str) -> int:
@@ -206,9 +208,10 @@ class SafeTree:
         return fd
 
     def finish_file(self, fd: int, rel: str, size: int, mode: int, mtime, member: str) -> None:
-        """Set a safe mode and the member's mtime, close, and record (rel, size)."""
+        """Set the mode the umask gives (executable when the member is; never setuid) and the member's mtime,
+        close, and record (rel, size). Files are written 0600 until then, inside a private (0700) folder."""
         try:
-            os.fchmod(fd, (mode & 0o755) | 0o600)
+            os.fchmod(fd, shared_mode(EXECUTABLE if mode & 0o111 else FILE))
             if mtime is not None:
                 try:
                     os.utime(fd, (mtime, mtime))
