@@ -1,13 +1,16 @@
-"""`mmf train ...` / `mmf_run ...` and `mmf plot`. No torch import at module level (keeps `mmf --help` fast)."""
+"""`mmf train ...` (MMF's `mmf_run ...` arguments) and `mmf plot`. No torch import at module level (keeps `mmf --help` fast)."""
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = """usage: mmf train config=CONFIG.yaml datasets=textvqa model=m4c run_type=train_val [key=value ...]
 
-Options are MMF's: config= (relative to cwd, else to the project's configs/), datasets= (alias dataset=, comma
-separated), model=, run_type= (train, val, test, train_val, train_inference, inference), and any config key as
-a.b.c=value or a.b[0]=value (e.g. training.batch_size=32 env.save_dir=./save checkpoint.resume=true).
+Options are MMF's mmf_run ones: config= (relative to cwd, else to the project's configs/), datasets= (alias
+dataset=, comma separated), model=, run_type= (train, val, test, train_val, train_inference, inference), and any config key as
+a.b.c=value or a.b[0]=value (e.g. training.batch_size=32 env.save_dir=./save checkpoint.resume=true), or as
+alternating `key value` words; before them MMF's flags -co/--config_override '{training: {seed: 3}}' (a YAML/JSON
+mapping over the config file) and --local_rank N.
 A save dir holds one run: checkpoint.resume=true continues it (from the newest intact checkpoint); a new run needs
 another env.save_dir (or env.overwrite_save_dir=true). val/test/inference need weights: checkpoint.resume_file=,
 checkpoint.resume_zoo= or checkpoint.resume=true.
@@ -25,8 +28,11 @@ def run_from_argv(argv: list[str]) -> int:
     from mmftrain.errors import TrainError
 
     try:
-        from mmftrain.config import build_config
+        from mmftrain.config import build_config, mmf_flags
 
+        local_rank = mmf_flags(argv)[0].get("local_rank")
+        if local_rank is not None:  # torch.distributed.launch's way; torchrun's env var, if set, says the same
+            os.environ.setdefault("LOCAL_RANK", str(local_rank))
         cfg = build_config(argv)
         from mmftrain.run import run
 

@@ -175,6 +175,44 @@ def parse_value(text: str) -> Any:
         return text  # 5000 digits (past Python's int limit) or deep nesting too: the text, judged by the key's type
 
 
+def mmf_flags(argv: list[str]) -> tuple[dict, list[str]]:
+    """MMF's `mmf_run` flags, which (argparse) come before the key=value options: `-co`/`--config_override TEXT`
+    (a mapping merged over the config file, below the key=value overrides; MMF parses it with demjson, here it is
+    YAML/JSON, e.g. `-co '{training: {seed: 3}}'`) and `--local_rank N` (what torch.distributed.launch passes).
+    Returns ({"config_override": mapping, "local_rank": int}, the remaining options)."""
+    flags: dict = {}
+    args = list(argv)
+    while args and args[0].split("=", 1)[0] in _MMF_FLAGS:
+        flag, eq, value = args.pop(0).partition("=")
+        if not eq:
+            if not args:
+                raise ConfigError(f"option {flag} needs a value (MMF's mmf_run syntax: {flag} VALUE)")
+            value = args.pop(0)
+        name = _MMF_FLAGS[flag]
+        flags[name] = _override_mapping(value) if name == "config_override" else _local_rank(value)
+    return flags, args
+
+
+_MMF_FLAGS = {"-co": "config_override", "--config_override": "config_override", "--local_rank": "local_rank"}
+
+
+def _override_mapping(text: str) -> dict:
+    try:
+        value = safeyaml.load(text, config=True)  # the number rules of the config files it sits over
+    except safeyaml.YamlError as exc:
+        raise ConfigError(f"--config_override {show(text)} is not YAML/JSON ({exc}); write e.g. "
+                          "-co '{training: {seed: 3}}'") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--config_override must be a mapping, e.g. -co '{{training: {{seed: 3}}}}', not {show(text)}")
+    return value
+
+
+def _local_rank(text: str) -> int:
+    if not re.fullmatch(r"\d{1,6}", text.strip()):
+        raise ConfigError(f"--local_rank must be a rank number (0, 1, ...), not {show(text)}")
+    return int(text)
+
+
 def split_argv(argv: list[str]) -> tuple[dict, list[tuple[str, str]]]:
     """Split `key=value` (or alternating `key value`) options into the special keys and the dotlist overrides."""
     pairs: list[tuple[str, str]] = []
@@ -362,6 +400,7 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
         ConfigError: unknown key, bad value, missing file, include cycle.
     """
     environ = os.environ if environ is None else environ
+    flags, argv = mmf_flags(argv)
     special, overrides = split_argv(argv)
     defaults = load_yaml(CONFIGS_DIR / "defaults.yaml")
     cfg = copy.deepcopy(defaults)
@@ -399,6 +438,9 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
         cfg = merge(cfg, load_yaml(ds_file))
     typed = cfg  # the defaults, before the user's values: validate() checks numbers and booleans keep their kind
     cfg = merge(cfg, user)
+    if "config_override" in flags:  # MMF: over the config file, under the key=value overrides
+        _check_sections(flags["config_override"], defaults, "--config_override")
+        cfg = merge(cfg, flags["config_override"])
     cfg["model"], cfg["datasets"] = model, list(datasets)
     if special.get("run_type"):
         cfg["run_type"] = special["run_type"]
