@@ -1,4 +1,6 @@
-"""`mmf train ...` (MMF's `mmf_run ...` arguments) and `mmf plot`. No torch import at module level (keeps `mmf --help` fast)."""
+"""`mmf train ...` (MMF's `mmf_run ...` arguments) and `mmf plot`.
+
+No torch import at module level (keeps `mmf --help` fast)."""
 from __future__ import annotations
 
 import os
@@ -7,8 +9,8 @@ import sys
 USAGE = """usage: mmf train config=CONFIG.yaml datasets=textvqa model=m4c run_type=train_val [key=value ...]
 
 Options are MMF's mmf_run ones: config= (relative to cwd, else to the project's configs/), datasets= (alias
-dataset=, comma separated), model=, run_type= (train, val, test, train_val, train_inference, inference), and any config key as
-a.b.c=value or a.b[0]=value (e.g. training.batch_size=32 env.save_dir=./save checkpoint.resume=true), or as
+dataset=, comma separated), model=, run_type= (train, val, test, train_val, train_inference, inference), and any
+config key as a.b.c=value or a.b[0]=value (e.g. training.batch_size=32 env.save_dir=./save checkpoint.resume=true), or as
 alternating `key value` words; before them MMF's flags -co/--config_override '{training: {seed: 3}}' (a YAML/JSON
 mapping over the config file) and --local_rank N.
 A save dir holds one run: checkpoint.resume=true continues it (from the newest intact checkpoint); a new run needs

@@ -203,7 +203,8 @@ def _override_mapping(text: str) -> dict:
         raise ConfigError(f"--config_override {show(text)} is not YAML/JSON ({exc}); write e.g. "
                           "-co '{training: {seed: 3}}'") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"--config_override must be a mapping, e.g. -co '{{training: {{seed: 3}}}}', not {show(text)}")
+        raise ConfigError(f"--config_override must be a mapping, e.g. -co '{{training: {{seed: 3}}}}', "
+                          f"not {show(text)}")
     return value
 
 

@@ -29,6 +29,7 @@ MMF_SCRIPTS = {"mmf_run", "mmf_predict", "mmf_convert_hm", "mmf_interactive"}
 MMF_WHEEL_GLOB = "mmf-1.0.0rc10-*.whl"
 FETCH_MMF = "pip wheel --no-deps mmf==1.0.0rc10 -w DIR && export MMF_ZOO_TEST_WHEELS=DIR"
 VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+WHERE = "from zoo.project import CONFIGS_DIR, checkout; print(CONFIGS_DIR, checkout())"
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "zoo", "mmfdata", "mmftrain", "mmfzoo_cli", "configs")
 
 
@@ -64,7 +65,8 @@ def mmf_wheel() -> Path:
     folder = os.environ.get("MMF_ZOO_TEST_WHEELS")
     found = sorted(Path(folder).glob(MMF_WHEEL_GLOB)) if folder else []
     if not found:
-        pytest.skip(f"MMF's rc10 wheel is not in $MMF_ZOO_TEST_WHEELS ({folder or 'unset'}); build it with: {FETCH_MMF}")
+        pytest.skip(f"MMF's rc10 wheel is not in $MMF_ZOO_TEST_WHEELS ({folder or 'unset'}); "
+                    f"build it with: {FETCH_MMF}")
     return found[-1]
 
 
@@ -158,7 +160,7 @@ def _check_ours(python: Path, files: set[Path]) -> None:
     assert not missing, f"mmf-zoo files gone: {missing[:5]}"
     assert _run(python, "mmf", "--version").strip() == f"mmf-zoo {VERSION}"
     assert "textvqa" in _run(python, "mmf", "zoo", "list")  # the manifests shipped inside the install
-    where = _run(python, "python", "-c", "from zoo.project import CONFIGS_DIR, checkout; print(CONFIGS_DIR, checkout())")
+    where = _run(python, "python", "-c", WHERE)
     assert Path(where.split()[0]).name == "mmfzoo_configs" and where.split()[1] == "None"
     # MMF's spelling of shipped paths (env.dataset_zoo: configs/zoo/datasets.yaml) resolves inside the install
     code = ("from mmfdata.configs import run_config; from mmftrain.config import find_config_file as f; "
@@ -209,6 +211,6 @@ def test_editable_install_reads_the_checkout(source_copy, deps_dir, tmp_path):
     python = _venv(tmp_path / "venv", deps_dir)
     _pip(python, "install", "--no-deps", "--no-index", "--no-build-isolation", "-e", str(source_copy))
     assert _run(python, "mmf", "--version").strip() == f"mmf-zoo {VERSION}"
-    where = _run(python, "python", "-c", "from zoo.project import CONFIGS_DIR, checkout; print(CONFIGS_DIR, checkout())")
+    where = _run(python, "python", "-c", WHERE)
     assert where.split() == [str(source_copy / "configs"), str(source_copy)]
     assert "textvqa" in _run(python, "mmf", "zoo", "list")

@@ -1,7 +1,8 @@
 """A lab's shared MMF_DATA_DIR: what the zoo writes follows the installing user's umask (0644 / 0755 under 022,
 .built.json and install records included), so a second user can list, verify and read the install, and MMF's
-`built()` running as that user accepts it. Two real uids: root installs, `bob` reads (skipped unless root and
-bob exist). The trust store stays private (0700/0600): reading data is fine for bob, trusting pickles is not."""
+`built()` running as that user accepts it. Two real uids: root installs, `bob` reads (that test skips unless
+root and bob exist; the mode checks run as anyone). The trust store stays private (0700/0600): reading data is
+fine for bob, trusting pickles is not."""
 from __future__ import annotations
 
 import io
@@ -90,7 +91,6 @@ def _modes(data: Path) -> dict[str, tuple[str, int]]:
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_every_written_mode_follows_the_umask(shared, umask):
-    _other_user()  # only so that all shared-dir tests run, or skip, together
     data = _install(shared, umask)
     modes = _modes(data)
     assert ".mmfzoo" in {Path(p).name for p in modes}  # the records are among what is checked

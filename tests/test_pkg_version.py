@@ -16,7 +16,8 @@ def test_version_from_checkout(flag):
     assert r.returncode == 0, r.stderr[-2000:]
     version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert r.stdout == f"mmf-zoo {version}\n"
-    modules = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if line.startswith("import time:")}
+    modules = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines()
+               if line.startswith("import time:")}
     assert "zoo" in modules and "torch" not in modules and "numpy" not in modules
 
 
