@@ -44,8 +44,11 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _note(quiet: bool):
-    """The `say` of library calls: a line on stderr, or nothing under -q/--json (warnings go through `log`)."""
-    return (lambda m: None) if quiet else (lambda m: typer.echo(f"mmf zoo: {m}", err=True))
+    """The `say` of library calls: a line on stderr; under -q/--json only warnings (stdout stays the JSON's)."""
+    def say(message: str) -> None:
+        if not quiet or message.startswith("warning"):
+            typer.echo(f"mmf zoo: {message}", err=True)
+    return say
 
 
 def _offline_env() -> bool:
