@@ -28,8 +28,8 @@ EXIT_CODES = {
 
 
 def kind_of(cls: type) -> str:
-    """`HashMismatchError` -> 'hash_mismatch': the error's name in `--json`, unless the class sets `kind`."""
-    own = cls.__dict__.get("kind")
+    """`HashMismatchError` -> 'hash_mismatch': the error's name in `--json`, unless the class sets `kind_name`."""
+    own = cls.__dict__.get("kind_name")
     if own:
         return own
     name = cls.__name__[:-len("Error")] if cls.__name__.endswith("Error") else cls.__name__
@@ -40,6 +40,7 @@ class ZooError(Exception):
     """Root of every error the zoo raises on purpose."""
 
     exit_code = USAGE
+    kind_name = "error"  # raised as itself: no more specific cause
 
     @property
     def kind(self) -> str:

@@ -86,7 +86,7 @@ def usage_errors(args):
             exc.exit_code = USAGE
             raise
         ctx = getattr(exc, "ctx", None)
-        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        where = f" (see `{ctx.command_path if ctx is not None else 'mmf zoo'} --help`)"
         message = f"{exc.format_message()}{where}"
         if "--json" in args:
             emit_json(error_doc(message, USAGE, kind_of(UsageError), None))
