@@ -6,8 +6,6 @@ import pytest
 import typer
 
 from tests.zoo_helpers import make_zoo, run_mmf
-from zoo.errors import INTERNAL, INTERRUPTED
-from zoo.outcome import finish
 from zoo.testing.faultserver import FaultServer, Faults
 
 
@@ -99,6 +97,8 @@ def test_info_list_failures(toy, tmp_path):
 
 
 def _finish_exit(fn, capsys):
+    from zoo.outcome import finish
+
     with pytest.raises(typer.Exit) as exc:
         finish(fn, as_json=True)
     out, err = capsys.readouterr()
@@ -109,6 +109,8 @@ def test_an_unexpected_exception_is_still_one_document(capsys):
     def bug():
         return {}["missing"]
 
+    from zoo.errors import INTERNAL
+
     code, doc, err = _finish_exit(bug, capsys)
     assert code == INTERNAL == doc["error"]["exit_code"] and doc["error"]["kind"] == "internal"
     assert "KeyError" in doc["error"]["message"] and "Traceback" in err  # the traceback is for the bug report
@@ -117,6 +119,8 @@ def test_an_unexpected_exception_is_still_one_document(capsys):
 def test_an_interrupt_is_one_document(capsys):
     def interrupted():
         raise KeyboardInterrupt()
+
+    from zoo.errors import INTERRUPTED
 
     code, doc, err = _finish_exit(interrupted, capsys)
     assert code == INTERRUPTED == doc["error"]["exit_code"] and doc["error"]["kind"] == "interrupted"
