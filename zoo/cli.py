@@ -107,37 +107,12 @@ def _human(n):
 
 
 def _size_table(z, dd: Path, entries, probe: bool, mirror=None, mirror_only=None) -> dict:
-    """{(entry key, file_name): ResourceSizes} for `entries`: the manifest, the probe cache, install records, and
-    with --probe a HEAD to the mirrors for the sizes still missing."""
-    from zoo import layout, sizes
-    from zoo.mirrors import mirror_roots, resource_urls
+    from zoo import sizes
+    from zoo.mirrors import mirror_roots
 
-    pairs = [(layout.target_for(z, e.key), r) for e in entries if not e.invalid for r in e.resources]
-    if probe:
-        if _offline_env():
-            raise UsageError("--probe needs the network, but MMF_ZOO_OFFLINE is set: unset it, or drop --probe")
-        roots = mirror_roots(mirror or [], mirror_only=mirror_only)
-        cache = sizes.probe([(r, resource_urls(r, roots)) for _, r in pairs], dd)
-    else:
-        cache = sizes.load_cache(dd)
-    return {(t.entry.key, r.file_name): sizes.sizes_of(r, cache, _record_of(t, r, dd)) for t, r in pairs}
-
-
-def _record_of(target, res, dd: Path):
-    from zoo import layout
-    from zoo.errors import ManifestError
-
-    try:
-        return layout.read_record(target.folder(dd, res), res)
-    except ManifestError:  # an entry whose folder would leave the data dir has no record to read
-        return None
-
-
-def _entry_sizes(table: dict, entry) -> tuple:
-    from zoo.sizes import total
-
-    rows = [table.get((entry.key, r.file_name)) for r in entry.resources]
-    return (total(r.download if r else None for r in rows), total(r.extracted if r else None for r in rows))
+    if probe and _offline_env():
+        raise UsageError("--probe needs the network, but MMF_ZOO_OFFLINE is set: unset it, or drop --probe")
+    return sizes.table(z, dd, entries, mirror_roots(mirror or [], mirror_only=mirror_only) if probe else None)
 
 
 @app.command("list")
@@ -157,6 +132,7 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
 
 def _list_row(z, dd: Path, key: str, table: dict) -> dict:
     from zoo import layout
+    from zoo.sizes import entry_total
 
     e = z.entries[key]
     aliases = sorted(a for a, t in z.aliases.items() if t == key)
@@ -167,7 +143,7 @@ def _list_row(z, dd: Path, key: str, table: dict) -> dict:
         built = [n for n in names if _built(layout.target_for(z, n), dd)]
         if built:
             state = "installed" + (f" (as {', '.join(built)})" if built != [key] else "")
-    size, extracted = _entry_sizes(table, e)
+    size, extracted = entry_total(table, e)
     return {"key": key, "kind": e.kind, "version": e.version_str, "resources": len(e.resources),
             "size": size, "extracted_size": extracted, "state": state, "aliases": aliases,
             "conflict": e.conflict, "invalid": e.invalid}
@@ -203,6 +179,7 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
     """Resources of KEY: URL per mirror, hashes, download and extracted sizes, destination, state."""
     from zoo import layout
     from zoo.mirrors import mirror_roots, resource_urls
+    from zoo.sizes import entry_total
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
@@ -210,7 +187,7 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
         e = target.entry
         roots = mirror_roots(mirror or [], mirror_only=mirror_only or None)
         table = _size_table(z, dd, [e], probe, mirror, mirror_only or None)
-        size, extracted = _entry_sizes(table, e)
+        size, extracted = entry_total(table, e)
         doc = {"key": e.key, "kind": e.kind, "version": e.version_str, "source": str(e.source),
                "requires": list(e.zoo_requirements), "conflict": e.conflict, "invalid": e.invalid,
                "size": size, "extracted_size": extracted,

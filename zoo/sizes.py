@@ -88,6 +88,36 @@ def sizes_of(res: Resource, cache: dict, record: dict | None) -> ResourceSizes:
     return ResourceSizes(download, extracted, dfrom, efrom)
 
 
+def table(zoo, data_dir: Path, entries, probe_roots: list[str] | None = None) -> dict:
+    """{(entry key, file_name): ResourceSizes} for `entries`; with `probe_roots`, a HEAD to those mirrors first for
+    the sizes the manifest lacks."""
+    from zoo import layout
+    from zoo.mirrors import resource_urls
+
+    pairs = [(layout.target_for(zoo, e.key), r) for e in entries if not e.invalid for r in e.resources]
+    if probe_roots is not None:
+        cache = probe([(r, resource_urls(r, probe_roots)) for _, r in pairs], data_dir)
+    else:
+        cache = load_cache(data_dir)
+    return {(t.entry.key, r.file_name): sizes_of(r, cache, _record_of(t, r, data_dir)) for t, r in pairs}
+
+
+def _record_of(target, res: Resource, data_dir: Path) -> dict | None:
+    from zoo import layout
+    from zoo.errors import ManifestError
+
+    try:
+        return layout.read_record(target.folder(data_dir, res), res)
+    except ManifestError:  # an entry whose folder would leave the data dir has no record to read
+        return None
+
+
+def entry_total(table: dict, entry) -> tuple[int | None, int | None]:
+    """(download, extracted) of a whole entry: known only when every resource's is."""
+    rows = [table.get((entry.key, r.file_name)) for r in entry.resources]
+    return (total(r.download if r else None for r in rows), total(r.extracted if r else None for r in rows))
+
+
 def total(values) -> int | None:
     """The sum, or None when any part is unknown (a partial sum would understate what a fetch takes)."""
     values = list(values)
