@@ -125,3 +125,18 @@ def test_an_interrupt_is_one_document(capsys):
     code, doc, err = _finish_exit(interrupted, capsys)
     assert code == INTERRUPTED == doc["error"]["exit_code"] and doc["error"]["kind"] == "interrupted"
     assert "resume" in doc["error"]["message"] and err.strip().startswith("interrupted:")
+
+
+def test_an_error_carries_its_details_and_result(capsys):
+    from zoo.errors import OfflineError
+    from zoo.outcome import with_result
+
+    def offline():
+        exc = OfflineError("features.tar.gz needs the network; run without --offline")
+        exc.details = {"cause": "offline", "mirrors": {"http://m/": "refused"}}
+        raise with_result(exc, [{"file_name": "annotations.tar.gz", "status": "installed"}])
+
+    code, doc, err = _finish_exit(offline, capsys)
+    assert code == 3 and doc["error"]["kind"] == "offline" and doc["error"]["details"]["cause"] == "offline"
+    assert doc["result"] == [{"file_name": "annotations.tar.gz", "status": "installed"}]
+    assert err == "error: features.tar.gz needs the network; run without --offline\n"

@@ -2,6 +2,7 @@
 
 Every message names the thing and says what to do. Each class carries its exit code (a row of `EXIT_CODES`) and a
 `kind`, the stable name scripts read from `--json`'s `error.kind` (derived from the class name unless set).
+An error may carry `details`, a JSON-able dict (per-mirror causes, say), which --json shows as `error.details`.
 README's exit-code table is checked against `EXIT_CODES` by tests/test_cli_exit_codes.py.
 """
 from __future__ import annotations

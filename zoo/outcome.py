@@ -22,8 +22,11 @@ from zoo.errors import INTERNAL, INTERRUPTED, USAGE, UsageError, ZooError, kind_
 ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
-def error_doc(message: str, exit_code: int, kind: str, result=None) -> dict:
-    return {"error": {"message": message, "exit_code": exit_code, "kind": kind}, "result": result}
+def error_doc(message: str, exit_code: int, kind: str, result=None, details=None) -> dict:
+    error = {"message": message, "exit_code": exit_code, "kind": kind}
+    if isinstance(details, dict) and details:
+        error["details"] = details
+    return {"error": error, "result": result}
 
 
 def emit_json(doc) -> None:
@@ -42,7 +45,8 @@ def finish(fn, as_json: bool = False):
     try:
         result = fn()
     except ZooError as exc:
-        _fail(str(exc), exc.exit_code, exc.kind, as_json, getattr(exc, "result", None))
+        _fail(str(exc), exc.exit_code, exc.kind, as_json, getattr(exc, "result", None),
+              getattr(exc, "details", None))
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", INTERRUPTED)
         _fail(f"interrupted: {_kept(exc)}", code, "terminated" if code != INTERRUPTED else "interrupted",
@@ -58,9 +62,9 @@ def finish(fn, as_json: bool = False):
     return result
 
 
-def _fail(message: str, code: int, kind: str, as_json: bool, result, prefix: str = "error: "):
+def _fail(message: str, code: int, kind: str, as_json: bool, result, details=None, prefix: str = "error: "):
     if as_json:
-        emit_json(error_doc(message, code, kind, result))
+        emit_json(error_doc(message, code, kind, result, details))
     typer.echo(f"{prefix}{message}", err=True)
     raise typer.Exit(code) from None
 
