@@ -21,7 +21,7 @@ CACHE_NAME = "probed-sizes.json"
 CACHE_MAX_BYTES = 4 << 20  # a cache bigger than this was not written by us: ignore it rather than parse it
 VALIDATOR_MAX = 256  # an ETag longer than this is kept cut; it only tells a replaced file from the same one
 PROBE_TIMEOUT = 5.0  # seconds per HEAD (connect, headers, read): a dead mirror costs the listing at most this
-PROBE_THREADS = 8
+PROBE_THREADS = 32  # HEADs wait on the network, not the CPU: a tarpit mirror costs one PROBE_TIMEOUT in all
 
 
 @dataclass
