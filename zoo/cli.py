@@ -1,11 +1,11 @@
 """`mmf zoo ...`: list, info, fetch, verify, adopt, pack, hash, mirrors, serve. Thin wrappers over the library.
 
-Exit codes: 0 ok, 1 usage or manifest error, 2 verification failure, 3 network failure after retries (or network
-needed while offline), 4 disk problem, 5 lock timeout, 130 interrupted.
+How a command ends (exit code, the stderr line, --json's one document) is zoo.outcome's; the exit-code table is
+zoo.errors.EXIT_CODES. -q/--quiet on every command keeps stderr to errors and warnings and drops success summaries;
+what a command exists to show (list's table, info, hash's YAML) still prints.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -14,17 +14,24 @@ from typing import List, Optional
 
 import typer
 
-from zoo.errors import EXIT_CODES, ZooError
+from zoo.errors import EXIT_CODES, TERMINATED, MirrorsExhaustedError, UsageError, VerificationError
+from zoo.outcome import ZooGroup, finish, with_result
 from zoo.serve_conns import Limits
 from zoo.transfer.options import DEFAULT_MIN_RATE
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(cls=ZooGroup, no_args_is_help=True, add_completion=False,
                   help="Fetch, verify and install MMF zoo datasets and models.\n\nExit codes: "
-                  + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
+                  + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
+                  + ".\n\nWith --json (fetch, list, info, verify, pack, mirrors) stdout holds exactly one JSON "
+                  "document: the result on exit 0, else {error: {message, exit_code, kind}, result}.")
 log = logging.getLogger("zoo")
 
 ZooOpt = typer.Option(None, "--zoo", help="Extra manifest(s) in MMF's schema (models if the name says so).")
 DataDirOpt = typer.Option(None, "--data-dir", help="MMF data dir (default: $MMF_DATA_DIR or MMF's cache).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Only errors and warnings on stderr; no progress or summary.")
+JsonOpt = typer.Option(False, "--json", help="Exactly one JSON document on stdout, on success or failure.")
+ProbeOpt = typer.Option(False, "--probe", help="Ask the mirrors (one HEAD per resource, 5 s at most) for sizes the "
+                        "manifest lacks; kept in the data dir for later listings.")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -36,31 +43,22 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
-def _run(fn):
-    """Turn ZooErrors into one line on stderr and their exit code."""
-    try:
-        return fn()
-    except ZooError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt as exc:
-        typer.echo(f"interrupted: {_kept(exc)}", err=True)
-        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+def _note(quiet: bool):
+    """The `say` of library calls: a line on stderr; under -q/--json only warnings (stdout stays the JSON's)."""
+    def say(message: str) -> None:
+        if not quiet or message.startswith("warning"):
+            typer.echo(f"mmf zoo: {message}", err=True)
+    return say
 
 
-def _kept(exc: BaseException) -> str:
-    """What an interrupted fetch left to resume (the transfer attaches it to the KeyboardInterrupt)."""
-    kept = getattr(exc, "zoo_kept", None)
-    if not kept or kept[2] is None:
-        return "partial downloads are kept and resume on the next run"
-    part, n, size = kept
-    return f"{_human(n)} of {_human(size)} kept in {part}; run the same command to resume"
+def _offline_env() -> bool:
+    return os.environ.get("MMF_ZOO_OFFLINE", "") not in ("", "0")
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM: stop like Ctrl-C (journal consistent, partial kept), exit 143."""
 
-    exit_code = 143
+    exit_code = TERMINATED
 
 
 def _stop_on_sigterm() -> None:
@@ -108,44 +106,63 @@ def _human(n):
     return human(n)
 
 
-@app.command("list")
-def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
-          as_json: bool = typer.Option(False, "--json")) -> None:
-    """Keys, versions, sizes when known, installed state, and manifest conflicts."""
-    from zoo import layout
+def _size_table(z, dd: Path, entries, probe: bool, mirror=None, mirror_only=None) -> dict:
+    from zoo import sizes
+    from zoo.mirrors import mirror_roots
 
+    if probe and _offline_env():
+        raise UsageError("--probe needs the network, but MMF_ZOO_OFFLINE is set: unset it, or drop --probe")
+    return sizes.table(z, dd, entries, mirror_roots(mirror or [], mirror_only=mirror_only) if probe else None)
+
+
+@app.command("list")
+def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt, probe: bool = ProbeOpt,
+          quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
+    """Keys, versions, download and extracted sizes ('?': unknown; --probe asks the mirrors), installed state,
+    and manifest conflicts."""
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
-        rows = []
-        for key in sorted(z.entries):
-            e = z.entries[key]
-            sizes = [r.size for r in e.resources]
-            size = sum(sizes) if all(s is not None for s in sizes) else None
-            aliases = sorted(a for a, t in z.aliases.items() if t == key)
-            state = "invalid" if e.invalid else "conflict" if e.conflict else "-"
-            if state == "-":
-                # a model installs under the key the user typed (MMF's rule): an alias folder counts too
-                names = [key] + (aliases if e.kind == "models" else [])
-                built = [n for n in names if _built(layout.target_for(z, n), dd)]
-                if built:
-                    state = "installed" + (f" (as {', '.join(built)})" if built != [key] else "")
-            rows.append({"key": key, "kind": e.kind, "version": e.version_str, "resources": len(e.resources),
-                         "size": size, "state": state, "aliases": aliases, "conflict": e.conflict,
-                         "invalid": e.invalid})
-        if as_json:
-            typer.echo(json.dumps(rows, indent=1))
-            return
-        typer.echo(f"{'key':34} {'kind':8} {'version':18} {'res':>3} {'size':>9}  state")
-        for r in rows:
-            alias = f"  (= {', '.join(r['aliases'])})" if r["aliases"] else ""
-            typer.echo(f"{r['key']:34} {r['kind']:8} {str(r['version']):18} {r['resources']:>3} "
-                       f"{_human(r['size']):>9}  {r['state']}{alias}")
-        for r in rows:
-            if r["conflict"]:
-                typer.echo(f"conflict: {r['key']}: {r['conflict']}", err=True)
-            if r["invalid"]:
-                typer.echo(f"invalid: {r['key']}: {r['invalid']} (refused if fetched)", err=True)
-    _run(go)
+        table = _size_table(z, dd, z.entries.values(), probe)
+        rows = [_list_row(z, dd, key, table) for key in sorted(z.entries)]
+        if not as_json:
+            _print_list(rows, quiet)
+        return rows
+    finish(go, as_json)
+
+
+def _list_row(z, dd: Path, key: str, table: dict) -> dict:
+    from zoo import layout
+    from zoo.sizes import entry_total
+
+    e = z.entries[key]
+    aliases = sorted(a for a, t in z.aliases.items() if t == key)
+    state = "invalid" if e.invalid else "conflict" if e.conflict else "-"
+    if state == "-":
+        # a model installs under the key the user typed (MMF's rule): an alias folder counts too
+        names = [key] + (aliases if e.kind == "models" else [])
+        built = [n for n in names if _built(layout.target_for(z, n), dd)]
+        if built:
+            state = "installed" + (f" (as {', '.join(built)})" if built != [key] else "")
+    size, extracted = entry_total(table, e)
+    return {"key": key, "kind": e.kind, "version": e.version_str, "resources": len(e.resources),
+            "size": size, "extracted_size": extracted, "state": state, "aliases": aliases,
+            "conflict": e.conflict, "invalid": e.invalid}
+
+
+def _print_list(rows: list, quiet: bool) -> None:
+    typer.echo(f"{'key':34} {'kind':8} {'version':18} {'res':>3} {'download':>9} {'extracted':>9}  state")
+    for r in rows:
+        alias = f"  (= {', '.join(r['aliases'])})" if r["aliases"] else ""
+        typer.echo(f"{r['key']:34} {r['kind']:8} {str(r['version']):18} {r['resources']:>3} "
+                   f"{_human(r['size']):>9} {_human(r['extracted_size']):>9}  {r['state']}{alias}")
+    for r in rows:
+        if r["conflict"]:
+            typer.echo(f"conflict: {r['key']}: {r['conflict']}", err=True)
+        if r["invalid"]:
+            typer.echo(f"invalid: {r['key']}: {r['invalid']} (refused if fetched)", err=True)
+    if not quiet and any(r["size"] is None for r in rows if not r["invalid"]):
+        typer.echo("note: '?' = size unknown (the manifest has none): `mmf zoo list --probe` asks the mirrors",
+                   err=True)
 
 
 def _built(target, data_dir: Path) -> bool:
@@ -157,38 +174,66 @@ def _built(target, data_dir: Path) -> bool:
 @app.command()
 def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
          mirror: Optional[List[str]] = typer.Option(None, "--mirror"),
-         mirror_only: bool = typer.Option(False, "--mirror-only")) -> None:
-    """Resources of KEY: URL per mirror, hashes, destination, state."""
-    from zoo import layout, records, trust
+         mirror_only: bool = typer.Option(False, "--mirror-only"), probe: bool = ProbeOpt,
+         quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
+    """Resources of KEY: URL per mirror, hashes, download and extracted sizes, destination, state."""
+    from zoo import layout
     from zoo.mirrors import mirror_roots, resource_urls
+    from zoo.sizes import entry_total
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
         target = layout.target_for(z, key)
         e = target.entry
         roots = mirror_roots(mirror or [], mirror_only=mirror_only or None)
-        typer.echo(f"{e.key} ({e.kind}, version {e.version_str}, from {e.source})")
-        if e.zoo_requirements:
-            typer.echo(f"  requires: {', '.join(e.zoo_requirements)}")
-        if e.conflict:
-            typer.echo(f"  CONFLICT: {e.conflict}")
-        if e.invalid:
-            typer.echo(f"  INVALID (refused if fetched): {e.invalid}")
-        for res in e.resources:
-            folder = target.folder(dd, res)
-            rec = layout.read_record(folder, res)
-            damage = records.check_record(folder, rec, full=False, limit=1) if rec else []
-            untrusted = trust.record_problem(layout.record_path(folder, res)) if rec and not damage else None
-            state = (f"damaged: {damage[0].rel} {damage[0].problem}; run `mmf zoo verify --repair {key}`" if damage
-                     else f"installed, pickles not trusted: {untrusted}" if untrusted
-                     else "installed" if rec else
-                     "built by MMF" if layout.is_built(target.marker_folder(dd, res), e.version) else "not installed")
-            typer.echo(f"  - {res.category + ': ' if res.category else ''}{res.file_name}  [{state}]")
-            typer.echo(f"    sha256: {res.hashcode or '(none: size-only check)'}  size: {_human(res.size)}")
-            typer.echo(f"    destination: {folder}")
-            for url in resource_urls(res, roots):
-                typer.echo(f"    url: {url}")
-    _run(go)
+        table = _size_table(z, dd, [e], probe, mirror, mirror_only or None)
+        size, extracted = entry_total(table, e)
+        doc = {"key": e.key, "kind": e.kind, "version": e.version_str, "source": str(e.source),
+               "requires": list(e.zoo_requirements), "conflict": e.conflict, "invalid": e.invalid,
+               "size": size, "extracted_size": extracted,
+               "resources": [_info_resource(target, res, dd, key, table, resource_urls(res, roots))
+                             for res in e.resources]}
+        if not as_json:
+            _print_info(doc)
+        return doc
+    finish(go, as_json)
+
+
+def _info_resource(target, res, dd: Path, key: str, table: dict, urls: list) -> dict:
+    from zoo import layout, records, trust
+
+    folder = target.folder(dd, res)
+    rec = layout.read_record(folder, res)
+    damage = records.check_record(folder, rec, full=False, limit=1) if rec else []
+    untrusted = trust.record_problem(layout.record_path(folder, res)) if rec and not damage else None
+    state = (f"damaged: {damage[0].rel} {damage[0].problem}; run `mmf zoo verify --repair {key}`" if damage
+             else f"installed, pickles not trusted: {untrusted}" if untrusted
+             else "installed" if rec else
+             "built by MMF" if layout.is_built(target.marker_folder(dd, res), target.entry.version)
+             else "not installed")
+    sz = table.get((target.entry.key, res.file_name))
+    return {"category": res.category, "file_name": res.file_name, "state": state, "sha256": res.hashcode,
+            "size": sz.download if sz else None, "size_from": sz.download_from if sz else None,
+            "extracted_size": sz.extracted if sz else None, "extracted_size_from": sz.extracted_from if sz else None,
+            "destination": str(folder), "urls": urls}
+
+
+def _print_info(doc: dict) -> None:
+    typer.echo(f"{doc['key']} ({doc['kind']}, version {doc['version']}, from {doc['source']})")
+    typer.echo(f"  download: {_human(doc['size'])}  extracted: {_human(doc['extracted_size'])}")
+    if doc["requires"]:
+        typer.echo(f"  requires: {', '.join(doc['requires'])}")
+    if doc["conflict"]:
+        typer.echo(f"  CONFLICT: {doc['conflict']}")
+    if doc["invalid"]:
+        typer.echo(f"  INVALID (refused if fetched): {doc['invalid']}")
+    for r in doc["resources"]:
+        typer.echo(f"  - {r['category'] + ': ' if r['category'] else ''}{r['file_name']}  [{r['state']}]")
+        typer.echo(f"    sha256: {r['sha256'] or '(none: size-only check)'}  size: {_human(r['size'])}"
+                   f"{' (probed)' if r['size_from'] == 'probe' else ''}  extracted: {_human(r['extracted_size'])}")
+        typer.echo(f"    destination: {r['destination']}")
+        for url in r["urls"]:
+            typer.echo(f"    url: {url}")
 
 
 @app.command()
@@ -212,8 +257,8 @@ def fetch(
     delete_archives: bool = typer.Option(False, "--delete-archives", help="Delete each archive after its verified extraction."),
     no_stream: bool = typer.Option(False, "--no-stream", help="Extract after the download instead of while it runs."),
     lock_timeout: Optional[float] = typer.Option(None, "--lock-timeout", help="Give up waiting for another process after this many seconds."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json", help="One JSON report on stdout."),
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Fetch, verify and install KEYS (with their zoo_requirements) into MMF's layout."""
     from zoo.install import FetchOptions, fetch as do_fetch
@@ -221,7 +266,7 @@ def fetch(
 
     _setup_logging(quiet or as_json)
     _stop_on_sigterm()
-    offline = offline or os.environ.get("MMF_ZOO_OFFLINE", "") not in ("", "0")
+    offline = offline or _offline_env()
 
     def go():
         z = _zoo(zoo, from_path, trust_pack)
@@ -234,19 +279,18 @@ def fetch(
                                      stall_timeout=stall_timeout, min_rate=min_rate * 1000, offline=offline),
             from_path=from_path, force=force, extract=not no_extract, delete_archives=delete_archives,
             stream_extract=not no_stream, lock_timeout=lock_timeout, progress=bars, trust=not no_trust,
-            say=(lambda m: typer.echo(f"mmf zoo: {m}", err=True)) if not as_json else (lambda m: None))
+            say=_note(quiet or as_json))
         try:
             reports = do_fetch(z, keys, opts)
         finally:
             bars.close()
-        if as_json:
-            typer.echo(json.dumps([r.__dict__ for r in reports], indent=1))
-        elif not quiet:
+        if not (quiet or as_json):
             for r in reports:
                 extra = f", fetched {_human(r.fetched)} in {r.seconds:.1f}s" if r.fetched else ""
                 extra += f", resumed {_human(r.resumed)}" if r.resumed else ""
                 typer.echo(f"{r.key}: {r.file_name}: {r.status}{extra} -> {r.path}")
-    _run(go)
+        return [r.__dict__ for r in reports]
+    finish(go, as_json)
 
 
 @app.command()
@@ -255,40 +299,47 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
                                        "first, else the mirrors)."),
            mirror: Optional[List[str]] = typer.Option(None, "--mirror", help="Mirror for --repair (as for fetch)."),
            offline: bool = typer.Option(False, "--offline", help="--repair from kept archives only."),
-           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+           quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
     """Re-hash every installed file (xxh3-128) and kept archive (sha256) against the install records; report
-    damaged, missing and extra files. --repair mends the damaged resources and leaves the others untouched."""
+    damaged, missing and extra files. --repair mends the damaged resources and leaves the others untouched.
+    -q prints only the BAD lines."""
     from zoo.install import FetchOptions, repair as do_repair, verify_installed
     from zoo.transfer import TransferOptions
 
-    _setup_logging(quiet)
-
-    def show(checks):
-        for c in checks:
-            typer.echo(f"{'ok ' if c.ok else 'BAD'} {c.key}: {c.file_name}: {c.detail}")
+    _setup_logging(quiet or as_json)
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
+        repaired = []
         if repair:
             opts = FetchOptions(data_dir=dd, mirrors=mirror or [],
-                                transfer=TransferOptions(offline=offline or os.environ.get("MMF_ZOO_OFFLINE", "")
-                                                         not in ("", "0")),
-                                say=lambda m: typer.echo(f"mmf zoo: {m}", err=True))
+                                transfer=TransferOptions(offline=offline or _offline_env()),
+                                say=_note(quiet or as_json))
             before, reports = do_repair(z, keys, opts)
-            for r in reports:
+            repaired = [r.__dict__ for r in reports]
+            for r in reports if not (quiet or as_json) else ():
                 typer.echo(f"repaired {r.key}: {r.file_name}: {r.status} -> {r.path}")
         checks = verify_installed(z, keys, dd)
-        show(checks)
-        if any(c.extra for c in checks):
-            typer.echo("note: extra files are not the zoo's; they are never unpickled without trust and never "
-                       "deleted by the zoo: remove them if they are not yours", err=True)
+        result = {"checks": [c.__dict__ for c in checks], "repaired": repaired}
+        if not as_json:
+            _print_checks(checks, quiet)
         if not all(c.ok for c in checks):
             adopt = (f" (where only trust is missing, `mmf zoo adopt {' '.join(keys)}` re-verifies without "
                      "re-installing)" if any(c.untrusted for c in checks) else "")
-            typer.echo(f"error: verification failed; run `mmf zoo verify --repair {' '.join(keys)}` to re-install "
-                       f"the damaged resources{adopt}", err=True)
-            raise typer.Exit(2)
-    _run(go)
+            raise with_result(VerificationError(
+                f"verification failed; run `mmf zoo verify --repair {' '.join(keys)}` to re-install the damaged "
+                f"resources{adopt}"), result)
+        return result
+    finish(go, as_json)
+
+
+def _print_checks(checks, quiet: bool) -> None:
+    for c in checks:
+        if not (quiet and c.ok):
+            typer.echo(f"{'ok ' if c.ok else 'BAD'} {c.key}: {c.file_name}: {c.detail}")
+    if any(c.extra for c in checks) and not quiet:
+        typer.echo("note: extra files are not the zoo's; they are never unpickled without trust and never "
+                   "deleted by the zoo: remove them if they are not yours", err=True)
 
 
 @app.command()
@@ -296,43 +347,53 @@ def adopt(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Optiona
           from_path: Optional[Path] = typer.Option(None, "--from", help="A pack whose own entries KEYS come from "
                                                    "(with --trust-pack)."),
           trust_pack: bool = TrustPackOpt,
-          lock_timeout: Optional[float] = typer.Option(None, "--lock-timeout")) -> None:
+          lock_timeout: Optional[float] = typer.Option(None, "--lock-timeout"),
+          quiet: bool = QuietOpt) -> None:
     """Trust an install this user's zoo did not write here (a data dir copied, moved, rsynced or unpacked from
     elsewhere, or another user's): re-verify each kept archive against the manifest's sha256 and every installed
     file against the archive's content, then record it in your trust store. Nothing is written into another
-    user's folders."""
+    user's folders. -q prints only the BAD lines."""
     from zoo.adopt import adopt as do_adopt
+
+    _setup_logging(quiet)
 
     def go():
         results = do_adopt(_zoo(zoo, from_path, trust_pack), keys, _data_dir(data_dir), lock_timeout)
         for r in results:
-            typer.echo(f"{'ok ' if r.ok else 'BAD'} {r.key}: {r.file_name}: {r.detail}")
+            if not (quiet and r.ok):
+                typer.echo(f"{'ok ' if r.ok else 'BAD'} {r.key}: {r.file_name}: {r.detail}")
         bad = [r for r in results if not r.ok]
         if bad:
-            typer.echo(f"error: {len(bad)} of {len(results)} resource(s) not adopted; their pickles stay untrusted "
-                       "(what to do is on each BAD line)", err=True)
-            raise typer.Exit(2)
-    _run(go)
+            raise VerificationError(f"{len(bad)} of {len(results)} resource(s) not adopted; their pickles stay "
+                                    "untrusted (what to do is on each BAD line)")
+    finish(go)
 
 
 @app.command("pack")
 def pack_cmd(keys: List[str], out: Path = typer.Option(..., "-o", "--output", help="Pack file to write."),
-             zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt) -> None:
+             zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
+             quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
     """Bundle the verified archives of KEYS and their manifest entries into one file for an offline machine."""
     from zoo.pack import pack
 
+    _setup_logging(quiet or as_json)
+
     def go():
-        index = pack(_zoo(zoo), keys, _data_dir(data_dir), out, say=lambda m: typer.echo(m, err=True))
-        typer.echo(f"wrote {out} ({len(index['resources'])} archives); install with "
-                   f"`mmf zoo fetch {' '.join(keys)} --from {out}`")
-    _run(go)
+        say = (lambda m: None) if quiet or as_json else (lambda m: typer.echo(m, err=True))
+        index = pack(_zoo(zoo), keys, _data_dir(data_dir), out, say=say)
+        install = f"mmf zoo fetch {' '.join(keys)} --from {out}"
+        if not (quiet or as_json):
+            typer.echo(f"wrote {out} ({len(index['resources'])} archives); install with `{install}`")
+        return {"pack": str(out), "resources": index["resources"], "install": install}
+    finish(go, as_json)
 
 
 @app.command("hash")
 def hash_cmd(file: Path, chunk_size: float = typer.Option(8.0, "--chunk-size", help="MiB per chunk hash."),
              url: str = typer.Option(None, "--url", help="The resource's URL (mmf://... or https://...)."),
              compressed: bool = typer.Option(True, "--compressed/--not-compressed",
-                                             help="Whether the file is an archive to extract.")) -> None:
+                                             help="Whether the file is an archive to extract."),
+             quiet: bool = QuietOpt) -> None:
     """Print FILE as one manifest resource (YAML list item: url, file_name, hashcode, size, chunk hashes), ready to
     paste under a resource list (`resources:` or a category such as `features:`)."""
     import hashlib
@@ -342,8 +403,7 @@ def hash_cmd(file: Path, chunk_size: float = typer.Option(8.0, "--chunk-size", h
 
     def go():
         if not file.is_file():
-            typer.echo(f"error: {file} is not a file", err=True)
-            raise typer.Exit(1)
+            raise UsageError(f"{file} is not a file; pass the archive to hash")
         cs = max(1, int(chunk_size * (1 << 20)))
         sha, chunks = hashlib.sha256(), []
         with open(file, "rb") as f:
@@ -353,10 +413,10 @@ def hash_cmd(file: Path, chunk_size: float = typer.Option(8.0, "--chunk-size", h
         item = {"url": url or f"https://CHANGE-ME/{file.name}", "file_name": file.name, "hashcode": sha.hexdigest(),
                 "compressed": compressed, "size": file.stat().st_size,
                 "chunk_hashes": {"chunk_size": cs, "xxh3_128": chunks}}
-        if not url:
+        if not url and not quiet:
             typer.echo("# set url: below (mmf://... or https://...), then paste under a resource list", err=True)
         typer.echo(yaml.safe_dump([item], sort_keys=False, default_flow_style=False).rstrip())
-    _run(go)
+    finish(go)
 
 
 @app.command()
@@ -365,7 +425,7 @@ def mirrors(key: str = typer.Argument("textvqa", help="Zoo key whose largest res
             mirror_only: bool = typer.Option(False, "--mirror-only"),
             zoo: Optional[List[Path]] = ZooOpt,
             sample: float = typer.Option(8.0, "--sample", help="MiB read from each mirror to time throughput."),
-            as_json: bool = typer.Option(False, "--json")) -> None:
+            quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
     """Latency and throughput of every configured mirror for KEY's largest resource."""
     from zoo import layout
     from zoo.mirrors import mirror_roots, resource_urls
@@ -378,17 +438,21 @@ def mirrors(key: str = typer.Argument("textvqa", help="Zoo key whose largest res
         res = max(resources, key=lambda r: r.size or 0)  # the biggest known file says most about throughput
         urls = resource_urls(res, mirror_roots(mirror or [], mirror_only=mirror_only or None))
         rows = [measure(u, TransferOptions(stall_timeout=10), int(sample * (1 << 20))) for u in urls]
-        if as_json:
-            typer.echo(json.dumps([r.__dict__ for r in rows], indent=1))
-            return
-        typer.echo(f"{res.file_name} ({_human(rows[0].size if rows and rows[0].size else res.size)})")
-        for r in rows:
-            lat = f"{r.latency_ms:7.1f} ms" if r.latency_ms is not None else "      - "
-            rate = f"{r.mb_per_s:8.1f} MB/s" if r.mb_per_s is not None else "       -     "
-            typer.echo(f"  {'ok ' if r.ok else 'BAD'} {lat} {rate}  {r.url}{'  ' + r.detail if r.detail else ''}")
+        if not as_json:
+            _print_mirrors(res, rows)
         if not any(r.ok for r in rows):
-            raise typer.Exit(3)
-    _run(go)
+            raise with_result(MirrorsExhaustedError(f"no mirror of {res.file_name} answered: check the network or "
+                                                    "pass a working --mirror"), [r.__dict__ for r in rows])
+        return [r.__dict__ for r in rows]
+    finish(go, as_json)
+
+
+def _print_mirrors(res, rows) -> None:
+    typer.echo(f"{res.file_name} ({_human(rows[0].size if rows and rows[0].size else res.size)})")
+    for r in rows:
+        lat = f"{r.latency_ms:7.1f} ms" if r.latency_ms is not None else "      - "
+        rate = f"{r.mb_per_s:8.1f} MB/s" if r.mb_per_s is not None else "       -     "
+        typer.echo(f"  {'ok ' if r.ok else 'BAD'} {lat} {rate}  {r.url}{'  ' + r.detail if r.detail else ''}")
 
 
 @app.command()
@@ -403,29 +467,32 @@ def serve(folder: Path = typer.Argument(..., help="Folder laid out like the orig
                                              help="Seconds a client may take no data before it is dropped."),
           max_connections: int = typer.Option(Limits.max_connections, "--max-connections",
                                               help="Open connections at most (lowered to fit the file limit, "
-                                                   "ulimit -n); at the cap the idlest one is closed.")) -> None:
+                                                   "ulimit -n); at the cap the idlest one is closed."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No request log; errors and warnings only.")) -> None:
     """Serve FOLDER as a Range-capable mirror, for `mmf zoo fetch --mirror http://HOST:PORT/` on other machines."""
+    finish(lambda: _serve(folder, host, port, (header_timeout, idle_timeout, send_timeout, max_connections), quiet))
+
+
+def _serve(folder: Path, host: str, port: int, limit_values: tuple, quiet: bool) -> None:
     import time
 
     from zoo.serve import FolderMirror
 
     if not folder.is_dir():
-        typer.echo(f"error: {folder} is not a folder", err=True)
-        raise typer.Exit(1)
+        raise UsageError(f"{folder} is not a folder; pass the folder laid out like the origin")
     try:
-        limits = Limits(header_timeout, idle_timeout, send_timeout, max_connections).fitted()
+        wanted = Limits(*limit_values)
+        limits = wanted.fitted()
     except ValueError as exc:
-        typer.echo(f"error: --{exc}", err=True)
-        raise typer.Exit(1) from None
+        raise UsageError(f"--{exc}") from None
     try:
-        mirror = FolderMirror(folder, host, port, verbose=True, limits=limits)
+        mirror = FolderMirror(folder, host, port, verbose=not quiet, limits=limits)
     except OSError as exc:
-        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}; pick another --port", err=True)
-        raise typer.Exit(1) from None
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
     with mirror:
-        if limits.max_connections < max_connections:
+        if limits.max_connections < wanted.max_connections:
             typer.echo(f"note: at most {limits.max_connections} connections (the file limit, ulimit -n, allows no "
-                       f"more than --max-connections {max_connections}); raise ulimit -n for more", err=True)
+                       f"more than --max-connections {wanted.max_connections}); raise ulimit -n for more", err=True)
         typer.echo(f"serving {folder} at {mirror.url} (Ctrl-C to stop)")
         try:
             while True:

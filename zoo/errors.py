@@ -1,20 +1,64 @@
-"""One exception tree for the zoo. Every message names the thing and says what to do.
+"""One exception tree for the zoo, and the one table of `mmf zoo` exit codes.
 
-The CLI maps each class to a documented exit code (see `exit_code`).
+Every message names the thing and says what to do. Each class carries its exit code (a row of `EXIT_CODES`) and a
+`kind`, the stable name scripts read from `--json`'s `error.kind` (derived from the class name unless set).
+An error may carry `details`, a JSON-able dict (per-mirror causes, say), which --json shows as `error.details`.
+README's exit-code table is checked against `EXIT_CODES` by tests/test_cli_exit_codes.py.
 """
 from __future__ import annotations
+
+import re
+
+OK = 0
+USAGE = 1  # click's own default (2) would collide with a verification failure: the zoo CLI routes it here
+INTERNAL = 70  # BSD sysexits' EX_SOFTWARE: an unexpected exception, i.e. a bug in this program
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM
+
+EXIT_CODES = {
+    OK: "success",
+    USAGE: "usage or manifest error (bad option or argument, unknown key, malformed manifest)",
+    2: "verification failure (hash mismatch, unsafe or corrupt archive, damaged install)",
+    3: "network failure after retries on every mirror (or network needed while offline)",
+    4: "disk problem (not enough space, disk full, read-only data dir)",
+    5: "timed out waiting for another process's lock",
+    INTERNAL: "internal error (a bug: please report it with the traceback printed on stderr)",
+    INTERRUPTED: "interrupted (Ctrl-C); partial downloads stay resumable",
+    TERMINATED: "terminated (SIGTERM); partial downloads stay resumable",
+}
+
+
+def kind_of(cls: type) -> str:
+    """`HashMismatchError` -> 'hash_mismatch': the error's name in `--json`, unless the class sets `kind_name`."""
+    own = cls.__dict__.get("kind_name")
+    if own:
+        return own
+    name = cls.__name__[:-len("Error")] if cls.__name__.endswith("Error") else cls.__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 class ZooError(Exception):
     """Root of every error the zoo raises on purpose."""
 
-    exit_code = 1
+    exit_code = USAGE
+    kind_name = "error"  # raised as itself: no more specific cause
+
+    @property
+    def kind(self) -> str:
+        return kind_of(type(self))
+
+
+class UsageError(ZooError, ValueError):
+    """A command line that cannot work (an option out of range, a missing argument, options that exclude each
+    other)."""
+
+    exit_code = USAGE
 
 
 class ManifestError(ZooError, ValueError):
     """A manifest is malformed, or a key is unknown."""
 
-    exit_code = 1
+    exit_code = USAGE
 
 
 class UnknownKeyError(ManifestError, KeyError):
@@ -66,15 +110,3 @@ class LockTimeoutError(ZooError):
     """Another process holds the lock of a resource for too long."""
 
     exit_code = 5
-
-
-EXIT_CODES = {
-    0: "success",
-    1: "usage or manifest error (bad key, malformed manifest, bad option)",
-    2: "verification failure (hash mismatch, unsafe or corrupt archive)",
-    3: "network failure after retries on every mirror (or network needed while offline)",
-    4: "disk problem (not enough space, read-only data dir)",
-    5: "timed out waiting for another process's lock",
-    130: "interrupted (Ctrl-C); partial downloads stay resumable",
-    143: "terminated (SIGTERM); partial downloads stay resumable",
-}

@@ -23,6 +23,7 @@ import requests
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
+from zoo.manifest import MAX_NUMBER
 from zoo.mirrors import Mirror, is_local, local_slice
 
 USER_AGENT = "mmf-zoo/0.1 (+https://github.com/facebookresearch/mmf compatible)"
@@ -374,3 +375,23 @@ def discard(stream, n: int) -> None:
         if not data:
             raise Transient("connection closed early")
         n -= len(data)
+
+
+def head(url: str, timeout: float) -> tuple[int | None, str | None]:
+    """(size, validator) a server states for `url` in answer to one HEAD, or (None, None): for sizes shown before a
+    fetch, never trusted by one. `timeout` bounds the connect, the headers (the watchdog: a tarpit that drips
+    them does not hold the caller) and each read; a Content-Length that is not a plain number is no size."""
+    _local.header_timeout = timeout
+    try:
+        resp = session().head(url, allow_redirects=True, timeout=(timeout, timeout))
+    except (requests.RequestException, OSError):
+        return None, None
+    finally:
+        _release()
+    with resp:
+        length = resp.headers.get("Content-Length", "")
+        digits = (length.lstrip("0") or "0") if length.isascii() and length.isdigit() else ""
+        if resp.status_code != 200 or "text/html" in resp.headers.get("Content-Type", "").lower() \
+                or not digits or len(digits) > len(str(MAX_NUMBER)) or int(digits) > MAX_NUMBER:
+            return None, None
+        return int(digits), resp.headers.get("ETag") or resp.headers.get("Last-Modified")

@@ -44,7 +44,13 @@ class Progress:
         return bar
 
     def plan(self, total: int | None, resources: int) -> None:
-        """Called once the plan is known: an overall bar when more than one resource is to be fetched."""
+        """Called once the plan is known, before any byte: what the whole fetch weighs (so a 64 GB surprise is
+        seen before it starts), and an overall bar when more than one resource is to be fetched."""
+        if self.enabled and resources:
+            from zoo.fsutil import human
+
+            weight = human(total) if total is not None else "size unknown for some (the manifest has none)"
+            sys.stderr.write(f"mmf zoo: {resources} resource(s) to fetch: {weight}\n")
         if self.enabled and resources > 1:
             self.overall = self._tqdm(total=total, desc=f"all {resources} resources", position=0)
 
