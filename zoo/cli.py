@@ -75,19 +75,12 @@ def _stop_on_sigterm() -> None:
         pass
 
 
-def _zoo(zoo_paths, from_path=None, trust_pack: bool = False):
-    from zoo.errors import ManifestError
+def _zoo(zoo_paths, from_paths=None, trust_pack: bool = False):
     from zoo.manifest import load_zoo
-    from zoo.sources import is_pack
+    from zoo.pack import merge_packs
 
     zoo = load_zoo(zoo_paths or [])
-    if from_path and Path(from_path).is_file() and is_pack(Path(from_path)):
-        from zoo.pack import merge_pack_entries, pack_entries
-
-        merge_pack_entries(zoo, pack_entries(Path(from_path)), Path(from_path), consent=trust_pack)
-    elif trust_pack:
-        raise ManifestError(f"--trust-pack needs --from PACK (a file written by `mmf zoo pack`), got "
-                            f"{'--from ' + str(from_path) if from_path else 'no --from'}")
+    merge_packs(zoo, from_paths, consent=trust_pack)
     return zoo
 
 
@@ -202,7 +195,7 @@ def fetch(
     chunk_size: float = typer.Option(8.0, "--chunk-size", min=0.0625, max=4096, help="Chunk size in MiB (resume and verification unit, 64 KiB to 4 GiB)."),
     stall_timeout: float = typer.Option(30.0, "--stall-timeout", min=0.5, help="Drop a connection silent for this many seconds (also the limit for headers and the window of --min-rate)."),
     min_rate: float = typer.Option(DEFAULT_MIN_RATE / 1000, "--min-rate", min=0, help="KB/s a connection must sustain (over --stall-timeout) while another mirror could take its work; 0 = off."),
-    from_path: Optional[Path] = typer.Option(None, "--from", help="Install from an archive, a folder of archives or a pack; no network."),
+    from_path: Optional[List[Path]] = typer.Option(None, "--from", help="Install from an archive, a folder of archives (found by size and sha256, any name) or a pack; repeatable; no network."),
     trust_pack: bool = TrustPackOpt,
     no_trust: bool = typer.Option(False, "--no-trust", help="Install and verify, but do not trust the data's pickles "
                                   "(for a third party's manifest or pack); `mmf zoo adopt KEY` trusts it later."),

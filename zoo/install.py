@@ -35,7 +35,7 @@ class FetchOptions:
     mirrors: list[str] = field(default_factory=list)
     mirror_only: bool | None = None
     transfer: TransferOptions = field(default_factory=TransferOptions)
-    from_path: Path | None = None
+    from_path: Path | list[Path] | None = None  # --from: one path or several (zoo.sources.LocalSource)
     force: bool = False
     extract: bool = True
     delete_archives: bool = False
@@ -117,8 +117,7 @@ def _urls(res: Resource, roots: list[str], source: LocalSource | None) -> list[s
         return resource_urls(res, roots)
     url = source.url_for(res)
     if url is None:
-        raise OfflineError(f"{res.file_name} ({res.url}) is not in --from {source.path}: add the archive there "
-                           "(matched by file name and sha256) or fetch it online")
+        raise OfflineError(f"{res.file_name} ({res.url}) is not in --from {source.path}: {source.missing(res)}")
     return [url]
 
 
@@ -202,7 +201,7 @@ def _record(target: layout.Target, res: Resource, opts: FetchOptions, report: Re
     elif verified and not grant:
         opts.say(f"note: {target.entry.key}:{res.file_name}: installed from the pack's own entry without "
                  f"--trust-pack: its pickles are not trusted (if you trust the pack's author: `mmf zoo adopt "
-                 f"{rec['key']} --from {opts.from_path} --trust-pack`)")
+                 f"{rec['key']} --from {trust.pack_path(target.entry.source)} --trust-pack`)")
     if res.compressed and opts.extract and (opts.delete_archives or res.delete_original):
         archive.unlink(missing_ok=True)
         rec["archive_kept"] = False

@@ -77,6 +77,20 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
     return index
 
 
+def merge_packs(zoo: Zoo, from_paths, consent: bool = False) -> None:
+    """Merge the entries of every pack among the --from paths (one path, a list, or None); --trust-pack
+    (`consent`) needs at least one pack."""
+    from zoo.sources import is_pack
+
+    paths = [] if not from_paths else [from_paths] if isinstance(from_paths, (str, Path)) else list(from_paths)
+    packs = [Path(p).expanduser() for p in paths if Path(p).expanduser().is_file() and is_pack(Path(p).expanduser())]
+    if consent and not packs:
+        raise ManifestError(f"--trust-pack needs --from PACK (a file written by `mmf zoo pack`), got "
+                            f"{'--from ' + ', '.join(map(str, paths)) if paths else 'no --from'}")
+    for path in packs:
+        merge_pack_entries(zoo, pack_entries(path), path, consent=consent)
+
+
 def merge_pack_entries(zoo: Zoo, index_entries: list[dict], pack_path, consent: bool = False) -> None:
     """Make a pack's manifest entries known to the zoo.
 
@@ -187,4 +201,4 @@ def pack_entries(path: Path) -> list[dict]:
             from None
 
 
-__all__ = ["pack", "merge_pack_entries", "pack_entries", "layout"]
+__all__ = ["pack", "merge_packs", "merge_pack_entries", "pack_entries", "layout"]

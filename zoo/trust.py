@@ -49,6 +49,11 @@ def pack_source(path, consent: bool) -> str:
     return f"{PACK_SOURCE}{path}{CONSENT if consent else ''}"
 
 
+def pack_path(source: str) -> str:
+    """The pack file an entry's `source` (see `pack_source`) names."""
+    return source[len(PACK_SOURCE):].removesuffix(CONSENT) if source.startswith(PACK_SOURCE) else source
+
+
 def chosen(source: str) -> bool:
     """Did the user choose the manifest this entry comes from? Every manifest file did (built-in, --zoo, env);
     a pack's own entries only with --trust-pack."""
