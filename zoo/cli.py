@@ -105,7 +105,7 @@ def _human(n):
 def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Keys, versions, sizes when known, installed state, and manifest conflicts."""
-    from zoo import layout
+    from zoo import layout, origin
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
@@ -122,9 +122,15 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
                 built = [n for n in names if _built(layout.target_for(z, n), dd)]
                 if built:
                     state = "installed" + (f" (as {', '.join(built)})" if built != [key] else "")
+                elif origin.recorded_manifest(layout.target_for(z, key), dd):
+                    state = f"installed from {origin.recorded_manifest(layout.target_for(z, key), dd)}'s entry"
             rows.append({"key": key, "kind": e.kind, "version": e.version_str, "resources": len(e.resources),
                          "size": size, "state": state, "aliases": aliases, "conflict": e.conflict,
                          "invalid": e.invalid})
+        for t, manifest in origin.other_installs(z, dd):  # custom installs: their records remember the entry
+            rows.append({"key": t.entry.key, "kind": t.entry.kind, "version": t.entry.version_str,
+                         "resources": len(t.entry.resources), "size": None, "aliases": [], "conflict": None,
+                         "invalid": None, "state": f"installed from {manifest} (no active manifest has it)"})
         if as_json:
             typer.echo(json.dumps(rows, indent=1))
             return
@@ -152,12 +158,12 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
          mirror: Optional[List[str]] = typer.Option(None, "--mirror"),
          mirror_only: bool = typer.Option(False, "--mirror-only")) -> None:
     """Resources of KEY: URL per mirror, hashes, destination, state."""
-    from zoo import layout, records, trust
+    from zoo import layout, origin, records, trust
     from zoo.mirrors import mirror_roots, resource_urls
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
-        target = layout.target_for(z, key)
+        target = origin.target_or_recorded(z, key, dd)
         e = target.entry
         roots = mirror_roots(mirror or [], mirror_only=mirror_only or None)
         typer.echo(f"{e.key} ({e.kind}, version {e.version_str}, from {e.source})")
@@ -167,11 +173,16 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
             typer.echo(f"  CONFLICT: {e.conflict}")
         if e.invalid:
             typer.echo(f"  INVALID (refused if fetched): {e.invalid}")
+        said: set[str] = set()
         for res in e.resources:
             folder = target.folder(dd, res)
             rec = layout.read_record(folder, res)
             damage = records.check_record(folder, rec, full=False, limit=1) if rec else []
             untrusted = trust.record_problem(layout.record_path(folder, res)) if rec and not damage else None
+            came = origin.judge(rec, e, res) if rec else None
+            if came and came.how == "other" and came.note not in said:
+                said.add(came.note)
+                typer.echo(f"  note: {came.note}")
             state = (f"damaged: {damage[0].rel} {damage[0].problem}; run `mmf zoo verify --repair {key}`" if damage
                      else f"installed, pickles not trusted: {untrusted}" if untrusted
                      else "installed" if rec else
@@ -248,6 +259,10 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
                                        "first, else the mirrors)."),
            mirror: Optional[List[str]] = typer.Option(None, "--mirror", help="Mirror for --repair (as for fetch)."),
            offline: bool = typer.Option(False, "--offline", help="--repair from kept archives only."),
+           force: bool = typer.Option(False, "--force", help="--repair may replace an install made from another "
+                                      "manifest's entry with the active manifest's data."),
+           strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) on data built by MMF, which has no "
+                                       "install record to verify its content against."),
            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Re-hash every installed file (xxh3-128) and kept archive (sha256) against the install records; report
     damaged, missing and extra files. --repair mends the damaged resources and leaves the others untouched."""
@@ -258,7 +273,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
 
     def show(checks):
         for c in checks:
-            typer.echo(f"{'ok ' if c.ok else 'BAD'} {c.key}: {c.file_name}: {c.detail}")
+            typer.echo(f"{c.tag} {c.key}: {c.file_name}: {c.detail}")
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
@@ -267,7 +282,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
                                 transfer=TransferOptions(offline=offline or os.environ.get("MMF_ZOO_OFFLINE", "")
                                                          not in ("", "0")),
                                 say=lambda m: typer.echo(f"mmf zoo: {m}", err=True))
-            before, reports = do_repair(z, keys, opts)
+            before, reports = do_repair(z, keys, opts, replace_foreign=force)
             for r in reports:
                 typer.echo(f"repaired {r.key}: {r.file_name}: {r.status} -> {r.path}")
         checks = verify_installed(z, keys, dd)
@@ -275,7 +290,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
         if any(c.extra for c in checks):
             typer.echo("note: extra files are not the zoo's; they are never unpickled without trust and never "
                        "deleted by the zoo: remove them if they are not yours", err=True)
-        if not all(c.ok for c in checks):
+        if not all(c.ok and not (strict and c.unverifiable) for c in checks):
             adopt = (f" (where only trust is missing, `mmf zoo adopt {' '.join(keys)}` re-verifies without "
                      "re-installing)" if any(c.untrusted for c in checks) else "")
             typer.echo(f"error: verification failed; run `mmf zoo verify --repair {' '.join(keys)}` to re-install "

@@ -7,44 +7,25 @@ install is not trusted with pickles unless the user passes --trust-pack (`merge_
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import tarfile
 import time
 from pathlib import Path
 
-from zoo import layout, trust
+from zoo import layout, origin, trust
 from zoo.errors import DiskError, HashMismatchError, ManifestError
 from zoo.install import plan
-from zoo.manifest import Entry, Resource, Zoo
+from zoo.manifest import Entry, Zoo
 from zoo.fsutil import atomic_write_bytes, sha256_file
 from zoo.packindex import FORMAT, read_index
 from zoo.sources import PACK_INDEX
 
 
-def entry_to_dict(entry: Entry) -> dict:
-    def res(r: Resource) -> dict:
-        d = {k: v for k, v in dataclasses.asdict(r).items() if v not in (None, (), False) and k != "category"}
-        d["compressed"] = r.compressed
-        if d.get("mirrors"):
-            d["mirrors"] = list(d["mirrors"])
-        return d
-
-    cats: dict[str, list] = {}
-    flat = []
-    for r in entry.resources:
-        (cats.setdefault(r.category, []) if r.category else flat).append(res(r))
-    node = {"version": entry.version, "resources": cats or flat}
-    if entry.zoo_requirements:
-        node["zoo_requirements"] = list(entry.zoo_requirements)
-    return node
-
-
 def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dict:
     items, entries = [], []
     for target in plan(zoo, keys):
-        entries.append({"key": target.entry.key, "kind": target.entry.kind, "node": entry_to_dict(target.entry)})
+        entries.append({"key": target.entry.key, "kind": target.entry.kind, "node": origin.entry_node(target.entry)})
         for res in target.entry.resources:
             archive = target.folder(data_dir, res) / res.file_name
             if not archive.is_file():
@@ -135,19 +116,8 @@ def _resolvable(zoo: Zoo, key: str) -> bool:
 
 
 def _pack_entry(item, source: str, pack_path) -> Entry:
-    from zoo.manifest import _entry, bad_component  # the same validation as manifest files
-
-    key, kind = (item.get("key"), item.get("kind")) if isinstance(item, dict) else (None, None)
-    if kind not in ("datasets", "models") or not isinstance(key, str) or \
-            any(bad_component(p) for p in key.split(".")) or not isinstance(item.get("node"), dict):
-        raise ManifestError(f"pack {pack_path}: entry {str(key)!r:.60} ({str(kind)!r:.20}) is not a zoo key of "
-                            "dot-separated plain names with kind datasets or models; the pack is damaged or forged")
-    problems: list[str] = []
-    node = item["node"]
-    entry = _entry(node, key, kind, source, problems) if "version" in node and "resources" in node else None
-    if problems or entry is None:
-        raise ManifestError(f"pack {pack_path}: entry {key}: {'; '.join(problems) or 'needs version and resources'}")
-    return entry
+    key, kind, node = (item.get("key"), item.get("kind"), item.get("node")) if isinstance(item, dict) else (None,) * 3
+    return origin.entry_from_node(key, kind, node, source, f"pack {pack_path}")
 
 
 def _folder(kind: str, key: str) -> tuple[str, ...]:
