@@ -433,7 +433,7 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     rec = layout.read_record(folder, res)
     key = target.entry.key
     if not rec:
-        if layout.is_built(target.marker_folder(data_dir, res), target.entry.version):
+        if _built_by_mmf(target, res, data_dir):
             return Check(key, res.file_name, True, BUILT_BY_MMF, unverifiable=True)
         return Check(key, res.file_name, False, "not installed", ["not installed"])
     came = origin.judge(rec, target.entry, res)
@@ -461,6 +461,15 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
         detail += f"; {came.note}"
     return Check(key, res.file_name, not problems and not extra, detail, problems, extra, untrusted,
                  foreign=came.use if came.how == "other" else None)
+
+
+def _built_by_mmf(target: layout.Target, res: Resource, data_dir: Path) -> bool:
+    """MMF's marker for this version and no install record of ours beside it (a resource whose record is gone
+    from a folder the zoo installed is missing, not MMF's)."""
+    marker = target.marker_folder(data_dir, res)
+    sharing = [layout.record_path(target.folder(data_dir, r), r) for r in target.entry.resources
+               if target.marker_folder(data_dir, r) == marker]
+    return layout.is_built(marker, target.entry.version) and publish.built_by_mmf(marker, sharing)
 
 
 def _entry_problems(rec: dict, entry: Entry, res: Resource, came: origin.Origin) -> list[str]:

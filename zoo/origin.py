@@ -22,13 +22,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo import layout, records
+from zoo import layout, records, trust
 from zoo.errors import ManifestError
 from zoo.fsutil import sha256_file
 from zoo.manifest import Entry, Resource, bad_component
 from zoo.safeyaml import show
 
-RECORD_SOURCE = "record "  # Entry.source of an entry rebuilt from install records: "record <its manifest>"
+RECORD_SOURCE = trust.RECORD_SOURCE  # Entry.source of an entry rebuilt from records: "record <its manifest>"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; a record naming anything bigger names no manifest
 
 
@@ -69,7 +69,7 @@ def entry_from_node(key, kind, node, source: str, where: str) -> Entry:
 
 def remember(entry: Entry, res: Resource) -> dict:
     """The record's fields that say which entry installed it (besides key, version, url, manifest, sha256)."""
-    real = None if entry.source.startswith("pack ") else os.path.realpath(entry.source)
+    real = None if _pack(entry.source) else os.path.realpath(entry.source)
     return {"entry": entry.key, "kind": entry.kind, "hashcode": res.hashcode, "manifest_path": real,
             "manifest_sha256": manifest_digest(real) if real else None, "node": entry_node(entry)}
 
@@ -106,12 +106,11 @@ def judge(rec: dict, entry: Entry, res: Resource) -> Origin:
         return Origin("same", shown)
     if not rebuilt and _same_manifest(rec, entry):
         return Origin("changed", shown, f"{shown} changed since this was installed" if _changed(rec, source) else "")
-    where = f"the pack {_shown(source[5:])}'s own entry" if source.startswith("pack ") else f"{shown}'s entry"
-    state = "" if source.startswith("pack ") else (
-        "; that manifest is gone" if not os.path.lexists(source) else
-        "; that manifest changed since" if _changed(rec, source) else "")
-    use = f"--from {_shown(source[5:].removesuffix(' (--trust-pack)'))}" if source.startswith("pack ") else \
-        f"--zoo {shown}"
+    pack = _pack(source)
+    where = f"the pack {_shown(pack)}'s own entry" if pack else f"{shown}'s entry"
+    state = "" if pack else ("; that manifest is gone" if not os.path.lexists(source) else
+                             "; that manifest changed since" if _changed(rec, source) else "")
+    use = f"--from {_shown(pack)}" if pack else f"--zoo {shown}"
     if rebuilt:
         return Origin("other", shown, f"installed from {where}, which no active manifest has{state}; "
                                       f"judged by its install record (pass {use} to use that entry)", use)
@@ -126,10 +125,15 @@ def _same_manifest(rec: dict, entry: Entry) -> bool:
     source = str(rec.get("manifest") or "")
     if not source or source in (entry.source, "local"):
         return True
-    if entry.source.startswith("pack "):
+    if _pack(entry.source):
         return False
     real, digest = rec.get("manifest_path"), rec.get("manifest_sha256")
     return real == os.path.realpath(entry.source) or bool(digest) and digest == manifest_digest(entry.source)
+
+
+def _pack(source: str) -> str | None:
+    """The pack a `pack PATH` source names (zoo.trust owns that form), else None."""
+    return trust.pack_path(source) if source.startswith(trust.PACK_SOURCE) else None
 
 
 def _changed(rec: dict, source: str) -> bool:
