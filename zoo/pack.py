@@ -16,7 +16,7 @@ from pathlib import Path
 from zoo import layout, origin, trust
 from zoo.errors import DiskError, HashMismatchError, ManifestError
 from zoo.install import plan
-from zoo.manifest import Entry, Zoo
+from zoo.manifest import Entry, Zoo, bad_component
 from zoo.fsutil import atomic_write_bytes, sha256_file
 from zoo.packindex import FORMAT, read_index
 from zoo.sources import PACK_INDEX
@@ -25,7 +25,9 @@ from zoo.sources import PACK_INDEX
 def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dict:
     items, entries = [], []
     for target in plan(zoo, keys):
-        entries.append({"key": target.entry.key, "kind": target.entry.kind, "node": origin.entry_node(target.entry)})
+        aliases = sorted(a for a, t in zoo.aliases.items() if t == target.entry.key)
+        entries.append({"key": target.entry.key, "kind": target.entry.kind, "node": origin.entry_node(target.entry),
+                        "aliases": aliases})  # `mmf zoo fetch ALIAS --from PACK` works as it did with the manifest
         for res in target.entry.resources:
             archive = target.folder(data_dir, res) / res.file_name
             if not archive.is_file():
@@ -84,31 +86,65 @@ def merge_pack_entries(zoo: Zoo, index_entries: list[dict], pack_path, consent: 
     source = trust.pack_source(Path(pack_path).resolve(), consent)
     for item in index_entries:
         entry = _pack_entry(item, source, pack_path)
-        clashes = _clashes(zoo, entry)
-        if not clashes:
-            zoo.entries[entry.key] = entry
-            continue
-        other, why, nested = clashes[0]
-        if not consent and all(not n and _agrees(entry, zoo.entries.get(o)) for o, _, n in clashes):
-            if not _resolvable(zoo, entry.key):
-                zoo.aliases[entry.key] = other  # the same data under another spelling: the manifest's entry
-            continue
-        if not consent:
-            raise ManifestError(f"pack {pack_path}: its entry '{entry.key}' would shadow the manifest's '{other}' "
-                                f"({why}); a pack only supplies archives for keys the manifest lacks: to use the "
-                                "pack's manifest instead, pass --trust-pack (its pickles then run its author's code "
-                                "at training time)")
-        for other, _, nested in clashes:  # consent: the pack's entry replaces the manifest's under every spelling
-            zoo.entries.pop(other, None)
-            for alias in [a for a, t in zoo.aliases.items() if t == other]:
-                if nested:
-                    del zoo.aliases[alias]
-                else:
-                    zoo.aliases[alias] = entry.key
-            if not nested and other != entry.key:
-                zoo.aliases[other] = entry.key
-        zoo.aliases.pop(entry.key, None)
+        _merge_entry(zoo, entry, consent, pack_path)
+        _merge_aliases(zoo, entry, item.get("aliases"), consent, pack_path)
+
+
+def _merge_entry(zoo: Zoo, entry: Entry, consent: bool, pack_path) -> None:
+    clashes = _clashes(zoo, entry)
+    if not clashes:
         zoo.entries[entry.key] = entry
+        return
+    other, why, nested = clashes[0]
+    if not consent and all(not n and _agrees(entry, zoo.entries.get(o)) for o, _, n in clashes):
+        if not _resolvable(zoo, entry.key):
+            zoo.aliases[entry.key] = other  # the same data under another spelling: the manifest's entry
+        return
+    if not consent:
+        raise ManifestError(f"pack {pack_path}: its entry '{entry.key}' would shadow the manifest's '{other}' "
+                            f"({why}); a pack only supplies archives for keys the manifest lacks: to use the "
+                            "pack's manifest instead, pass --trust-pack (its pickles then run its author's code "
+                            "at training time)")
+    for other, _, nested in clashes:  # consent: the pack's entry replaces the manifest's under every spelling
+        zoo.entries.pop(other, None)
+        for alias in [a for a, t in zoo.aliases.items() if t == other]:
+            if nested:
+                del zoo.aliases[alias]
+            else:
+                zoo.aliases[alias] = entry.key
+        if not nested and other != entry.key:
+            zoo.aliases[other] = entry.key
+    zoo.aliases.pop(entry.key, None)
+    zoo.entries[entry.key] = entry
+
+
+def _merge_aliases(zoo: Zoo, entry: Entry, aliases, consent: bool, pack_path) -> None:
+    """The pack's aliases of `entry` (the spellings its manifest had, e.g. a model's short key), where they do not
+    shadow the manifest's: an alias the manifest already resolves to the same data is left as it is."""
+    if aliases is None:
+        return  # a pack written before packs carried aliases
+    target = zoo.resolve(entry.key).key  # where the entry went (the manifest's, if it agreed)
+    if not isinstance(aliases, list) or len(aliases) > 1000 or \
+            any(not isinstance(a, str) or any(bad_component(p) for p in a.split(".")) for a in aliases):
+        raise ManifestError(f"pack {pack_path}: aliases of '{entry.key}' must be a list of zoo keys; the pack is "
+                            "damaged or forged")
+    for alias in aliases:
+        try:
+            now = zoo.resolve(alias)
+        except ManifestError:
+            now = None
+        if now is None:
+            zoo.aliases[alias] = target
+        elif now.key != target and not _agrees(entry, now):
+            if not consent:
+                raise ManifestError(f"pack {pack_path}: its alias '{alias}' of '{entry.key}' would shadow the "
+                                    f"manifest's '{now.key}'; a pack only supplies archives for keys the manifest "
+                                    "lacks: to use the pack's manifest instead, pass --trust-pack (its pickles "
+                                    "then run its author's code at training time)")
+            if alias in zoo.entries:
+                raise ManifestError(f"pack {pack_path}: its alias '{alias}' of '{entry.key}' names an entry of the "
+                                    "manifest; even with --trust-pack a pack's alias does not replace an entry")
+            zoo.aliases[alias] = target
 
 
 def _resolvable(zoo: Zoo, key: str) -> bool:

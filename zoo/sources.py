@@ -99,6 +99,13 @@ class LocalSource:
 
     def missing(self, res: Resource) -> str:
         """Why `res` was not found, for the one-line error."""
+        packs = f"{'the pack holds' if len(self.packs) == 1 else 'the packs hold'} no archive with its " \
+            f"{'sha256' if res.hashcode else 'URL'}; " if self.packs else ""
+        if len(self.packs) == len(self.paths):
+            return f"{packs}make the pack again with it, or fetch it online"
+        return packs + self._not_in_folders(res)
+
+    def _not_in_folders(self, res: Resource) -> str:
         if res.hashcode:
             tried = self._candidates(res)
             how = (f"{len(tried)} file(s) of its size or name hashed, none has its sha256 {res.hashcode[:12]}…"
