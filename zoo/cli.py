@@ -122,8 +122,8 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
                 built = [n for n in names if _built(layout.target_for(z, n), dd)]
                 if built:
                     state = "installed" + (f" (as {', '.join(built)})" if built != [key] else "")
-                elif origin.recorded_manifest(layout.target_for(z, key), dd):
-                    state = f"installed from {origin.recorded_manifest(layout.target_for(z, key), dd)}'s entry"
+                elif other := origin.recorded_manifest(layout.target_for(z, key), dd):  # a custom manifest's
+                    state = f"installed from {other}'s entry"
             rows.append({"key": key, "kind": e.kind, "version": e.version_str, "resources": len(e.resources),
                          "size": size, "state": state, "aliases": aliases, "conflict": e.conflict,
                          "invalid": e.invalid})

@@ -188,7 +188,7 @@ def _rebuilt(root: Path, kind: str) -> Entry | None:
                 continue  # an older record, or one for another kind of install: says nothing about its entry
             try:
                 return entry_from_node(rec.get("entry"), kind, rec.get("node"),
-                                       RECORD_SOURCE + str(rec.get("manifest") or "?"), f"install record in {root}")
+                                       RECORD_SOURCE + _shown(rec.get("manifest") or "?"), f"install record in {root}")
             except ManifestError:
                 continue
     return None

@@ -130,10 +130,11 @@ class LocalSource:
         ranked = []
         for f in self._files:
             rank = like(f.path.name)
-            if res.size is not None and f.size != res.size:
+            if not f.given and res.size is not None and f.size != res.size:
                 continue  # the manifest's size rules it out, whatever its name
-            if rank is None and res.size is None:
+            if not f.given and rank is None and res.size is None:
                 continue  # no size to go by: hash only files named like the archive
+            # a file named on the command line is always a candidate: the user picked it
             ranked.append((rank if rank is not None else 3, str(f.path), f))
         return [f for *_, f in sorted(ranked, key=lambda t: t[:2])]
 
@@ -142,6 +143,7 @@ class LocalSource:
 class _File:
     path: Path
     size: int
+    given: bool = False  # named by --from itself, not found in a folder
 
 
 def _walk(path: Path) -> list[_File]:
@@ -155,7 +157,7 @@ def _walk(path: Path) -> list[_File]:
 
     if not path.is_dir():
         f = regular(path)
-        return [f] if f else []
+        return [_File(f.path, f.size, given=True)] if f else []
     out = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if d != STATE_DIR)
