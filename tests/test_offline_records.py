@@ -101,6 +101,15 @@ def test_a_key_no_active_manifest_has_is_found_by_its_records(tmp_path):
     assert any(line.startswith("labset.defaults") and "installed from" in line for line in r.stdout.splitlines())
     r = run_mmf("zoo", "verify", "labsett", "--data-dir", str(data), env=env)  # a typo is still a typo
     assert r.returncode == 1 and "unknown zoo key" in r.stderr
+    damaged = data / "datasets/labset/defaults/annotations/imdb_train.npy"
+    damaged.write_bytes(b"rot")
+    r = run_mmf("zoo", "verify", "labset", "--repair", "--force", "--data-dir", str(data), env=env)
+    assert r.returncode == 1 and "no active manifest has" in r.stderr and f"--zoo {own.manifest}" in r.stderr, \
+        r.stderr
+    assert damaged.read_bytes() == b"rot"
+    r = run_mmf("zoo", "verify", "labset", "--repair", "--zoo", str(own.manifest), "--offline", "--data-dir",
+                str(data), env=env)
+    assert r.returncode == 0 and damaged.read_bytes() != b"rot", r.stdout + r.stderr
 
 
 def test_mmf_built_data_is_reported_as_unverifiable_not_bad(tmp_path):

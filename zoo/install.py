@@ -73,10 +73,9 @@ def plan(zoo: Zoo, keys: list[str]) -> list[layout.Target]:
     return targets
 
 
-def _same(zoo: Zoo, key: str, entry: Entry | None) -> bool:
-    """Does `key` resolve to `entry` (to anything, when `entry` is None)?"""
+def _same(zoo: Zoo, key: str, entry: Entry) -> bool:
     try:
-        return entry is None or zoo.resolve(key).key == entry.key
+        return zoo.resolve(key).key == entry.key
     except ManifestError:
         return False
 
@@ -501,7 +500,7 @@ def repair(zoo: Zoo, keys: list[str], opts: FetchOptions,
     before = verify_installed(zoo, keys, opts.data_dir)
     foreign = [c for c in before if c.foreign and c.problems]
     for c in foreign:
-        if not _same(zoo, c.key, None):
+        if c.key not in zoo.entries:  # rebuilt from its records: no manifest to repair it from
             raise ManifestError(f"cannot repair {c.key}:{c.file_name}: no active manifest has '{c.key}'; pass "
                                 f"{c.foreign} to repair it from the entry it was installed from")
         if not replace_foreign:
