@@ -218,7 +218,8 @@ def test_repair_reinstalls_data_built_by_mmf_with_records(tmp_path):
     notes = data / f"{ROOT_REL}/my_notes.txt"
     notes.write_text("mine")
     v, lines = _verify(zoo.manifest, data)
-    assert v.returncode == 2 and all("built by MMF" in line for line in lines.values()), v.stdout
+    # not BAD: nothing to judge its content by (issue 18); still re-installed by --repair below, to get records
+    assert v.returncode == 0 and v.stdout.count("built by MMF, not verifiable by content") == 3, v.stdout
     rep, lines = _verify(zoo.manifest, data, "--repair", mirror=zoo.mirror)
     assert rep.stdout.count("repaired toyset.defaults") == 3, rep.stdout + rep.stderr
     assert lines["extras.tar.gz"].endswith("extra file my_notes.txt"), rep.stdout  # reported, rightly, and kept

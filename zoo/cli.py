@@ -73,19 +73,12 @@ def _stop_on_sigterm() -> None:
         pass
 
 
-def _zoo(zoo_paths, from_path=None, trust_pack: bool = False):
-    from zoo.errors import ManifestError
+def _zoo(zoo_paths, from_paths=None, trust_pack: bool = False):
     from zoo.manifest import load_zoo
-    from zoo.sources import is_pack
+    from zoo.pack import merge_packs
 
     zoo = load_zoo(zoo_paths or [])
-    if from_path and Path(from_path).is_file() and is_pack(Path(from_path)):
-        from zoo.pack import merge_pack_entries, pack_entries
-
-        merge_pack_entries(zoo, pack_entries(Path(from_path)), Path(from_path), consent=trust_pack)
-    elif trust_pack:
-        raise ManifestError(f"--trust-pack needs --from PACK (a file written by `mmf zoo pack`), got "
-                            f"{'--from ' + str(from_path) if from_path else 'no --from'}")
+    merge_packs(zoo, from_paths, consent=trust_pack)
     return zoo
 
 
@@ -120,10 +113,18 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
           quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
     """Keys, versions, download and extracted sizes ('?': unknown; --probe asks the mirrors), installed state,
     and manifest conflicts."""
+    from zoo import origin, sizes
+
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
         table = _size_table(z, dd, z.entries.values(), probe)
         rows = [_list_row(z, dd, key, table) for key in sorted(z.entries)]
+        for t, manifest in origin.other_installs(z, dd):  # custom installs: their records remember the entry
+            size, extracted = sizes.target_total(t, dd)
+            rows.append({"key": t.entry.key, "kind": t.entry.kind, "version": t.entry.version_str,
+                         "resources": len(t.entry.resources), "size": size, "extracted_size": extracted,
+                         "aliases": [], "conflict": None, "invalid": None,
+                         "state": f"installed from {manifest} (no active manifest has it)"})
         if not as_json:
             _print_list(rows, quiet)
         return rows
@@ -131,7 +132,7 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
 
 
 def _list_row(z, dd: Path, key: str, table: dict) -> dict:
-    from zoo import layout
+    from zoo import layout, origin
     from zoo.sizes import entry_total
 
     e = z.entries[key]
@@ -143,6 +144,8 @@ def _list_row(z, dd: Path, key: str, table: dict) -> dict:
         built = [n for n in names if _built(layout.target_for(z, n), dd)]
         if built:
             state = "installed" + (f" (as {', '.join(built)})" if built != [key] else "")
+        elif other := origin.recorded_manifest(layout.target_for(z, key), dd):  # a custom manifest's install
+            state = f"installed from {other}'s entry"
     size, extracted = entry_total(table, e)
     return {"key": key, "kind": e.kind, "version": e.version_str, "resources": len(e.resources),
             "size": size, "extracted_size": extracted, "state": state, "aliases": aliases,
@@ -177,13 +180,13 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
          mirror_only: bool = typer.Option(False, "--mirror-only"), probe: bool = ProbeOpt,
          quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
     """Resources of KEY: URL per mirror, hashes, download and extracted sizes, destination, state."""
-    from zoo import layout
+    from zoo import origin
     from zoo.mirrors import mirror_roots, resource_urls
     from zoo.sizes import entry_total
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
-        target = layout.target_for(z, key)
+        target = origin.target_or_recorded(z, key, dd)
         e = target.entry
         roots = mirror_roots(mirror or [], mirror_only=mirror_only or None)
         table = _size_table(z, dd, [e], probe, mirror, mirror_only or None)
@@ -193,6 +196,7 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
                "size": size, "extracted_size": extracted,
                "resources": [_info_resource(target, res, dd, key, table, resource_urls(res, roots))
                              for res in e.resources]}
+        doc["notes"] = list(dict.fromkeys(r.pop("note") for r in doc["resources"] if r.get("note")))
         if not as_json:
             _print_info(doc)
         return doc
@@ -200,7 +204,7 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
 
 
 def _info_resource(target, res, dd: Path, key: str, table: dict, urls: list) -> dict:
-    from zoo import layout, records, trust
+    from zoo import layout, origin, records, trust
 
     folder = target.folder(dd, res)
     rec = layout.read_record(folder, res)
@@ -212,7 +216,8 @@ def _info_resource(target, res, dd: Path, key: str, table: dict, urls: list) -> 
              "built by MMF" if layout.is_built(target.marker_folder(dd, res), target.entry.version)
              else "not installed")
     sz = table.get((target.entry.key, res.file_name))
-    return {"category": res.category, "file_name": res.file_name, "state": state, "sha256": res.hashcode,
+    came = origin.judge(rec, target.entry, res) if rec else None
+    return {"note": came.note if came and came.how == "other" else None,"category": res.category, "file_name": res.file_name, "state": state, "sha256": res.hashcode,
             "size": sz.download if sz else None, "size_from": sz.download_from if sz else None,
             "extracted_size": sz.extracted if sz else None, "extracted_size_from": sz.extracted_from if sz else None,
             "destination": str(folder), "urls": urls}
@@ -227,6 +232,8 @@ def _print_info(doc: dict) -> None:
         typer.echo(f"  CONFLICT: {doc['conflict']}")
     if doc["invalid"]:
         typer.echo(f"  INVALID (refused if fetched): {doc['invalid']}")
+    for note in doc["notes"]:
+        typer.echo(f"  note: {note}")
     for r in doc["resources"]:
         typer.echo(f"  - {r['category'] + ': ' if r['category'] else ''}{r['file_name']}  [{r['state']}]")
         typer.echo(f"    sha256: {r['sha256'] or '(none: size-only check)'}  size: {_human(r['size'])}"
@@ -247,7 +254,7 @@ def fetch(
     chunk_size: float = typer.Option(8.0, "--chunk-size", min=0.0625, max=4096, help="Chunk size in MiB (resume and verification unit, 64 KiB to 4 GiB)."),
     stall_timeout: float = typer.Option(30.0, "--stall-timeout", min=0.5, help="Drop a connection silent for this many seconds (also the limit for headers and the window of --min-rate)."),
     min_rate: float = typer.Option(DEFAULT_MIN_RATE / 1000, "--min-rate", min=0, help="KB/s a connection must sustain (over --stall-timeout) while another mirror could take its work; 0 = off."),
-    from_path: Optional[Path] = typer.Option(None, "--from", help="Install from an archive, a folder of archives or a pack; no network."),
+    from_path: Optional[List[Path]] = typer.Option(None, "--from", help="Install from an archive, a folder of archives (found by size and sha256, any name) or a pack; repeatable; no network."),
     trust_pack: bool = TrustPackOpt,
     no_trust: bool = typer.Option(False, "--no-trust", help="Install and verify, but do not trust the data's pickles "
                                   "(for a third party's manifest or pack); `mmf zoo adopt KEY` trusts it later."),
@@ -299,6 +306,10 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
                                        "first, else the mirrors)."),
            mirror: Optional[List[str]] = typer.Option(None, "--mirror", help="Mirror for --repair (as for fetch)."),
            offline: bool = typer.Option(False, "--offline", help="--repair from kept archives only."),
+           force: bool = typer.Option(False, "--force", help="--repair may replace an install made from another "
+                                      "manifest's entry with the active manifest's data."),
+           strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) on data built by MMF, which has no "
+                                       "install record to verify its content against."),
            quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
     """Re-hash every installed file (xxh3-128) and kept archive (sha256) against the install records; report
     damaged, missing and extra files. --repair mends the damaged resources and leaves the others untouched.
@@ -315,7 +326,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
             opts = FetchOptions(data_dir=dd, mirrors=mirror or [],
                                 transfer=TransferOptions(offline=offline or _offline_env()),
                                 say=_note(quiet or as_json))
-            before, reports = do_repair(z, keys, opts)
+            before, reports = do_repair(z, keys, opts, replace_foreign=force)
             repaired = [r.__dict__ for r in reports]
             for r in reports if not (quiet or as_json) else ():
                 typer.echo(f"repaired {r.key}: {r.file_name}: {r.status} -> {r.path}")
@@ -323,7 +334,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
         result = {"checks": [c.__dict__ for c in checks], "repaired": repaired}
         if not as_json:
             _print_checks(checks, quiet)
-        if not all(c.ok for c in checks):
+        if not all(c.ok and not (strict and c.unverifiable) for c in checks):
             adopt = (f" (where only trust is missing, `mmf zoo adopt {' '.join(keys)}` re-verifies without "
                      "re-installing)" if any(c.untrusted for c in checks) else "")
             raise with_result(VerificationError(
@@ -336,7 +347,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
 def _print_checks(checks, quiet: bool) -> None:
     for c in checks:
         if not (quiet and c.ok):
-            typer.echo(f"{'ok ' if c.ok else 'BAD'} {c.key}: {c.file_name}: {c.detail}")
+            typer.echo(f"{c.tag} {c.key}: {c.file_name}: {c.detail}")
     if any(c.extra for c in checks) and not quiet:
         typer.echo("note: extra files are not the zoo's; they are never unpickled without trust and never "
                    "deleted by the zoo: remove them if they are not yours", err=True)

@@ -16,8 +16,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo import layout, publish, records, trust
-from zoo.errors import DiskError, ManifestError, OfflineError
+from zoo import layout, origin, publish, records, trust
+from zoo.errors import DiskError, ManifestError, OfflineError, UnknownKeyError
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.mirrors import mirror_roots, resource_urls
@@ -35,7 +35,7 @@ class FetchOptions:
     mirrors: list[str] = field(default_factory=list)
     mirror_only: bool | None = None
     transfer: TransferOptions = field(default_factory=TransferOptions)
-    from_path: Path | None = None
+    from_path: Path | list[Path] | None = None  # --from: one path or several (zoo.sources.LocalSource)
     force: bool = False
     extract: bool = True
     delete_archives: bool = False
@@ -117,8 +117,7 @@ def _urls(res: Resource, roots: list[str], source: LocalSource | None) -> list[s
         return resource_urls(res, roots)
     url = source.url_for(res)
     if url is None:
-        raise OfflineError(f"{res.file_name} ({res.url}) is not in --from {source.path}: add the archive there "
-                           "(matched by file name and sha256) or fetch it online")
+        raise OfflineError(f"{res.file_name} ({res.url}) is not in --from {source.path}: {source.missing(res)}")
     return [url]
 
 
@@ -191,6 +190,7 @@ def _record(target: layout.Target, res: Resource, opts: FetchOptions, report: Re
         "sha256": report.sha256, "verified": verified,
         "size": report.size, "extracted": bool(opts.extract and res.compressed), "top_level": top,
         "files": rows, "archive_kept": True, "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **origin.remember(target.entry, res),
     }
     if not opts.trust:
         rec["no_trust"] = True
@@ -202,7 +202,7 @@ def _record(target: layout.Target, res: Resource, opts: FetchOptions, report: Re
     elif verified and not grant:
         opts.say(f"note: {target.entry.key}:{res.file_name}: installed from the pack's own entry without "
                  f"--trust-pack: its pickles are not trusted (if you trust the pack's author: `mmf zoo adopt "
-                 f"{rec['key']} --from {opts.from_path} --trust-pack`)")
+                 f"{rec['key']} --from {trust.pack_path(target.entry.source)} --trust-pack`)")
     if res.compressed and opts.extract and (opts.delete_archives or res.delete_original):
         archive.unlink(missing_ok=True)
         rec["archive_kept"] = False
@@ -380,6 +380,10 @@ def _mmf_region(target: layout.Target, res: Resource, data_dir: Path):
     return marker, inner
 
 
+BUILT_BY_MMF = "built by MMF, not verifiable by content (no install record; `mmf zoo adopt KEY` checks it " \
+    "against its kept archives)"
+
+
 @dataclass
 class Check:
     """What `mmf zoo verify` found for one resource."""
@@ -391,15 +395,36 @@ class Check:
     problems: list[str] = field(default_factory=list)  # damaged / missing files, bad archive: repair mends these
     extra: list[str] = field(default_factory=list)  # files nobody installed: reported, never deleted
     untrusted: str | None = None  # why its pickles would not be trusted (copied data dir, --no-trust, ...)
+    unverifiable: bool = False  # built by MMF: nothing to check its content against (fails only with --strict)
+    foreign: str | None = None  # installed from another manifest's entry (this one): judged by its own record
+
+    @property
+    def tag(self) -> str:
+        return "MMF" if self.unverifiable else "ok " if self.ok else "BAD"
 
 
 def verify_installed(zoo: Zoo, keys: list[str], data_dir: Path, limit: int = 20) -> list[Check]:
-    """Re-hash every installed file (xxh3-128) and kept archive (sha256) against the install records."""
+    """Re-hash every installed file (xxh3-128) and kept archive (sha256) against the install records. A key no
+    active manifest has is judged by the entry its install records remember (zoo.origin)."""
     out = []
-    for target in plan(zoo, keys):
+    for target in _verify_targets(zoo, keys, data_dir):
         for res in target.entry.resources:
             out.append(_check_one(target, res, data_dir, limit))
     return out
+
+
+def _verify_targets(zoo: Zoo, keys: list[str], data_dir: Path) -> list[layout.Target]:
+    targets: list[layout.Target] = []
+    for key in keys:
+        try:
+            found = plan(zoo, [key])
+        except UnknownKeyError:
+            recorded = origin.recorded_target(data_dir, key)
+            if recorded is None:
+                raise
+            found = [recorded]
+        targets += [t for t in found if t not in targets]
+    return targets
 
 
 def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int) -> Check:
@@ -407,22 +432,13 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     rec = layout.read_record(folder, res)
     key = target.entry.key
     if not rec:
-        built = layout.is_built(target.marker_folder(data_dir, res), target.entry.version)
-        why = "built by MMF, no file list to check" if built else "not installed"
-        return Check(key, res.file_name, False, why, [why])
-    problems = []
-    archive = folder / res.file_name
-    if rec.get("extracted") and archive.exists():
-        digest = sha256_file(archive)
-        if res.hashcode and digest != res.hashcode:
-            problems.append(f"kept archive: sha256 {digest[:12]}… != manifest {res.hashcode[:12]}…")
-    elif rec.get("extracted") and rec.get("archive_kept"):
-        problems.append("kept archive missing")
-    if rec.get("version") != target.entry.version:
-        problems.append(f"installed version {rec.get('version')!r}, manifest has {target.entry.version!r}")
-    elif res.hashcode and rec.get("sha256") and rec.get("sha256") != res.hashcode:
-        problems.append(f"installed from archive sha256 {str(rec.get('sha256'))[:12]}…, manifest has "
-                        f"{res.hashcode[:12]}…")
+        if _built_by_mmf(target, res, data_dir):
+            return Check(key, res.file_name, True, BUILT_BY_MMF, unverifiable=True)
+        return Check(key, res.file_name, False, "not installed", ["not installed"])
+    came = origin.judge(rec, target.entry, res)
+    # an install from another manifest's entry is judged by its own record: its archive's sha256 and file hashes
+    expected = rec.get("sha256") if came.how == "other" else res.hashcode
+    problems = _entry_problems(rec, target.entry, res, came) + _archive_problems(rec, folder / res.file_name, expected)
     if not records.has_hashes(rec):
         problems.append("record has no content hashes (written by an older version)")
     untrusted = trust.record_problem(layout.record_path(folder, res))
@@ -437,15 +453,61 @@ def _check_one(target: layout.Target, res: Resource, data_dir: Path, limit: int)
     extra = records.extra_files(folder, siblings, archives, records.listed_above(folder, target.root(data_dir))) \
         if rec.get("extracted") else []
     n = len(rec.get("files") or [])
+    archive = folder / res.file_name
     detail = "; ".join(problems[:6] + [f"extra file {e}" for e in extra[:4]]) or \
         f"ok ({n} files re-hashed{', archive re-hashed' if archive.exists() and rec.get('extracted') else ''})"
-    return Check(key, res.file_name, not problems and not extra, detail, problems, extra, untrusted)
+    if came.how == "other":
+        detail += f"; {came.note}"
+    return Check(key, res.file_name, not problems and not extra, detail, problems, extra, untrusted,
+                 foreign=came.use if came.how == "other" else None)
 
 
-def repair(zoo: Zoo, keys: list[str], opts: FetchOptions) -> tuple[list[Check], list[ResourceReport]]:
-    """Re-install just the resources whose files are damaged or missing: from the kept archive when it verifies,
-    else from the mirrors. Other resources are not touched. Returns (checks before, install reports)."""
+def _built_by_mmf(target: layout.Target, res: Resource, data_dir: Path) -> bool:
+    """MMF's marker for this version and no install record of ours beside it (a resource whose record is gone
+    from a folder the zoo installed is missing, not MMF's)."""
+    marker = target.marker_folder(data_dir, res)
+    sharing = [layout.record_path(target.folder(data_dir, r), r) for r in target.entry.resources
+               if target.marker_folder(data_dir, r) == marker]
+    return layout.is_built(marker, target.entry.version) and publish.built_by_mmf(marker, sharing)
+
+
+def _entry_problems(rec: dict, entry: Entry, res: Resource, came: origin.Origin) -> list[str]:
+    """Where the install differs from the entry that judges it (nothing for another manifest's install)."""
+    if came.how != "changed":
+        return []
+    since = f" ({came.note})" if came.note else ""
+    if rec.get("version") != entry.version:
+        return [f"installed version {rec.get('version')!r}, manifest has {entry.version!r}{since}"]
+    return [f"installed from archive sha256 {str(rec.get('sha256'))[:12]}…, manifest has {res.hashcode[:12]}…{since}"]
+
+
+def _archive_problems(rec: dict, archive: Path, expected: str | None) -> list[str]:
+    if rec.get("extracted") and archive.exists():
+        digest = sha256_file(archive)
+        if expected and digest != expected:
+            return [f"kept archive: sha256 {digest[:12]}…, not the installed archive's {expected[:12]}…"]
+    elif rec.get("extracted") and rec.get("archive_kept"):
+        return ["kept archive missing"]
+    return []
+
+
+def repair(zoo: Zoo, keys: list[str], opts: FetchOptions,
+           replace_foreign: bool = False) -> tuple[list[Check], list[ResourceReport]]:
+    """Re-install just the resources whose files are damaged or missing (and MMF-built ones, so they get a record):
+    from the kept archive when it verifies, else from the mirrors. Other resources are not touched. An install
+    from another manifest's entry is not replaced by the active manifest's data unless `replace_foreign` (--force).
+    Returns (checks before, install reports)."""
     before = verify_installed(zoo, keys, opts.data_dir)
-    redo = {(c.key, c.file_name) for c in before if c.problems}
+    foreign = [c for c in before if c.foreign and c.problems]
+    for c in foreign:
+        if c.key not in zoo.entries:  # rebuilt from its records: no manifest to repair it from
+            raise ManifestError(f"cannot repair {c.key}:{c.file_name}: no active manifest has '{c.key}'; pass "
+                                f"{c.foreign} to repair it from the entry it was installed from")
+        if not replace_foreign:
+            raise ManifestError(f"not repairing {c.key}:{c.file_name}: it was installed from another manifest's "
+                                f"entry, and repairing from the active manifest would replace that data with other "
+                                f"data; pass {c.foreign} to repair it from its own entry, or --force to replace it")
+    # replacing another manifest's install replaces all of it: a mix of two entries' data is no install at all
+    redo = {(c.key, c.file_name) for c in before if c.problems or c.unverifiable or replace_foreign and c.foreign}
     reports = fetch(zoo, keys, opts, redo=redo) if redo else []
     return before, [r for r in reports if (r.key, r.file_name) in redo]

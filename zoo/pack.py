@@ -7,44 +7,27 @@ install is not trusted with pickles unless the user passes --trust-pack (`merge_
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import tarfile
 import time
 from pathlib import Path
 
-from zoo import layout, trust
+from zoo import layout, origin, trust
 from zoo.errors import DiskError, HashMismatchError, ManifestError
 from zoo.install import plan
-from zoo.manifest import Entry, Resource, Zoo
+from zoo.manifest import Entry, Zoo, bad_component
 from zoo.fsutil import atomic_write_bytes, sha256_file
 from zoo.packindex import FORMAT, read_index
 from zoo.sources import PACK_INDEX
 
 
-def entry_to_dict(entry: Entry) -> dict:
-    def res(r: Resource) -> dict:
-        d = {k: v for k, v in dataclasses.asdict(r).items() if v not in (None, (), False) and k != "category"}
-        d["compressed"] = r.compressed
-        if d.get("mirrors"):
-            d["mirrors"] = list(d["mirrors"])
-        return d
-
-    cats: dict[str, list] = {}
-    flat = []
-    for r in entry.resources:
-        (cats.setdefault(r.category, []) if r.category else flat).append(res(r))
-    node = {"version": entry.version, "resources": cats or flat}
-    if entry.zoo_requirements:
-        node["zoo_requirements"] = list(entry.zoo_requirements)
-    return node
-
-
 def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dict:
     items, entries = [], []
     for target in plan(zoo, keys):
-        entries.append({"key": target.entry.key, "kind": target.entry.kind, "node": entry_to_dict(target.entry)})
+        aliases = sorted(a for a, t in zoo.aliases.items() if t == target.entry.key)
+        entries.append({"key": target.entry.key, "kind": target.entry.kind, "node": origin.entry_node(target.entry),
+                        "aliases": aliases})  # `mmf zoo fetch ALIAS --from PACK` works as it did with the manifest
         for res in target.entry.resources:
             archive = target.folder(data_dir, res) / res.file_name
             if not archive.is_file():
@@ -77,6 +60,20 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
     return index
 
 
+def merge_packs(zoo: Zoo, from_paths, consent: bool = False) -> None:
+    """Merge the entries of every pack among the --from paths (one path, a list, or None); --trust-pack
+    (`consent`) needs at least one pack."""
+    from zoo.sources import is_pack
+
+    paths = [] if not from_paths else [from_paths] if isinstance(from_paths, (str, Path)) else list(from_paths)
+    packs = [Path(p).expanduser() for p in paths if Path(p).expanduser().is_file() and is_pack(Path(p).expanduser())]
+    if consent and not packs:
+        raise ManifestError(f"--trust-pack needs --from PACK (a file written by `mmf zoo pack`), got "
+                            f"{'--from ' + ', '.join(map(str, paths)) if paths else 'no --from'}")
+    for path in packs:
+        merge_pack_entries(zoo, pack_entries(path), path, consent=consent)
+
+
 def merge_pack_entries(zoo: Zoo, index_entries: list[dict], pack_path, consent: bool = False) -> None:
     """Make a pack's manifest entries known to the zoo.
 
@@ -89,31 +86,65 @@ def merge_pack_entries(zoo: Zoo, index_entries: list[dict], pack_path, consent: 
     source = trust.pack_source(Path(pack_path).resolve(), consent)
     for item in index_entries:
         entry = _pack_entry(item, source, pack_path)
-        clashes = _clashes(zoo, entry)
-        if not clashes:
-            zoo.entries[entry.key] = entry
-            continue
-        other, why, nested = clashes[0]
-        if not consent and all(not n and _agrees(entry, zoo.entries.get(o)) for o, _, n in clashes):
-            if not _resolvable(zoo, entry.key):
-                zoo.aliases[entry.key] = other  # the same data under another spelling: the manifest's entry
-            continue
-        if not consent:
-            raise ManifestError(f"pack {pack_path}: its entry '{entry.key}' would shadow the manifest's '{other}' "
-                                f"({why}); a pack only supplies archives for keys the manifest lacks: to use the "
-                                "pack's manifest instead, pass --trust-pack (its pickles then run its author's code "
-                                "at training time)")
-        for other, _, nested in clashes:  # consent: the pack's entry replaces the manifest's under every spelling
-            zoo.entries.pop(other, None)
-            for alias in [a for a, t in zoo.aliases.items() if t == other]:
-                if nested:
-                    del zoo.aliases[alias]
-                else:
-                    zoo.aliases[alias] = entry.key
-            if not nested and other != entry.key:
-                zoo.aliases[other] = entry.key
-        zoo.aliases.pop(entry.key, None)
+        _merge_entry(zoo, entry, consent, pack_path)
+        _merge_aliases(zoo, entry, item.get("aliases"), consent, pack_path)
+
+
+def _merge_entry(zoo: Zoo, entry: Entry, consent: bool, pack_path) -> None:
+    clashes = _clashes(zoo, entry)
+    if not clashes:
         zoo.entries[entry.key] = entry
+        return
+    other, why, nested = clashes[0]
+    if not consent and all(not n and _agrees(entry, zoo.entries.get(o)) for o, _, n in clashes):
+        if not _resolvable(zoo, entry.key):
+            zoo.aliases[entry.key] = other  # the same data under another spelling: the manifest's entry
+        return
+    if not consent:
+        raise ManifestError(f"pack {pack_path}: its entry '{entry.key}' would shadow the manifest's '{other}' "
+                            f"({why}); a pack only supplies archives for keys the manifest lacks: to use the "
+                            "pack's manifest instead, pass --trust-pack (its pickles then run its author's code "
+                            "at training time)")
+    for other, _, nested in clashes:  # consent: the pack's entry replaces the manifest's under every spelling
+        zoo.entries.pop(other, None)
+        for alias in [a for a, t in zoo.aliases.items() if t == other]:
+            if nested:
+                del zoo.aliases[alias]
+            else:
+                zoo.aliases[alias] = entry.key
+        if not nested and other != entry.key:
+            zoo.aliases[other] = entry.key
+    zoo.aliases.pop(entry.key, None)
+    zoo.entries[entry.key] = entry
+
+
+def _merge_aliases(zoo: Zoo, entry: Entry, aliases, consent: bool, pack_path) -> None:
+    """The pack's aliases of `entry` (the spellings its manifest had, e.g. a model's short key), where they do not
+    shadow the manifest's: an alias the manifest already resolves to the same data is left as it is."""
+    if aliases is None:
+        return  # a pack written before packs carried aliases
+    target = zoo.resolve(entry.key).key  # where the entry went (the manifest's, if it agreed)
+    if not isinstance(aliases, list) or len(aliases) > 1000 or \
+            any(not isinstance(a, str) or any(bad_component(p) for p in a.split(".")) for a in aliases):
+        raise ManifestError(f"pack {pack_path}: aliases of '{entry.key}' must be a list of zoo keys; the pack is "
+                            "damaged or forged")
+    for alias in aliases:
+        try:
+            now = zoo.resolve(alias)
+        except ManifestError:
+            now = None
+        if now is None:
+            zoo.aliases[alias] = target
+        elif now.key != target and not _agrees(entry, now):
+            if not consent:
+                raise ManifestError(f"pack {pack_path}: its alias '{alias}' of '{entry.key}' would shadow the "
+                                    f"manifest's '{now.key}'; a pack only supplies archives for keys the manifest "
+                                    "lacks: to use the pack's manifest instead, pass --trust-pack (its pickles "
+                                    "then run its author's code at training time)")
+            if alias in zoo.entries:
+                raise ManifestError(f"pack {pack_path}: its alias '{alias}' of '{entry.key}' names an entry of the "
+                                    "manifest; even with --trust-pack a pack's alias does not replace an entry")
+            zoo.aliases[alias] = target
 
 
 def _resolvable(zoo: Zoo, key: str) -> bool:
@@ -121,19 +152,8 @@ def _resolvable(zoo: Zoo, key: str) -> bool:
 
 
 def _pack_entry(item, source: str, pack_path) -> Entry:
-    from zoo.manifest import _entry, bad_component  # the same validation as manifest files
-
-    key, kind = (item.get("key"), item.get("kind")) if isinstance(item, dict) else (None, None)
-    if kind not in ("datasets", "models") or not isinstance(key, str) or \
-            any(bad_component(p) for p in key.split(".")) or not isinstance(item.get("node"), dict):
-        raise ManifestError(f"pack {pack_path}: entry {str(key)!r:.60} ({str(kind)!r:.20}) is not a zoo key of "
-                            "dot-separated plain names with kind datasets or models; the pack is damaged or forged")
-    problems: list[str] = []
-    node = item["node"]
-    entry = _entry(node, key, kind, source, problems) if "version" in node and "resources" in node else None
-    if problems or entry is None:
-        raise ManifestError(f"pack {pack_path}: entry {key}: {'; '.join(problems) or 'needs version and resources'}")
-    return entry
+    key, kind, node = (item.get("key"), item.get("kind"), item.get("node")) if isinstance(item, dict) else (None,) * 3
+    return origin.entry_from_node(key, kind, node, source, f"pack {pack_path}")
 
 
 def _folder(kind: str, key: str) -> tuple[str, ...]:
@@ -187,4 +207,4 @@ def pack_entries(path: Path) -> list[dict]:
             from None
 
 
-__all__ = ["pack", "merge_pack_entries", "pack_entries", "layout"]
+__all__ = ["pack", "merge_packs", "merge_pack_entries", "pack_entries", "layout"]

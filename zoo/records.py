@@ -48,6 +48,8 @@ def has_hashes(rec: dict) -> bool:
 def check_file(folder: Path, row, full: bool) -> str | None:
     """None when the file still holds what was installed; else what is wrong with it."""
     rel, size = row[0], row[1]
+    if not isinstance(rel, str) or rel.startswith("/") or ".." in rel.split("/"):
+        return "not a path inside its install folder (a damaged or forged record)"  # never read what it names
     path = folder / rel
     try:
         st = os.lstat(path)

@@ -112,6 +112,13 @@ def _record_of(target, res: Resource, data_dir: Path) -> dict | None:
         return None
 
 
+def target_total(target, data_dir: Path) -> tuple[int | None, int | None]:
+    """(download, extracted) of an install no active manifest has (its record remembers the entry)."""
+    cache = load_cache(data_dir)
+    rows = [sizes_of(r, cache, _record_of(target, r, data_dir)) for r in target.entry.resources]
+    return total(r.download for r in rows), total(r.extracted for r in rows)
+
+
 def entry_total(table: dict, entry) -> tuple[int | None, int | None]:
     """(download, extracted) of a whole entry: known only when every resource's is."""
     rows = [table.get((entry.key, r.file_name)) for r in entry.resources]

@@ -26,6 +26,7 @@ from zoo.records import MARKER, RECORD_SUFFIX, STATE_DIR, VOLATILE, check_file, 
 
 PACK_SOURCE = "pack "  # Entry.source of a pack's own manifest entries: "pack PATH" (+ CONSENT when chosen)
 CONSENT = " (--trust-pack)"
+RECORD_SOURCE = "record "  # Entry.source of an entry rebuilt from install records (zoo.origin): never chosen
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
 
 
@@ -49,9 +50,16 @@ def pack_source(path, consent: bool) -> str:
     return f"{PACK_SOURCE}{path}{CONSENT if consent else ''}"
 
 
+def pack_path(source: str) -> str:
+    """The pack file an entry's `source` (see `pack_source`) names."""
+    return source[len(PACK_SOURCE):].removesuffix(CONSENT) if source.startswith(PACK_SOURCE) else source
+
+
 def chosen(source: str) -> bool:
     """Did the user choose the manifest this entry comes from? Every manifest file did (built-in, --zoo, env);
     a pack's own entries only with --trust-pack."""
+    if source.startswith(RECORD_SOURCE):
+        return False  # a record is in the data dir: whoever can write there wrote it
     return not source.startswith(PACK_SOURCE) or source.endswith(CONSENT)
 
 
