@@ -58,6 +58,7 @@ class ResourceReport:
     resumed: int = 0
     seconds: float = 0.0
     mirrors: dict = field(default_factory=dict)
+    restarted: str | None = None  # why an earlier run's partial download was not reused (also said on stderr)
 
 
 def plan(zoo: Zoo, keys: list[str]) -> list[layout.Target]:
@@ -237,7 +238,7 @@ def _obtain(target, res, opts, urls, size, archive: Path, report: ResourceReport
             streamer.abort()
         raise
     report.size, report.sha256, report.fetched, report.resumed = result.size, result.sha256, result.fetched, result.resumed
-    report.mirrors = result.mirrors
+    report.mirrors, report.restarted = result.mirrors, result.restarted
     tree = files = None
     if streamer:
         tree, files = streamer.finish(result.sink_error)

@@ -35,3 +35,4 @@ class TransferResult:
     mirrors: dict[str, str] = field(default_factory=dict)  # url -> "ok (N bytes)" or the reason it was dropped
     sink_error: str | None = None
     extra: int = 0  # of `fetched`, bytes read to cross-check mirrors or to repair the file (not file data)
+    restarted: str | None = None  # why a partial download from an earlier run was not reused (None: it was)
