@@ -155,6 +155,7 @@ class Mirror:
     suspect: str = ""  # lost a dispute it could not be convicted of: no new work while others can serve
     parked: bool = False  # serves another size than the one being tried: waits its turn (not alive meanwhile)
     worn: bool = False  # dropped for failing too often in a row (not evidence against its file)
+    unreachable: str = ""  # never answered: why it cannot be reached (no name, refused, no route)
     variant: int = 0  # > 0: outvoted on a range by mirrors of the same size, it serves another version of the file
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from zoo import layout
@@ -31,6 +32,26 @@ def discover_size(urls: list[str], opts, journal: Journal | None = None) -> int 
         return None
 
 
+def _sizes(todo, opts, urls_for) -> dict[int, tuple[Journal | None, int | None]]:
+    """id(resource) -> (its partial download's journal, its size) for each resource without a kept archive. The
+    sizes the manifest lacks are probed for every resource at once, not one after another."""
+    out, probe = {}, []
+    for target, res in todo:
+        folder = target.folder(opts.data_dir, res)
+        if (folder / res.file_name).exists():
+            continue
+        journal = Journal.load(layout.state_dir(folder) / f"{res.file_name}.journal.json")
+        out[id(res)] = (journal, res.size)
+        if res.size is None:
+            probe.append((res, journal))
+    if probe:
+        with ThreadPoolExecutor(max_workers=min(16, len(probe)), thread_name_prefix="zoo-size") as ex:
+            found = ex.map(lambda rj: discover_size(urls_for(rj[0]), opts.transfer, rj[1]), probe)
+            for (res, journal), size in zip(probe, found):
+                out[id(res)] = (journal, size)
+    return out
+
+
 def not_enough(where: Path, need: str, free: int, hint: str = "") -> DiskError:
     """The one wording of a disk-space refusal: where, what is needed, what is free, what to do."""
     return DiskError(f"not enough space in {where}: need {need}, {human(free)} free{hint}; free space or choose "
@@ -42,12 +63,11 @@ def preflight(todo, opts, urls_for) -> dict[int, int]:
     sizes: dict[int, int] = {}
     archives = extracted = biggest = 0
     unknown = []
+    found = _sizes(todo, opts, urls_for)
     for target, res in todo:
-        folder = target.folder(opts.data_dir, res)
-        if (folder / res.file_name).exists():
+        if id(res) not in found:
             continue  # kept archive: only its extraction needs room
-        journal = Journal.load(layout.state_dir(folder) / f"{res.file_name}.journal.json")
-        size = res.size if res.size is not None else discover_size(urls_for(res), opts.transfer, journal)
+        journal, size = found[id(res)]
         if size is None:
             unknown.append(res.file_name)
             continue

@@ -75,6 +75,12 @@ class Transfer:
                     return self._attempt(size, journal)
                 except WrongFile as exc:
                     size, journal = self._next_file(str(exc)), None
+        except MirrorsExhaustedError as exc:
+            part, kept, size = self.kept()
+            if kept <= 0:  # never claim a partial download is kept when none is
+                raise
+            raise MirrorsExhaustedError(f"{exc}; {human(kept)} of {human(size)} is kept in {part}: run the same "
+                                        "command to resume") from None
         except KeyboardInterrupt as exc:
             try:
                 exc.zoo_kept = self.kept()

@@ -178,6 +178,8 @@ class MirrorPool:
                     self.files.classify(m)
         except http.Permanent as exc:
             self.drop(m, str(exc))
+        except http.Unreachable as exc:
+            self.unreachable(m, exc)
         except http.Transient as exc:
             self.transient(m, exc)
         finally:
@@ -239,6 +241,14 @@ class MirrorPool:
                 self.verdicts[url] = reason
                 m.drop(f"proven bad for this file in an earlier run: {reason}")
 
+    def unreachable(self, m: Mirror, exc: http.Unreachable) -> None:
+        """A mirror that never answered cannot be reached (no name, refused, no route): dropped without retries,
+        the cause said once per host."""
+        m.unreachable = str(exc)
+        if m.drop(str(exc)):
+            (log.warning if http.first_report(exc.host) else log.debug)("%s", exc)
+        self.wake()
+
     def transient(self, m: Mirror, exc: Exception) -> None:
         if m.failures + 1 >= self.opts.max_failures:
             m.worn = True
@@ -248,10 +258,19 @@ class MirrorPool:
         log.info("%s: %s: %s; retrying in %.1fs", self.name, m.host, exc, delay)
 
     def exhausted(self, chunk: int | None = None) -> MirrorsExhaustedError:
+        """The error when no mirror is left (the engine adds what of a partial download is kept, if any)."""
+        if not self.mirrors:
+            return MirrorsExhaustedError(f"{self.name}: no mirror to fetch it from (--mirror-only or "
+                                         "MMF_ZOO_MIRROR_ONLY=1 without a --mirror or MMF_ZOO_MIRRORS root); pass "
+                                         "--mirror URL or --from PATH")
+        if all(m.unreachable for m in self.mirrors):
+            causes = "; ".join(dict.fromkeys(m.unreachable for m in self.mirrors))
+            return MirrorsExhaustedError(f"{self.name}: no mirror reachable: {causes}. Offline, or a proxy is "
+                                         "needed? Pass --mirror URL or --from PATH")
         reasons = "; ".join(f"{m.url}: {m.reason or 'no answer'}" for m in self.mirrors) or "no URL"
         what = f" (chunk {chunk})" if chunk is not None else ""
-        return MirrorsExhaustedError(f"{self.name}: no mirror left{what}: {reasons}. The partial download is kept; "
-                                     "run again later or add --mirror NAME|URL")
+        return MirrorsExhaustedError(f"{self.name}: no mirror left{what}: {reasons}; run again later or add "
+                                     "--mirror NAME|URL")
 
     def report(self) -> dict[str, str]:
         return {m.url: (f"ok ({m.bytes} bytes)" if m.alive else f"unused: {m.reason}" if m.parked else
