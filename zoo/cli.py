@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -221,7 +220,6 @@ def fetch(
 
     _setup_logging(quiet or as_json)
     _stop_on_sigterm()
-    offline = offline or os.environ.get("MMF_ZOO_OFFLINE", "") not in ("", "0")
 
     def go():
         z = _zoo(zoo, from_path, trust_pack)
@@ -271,8 +269,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
         z, dd = _zoo(zoo), _data_dir(data_dir)
         if repair:
             opts = FetchOptions(data_dir=dd, mirrors=mirror or [],
-                                transfer=TransferOptions(offline=offline or os.environ.get("MMF_ZOO_OFFLINE", "")
-                                                         not in ("", "0")),
+                                transfer=TransferOptions(offline=offline),  # or MMF_ZOO_OFFLINE
                                 say=lambda m: typer.echo(f"mmf zoo: {m}", err=True))
             before, reports = do_repair(z, keys, opts)
             for r in reports:
