@@ -8,9 +8,9 @@ import time
 import pytest
 
 from tests.zoo_helpers import make_zoo, run_mmf
-from zoo import http
+from zoo.transfer import http
 from zoo.lock import resource_lock
-from zoo.mirrors import Mirror
+from zoo.transfer.mirror import Mirror
 from zoo.testing.faultserver import FaultServer, Faults
 from zoo.transfer import TransferOptions
 

@@ -15,7 +15,7 @@ import pytest
 import xxhash
 
 from tests.zoo_helpers import ROOT, assert_tree, make_zoo, run_mmf
-from zoo import http
+from zoo.transfer import http
 from zoo.journal import Journal
 from zoo.testing.faultserver import FaultServer, Faults
 from zoo.transfer import Transfer, TransferOptions

@@ -20,7 +20,8 @@ from zoo import layout, publish, records, trust
 from zoo.errors import DiskError, ManifestError, OfflineError
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
-from zoo.mirrors import mirror_roots, resource_urls
+from zoo.content import check_for
+from zoo.mirrors import Source, mirror_roots, resource_sources
 from zoo.fsutil import folder_problem, is_inside, sha256_file
 from zoo.sources import LocalSource
 from zoo.space import preflight
@@ -139,9 +140,9 @@ def _make_state_dir(state: Path) -> None:
         raise DiskError(f"cannot create {state}: {exc.strerror}; choose a writable --data-dir or MMF_DATA_DIR") from None
 
 
-def _urls(res: Resource, roots: list[str], source: LocalSource | None) -> list[str]:
+def _urls(res: Resource, roots: list[str], source: LocalSource | None) -> list[Source | str]:
     if source is None:
-        return resource_urls(res, roots)
+        return resource_sources(res, roots)
     url = source.url_for(res)
     if url is None:
         raise OfflineError(f"{res.file_name} ({res.url}) is not in --from {source.path}: add the archive there "
@@ -253,7 +254,7 @@ def _obtain(target, res, opts, urls, size, archive: Path, report: ResourceReport
                   state / f"{res.file_name}.journal.json", size=res.size, sha256=res.hashcode,
                   chunk_hashes=chunk_hashes, chunk_size=(res.chunk_hashes or {}).get("chunk_size"),
                   opts=opts.transfer, progress=advance, sink=streamer.feed if streamer else None,
-                  sink_restart=streamer.restart if streamer else None)
+                  sink_restart=streamer.restart if streamer else None, content_check=check_for(res.file_name))
     if streamer:
         streamer.part = tr.part
     try:

@@ -18,9 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from zoo import http
+from zoo.transfer import http
 from zoo.fsutil import human
-from zoo.mirrors import Mirror
+from zoo.transfer.mirror import Mirror
 
 log = logging.getLogger("zoo")
 TAIL = 4096  # bytes read at the end of a claimed size

@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from zoo import http
+from zoo.transfer import http
 from zoo.errors import DiskError, HashMismatchError, MirrorsExhaustedError, VerificationError
 from zoo.fsutil import existing_ancestor, human
 from zoo.journal import Journal
 from zoo.space import not_enough
-from zoo.mirrors import Mirror
+from zoo.transfer.mirror import Mirror
 from zoo.transfer import partials, strategies
 from zoo.transfer.board import ChunkBoard, Partial
 from zoo.transfer.crosscheck import CrossCheck
@@ -33,12 +33,15 @@ class WrongFile(Exception):
 
 
 class Transfer:
-    """Download `urls` (mirrors of one file) -> `part` with a journal. `run()` raises ZooError subclasses."""
+    """Download `urls` (mirrors of one file: strings, or zoo.mirrors.Source carrying the origin flag) -> `part`
+    with a journal. `content_check(first bytes)` says why a mirror's body cannot be the file (the caller knows
+    the formats). `run()` raises ZooError subclasses."""
 
     def __init__(self, name: str, urls: list[str], part: Path, journal_path: Path, *, size: int | None = None,
                  sha256: str | None = None, chunk_hashes: list[str] | None = None, chunk_size: int | None = None,
                  opts: TransferOptions | None = None, progress: Callable[[int], None] | None = None,
-                 sink: Callable[[memoryview], None] | None = None, sink_restart: Callable[[], None] | None = None):
+                 sink: Callable[[memoryview], None] | None = None, sink_restart: Callable[[], None] | None = None,
+                 content_check: Callable[[bytes], str | None] | None = None):
         self.name, self.part, self.journal_path = name, Path(part), Path(journal_path)
         self.opts = opts or TransferOptions()
         self.expected_size, self.sha256, self.chunk_hashes = size, sha256, chunk_hashes
@@ -48,7 +51,7 @@ class Transfer:
         self.journal: Journal | None = None
         self.resumed = 0
         self.restarted: str | None = None  # why a partial download could not be reused (said, and reported)
-        self.pool = MirrorPool(name, urls, self.opts, self._wake)
+        self.pool = MirrorPool(name, urls, self.opts, self._wake, content_check)
         self.mirrors = self.pool.mirrors
         self.fetched = 0
         self.extra = 0  # of which cross-check and repair reads

@@ -14,35 +14,31 @@ import threading
 import time
 from collections.abc import Callable
 
-from zoo import http
-from zoo.archive.formats import describe, sniff
 from zoo.errors import MirrorsExhaustedError, OfflineError
-from zoo.mirrors import Mirror, fallback_urls, is_local
+from zoo.mirrors import Source, is_local
+from zoo.transfer import http
 from zoo.transfer.candidates import Candidates
+from zoo.transfer.mirror import Mirror
 
 log = logging.getLogger("zoo")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".gz", ".tar", ".zip", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".tzst")
-_HTML = (b"<!doctype", b"<html", b"<head", b"<body")
 ANSWER_GRACE = 0.5  # after the first probe answer, how long the others get before the transfer starts
+ContentCheck = Callable[[bytes], "str | None"]  # the file's first bytes -> why they cannot be its start, or None
 
 
-def not_the_file(head: bytes, file_name: str) -> str | None:
-    """Why these first bytes cannot be the start of `file_name`, or None. By content, whatever the headers said."""
-    name = file_name.lower()
-    if name.endswith(ARCHIVE_SUFFIXES):
-        return None if sniff(head) is not None or not head else f"its body is not an archive: {describe(head)}"
-    if not name.endswith((".html", ".htm", ".xml")) and head[:4096].lstrip().lower().startswith(_HTML):
-        return f"its body is an HTML page, not {file_name}"
-    return None
+def mirrors_for(urls: list[str | Source]) -> list[Mirror]:
+    """One Mirror per distinct URL. A Source under the origin is held back (`fallback`) while other URLs exist; a
+    plain string is never the origin (the caller that knows says so with a Source)."""
+    sources = list({s.url: s for s in (u if isinstance(u, Source) else Source(u) for u in urls)}.values())
+    others = any(not s.origin for s in sources)
+    return [Mirror(s.url, fallback=s.origin and others) for s in sources]
 
 
 class MirrorPool:
-    def __init__(self, name: str, urls: list[str], opts, wake: Callable[[], None]):
+    def __init__(self, name: str, urls: list[str | Source], opts, wake: Callable[[], None],
+                 content_check: ContentCheck | None = None):
         self.name, self.opts, self.wake = name, opts, wake
-        self.file_name = name.rsplit(":", 1)[-1]
-        urls = list(dict.fromkeys(urls))
-        fallback = fallback_urls(urls)
-        self.mirrors = [Mirror(u, fallback=u in fallback) for u in urls]
+        self.content_check = content_check or (lambda head: None)
+        self.mirrors = mirrors_for(urls)
         self.files = Candidates(self)
         self.verdicts: dict[str, str] = {}  # url -> why it is proven bad for this file
         self._lock = threading.Condition()
@@ -168,7 +164,7 @@ class MirrorPool:
         try:
             http.probe(m, self.opts)
             http.check_validator(m, self.opts)
-            problem = not_the_file(m.head, self.file_name)
+            problem = self.content_check(m.head)
             if problem:
                 self.drop(m, problem)
                 return

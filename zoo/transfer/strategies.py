@@ -12,8 +12,8 @@ import time
 
 import xxhash
 
-from zoo import http
-from zoo.mirrors import ATTEMPT_PROGRESS, PROGRESS, Mirror
+from zoo.transfer import http
+from zoo.transfer.mirror import ATTEMPT_PROGRESS, PROGRESS, Mirror
 from zoo.transfer import partials
 from zoo.transfer.board import Partial, Tail
 from zoo.transfer.options import BLOCK, PARTIAL_EVERY, PARTIAL_MIN

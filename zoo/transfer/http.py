@@ -25,7 +25,8 @@ import requests
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from zoo.mirrors import Mirror, is_local, local_slice
+from zoo.mirrors import is_local, local_slice
+from zoo.transfer.mirror import Mirror
 
 USER_AGENT = "mmf-zoo/0.1 (+https://github.com/facebookresearch/mmf compatible)"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
