@@ -183,3 +183,22 @@ def test_rechunk_keeps_what_verifies_and_starts_each_new_chunk(tmp_path):
     assert new.partials == {2: (1000, xxhash.xxh3_128_hexdigest(data[20_000:21_000]), [[20_000, 20_999, "u"]])}
     assert new.chunks[1] == xxhash.xxh3_128_hexdigest(data[10_000:20_000])
     assert lost == 5_000 + 5_000  # the rotted old chunk 6 and old chunk 7 behind it
+
+
+# ---- one record of the verdicts on mirrors -----------------------------------------------------------------------------
+def test_every_verdict_on_a_mirror_lands_in_one_record(served):
+    from zoo.transfer.pool import MirrorPool
+    from zoo.transfer.verdicts import CONVICTED, DROPPED, SUSPECT, UNREACHABLE
+
+    root, data = served
+    with FaultServer(root) as srv:
+        missing, good = srv.url_for("missing.bin"), srv.url_for("f.bin")
+        pool = MirrorPool("t:f.bin", [missing, "http://nosuch-too.invalid/f.bin", good], OPTS, lambda: None)
+        assert pool.settle(None) == len(data)
+        pool.judge.pass_(pool.by_url(good), SUSPECT, "disagreed once")
+        pool.convict(pool.by_url(good), "served bad bytes")
+    kinds = [(v.url, v.kind) for v in pool.judge.record]
+    assert (missing, DROPPED) in kinds and ("http://nosuch-too.invalid/f.bin", UNREACHABLE) in kinds
+    assert kinds[-2:] == [(good, SUSPECT), (good, CONVICTED)]
+    assert pool.verdicts == {good: "served bad bytes"}  # what the journal keeps: convictions only
+    assert "404" in pool.by_url(missing).reason and pool.by_url(good).suspect == "disagreed once"

@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 
 from zoo.transfer.strategies import read_range
+from zoo.transfer.verdicts import SUSPECT
 
 log = logging.getLogger("zoo")
 SAMPLE = 64 << 10
@@ -104,7 +105,7 @@ class CrossCheck:
         if older is not None:
             with self.lock:
                 self.suspicion[older.url] += 1
-            older.suspect = f"disagrees with another mirror on bytes {a}-{b} and serves an older file"
+            pool.judge.pass_(older, SUSPECT, f"disagrees with another mirror on bytes {a}-{b} and serves an older file")
 
 
 def _witness(pool, exclude: set):

@@ -19,6 +19,7 @@ from zoo.mirrors import Source, is_local
 from zoo.transfer import http
 from zoo.transfer.candidates import Candidates
 from zoo.transfer.mirror import Mirror
+from zoo.transfer.verdicts import CONVICTED, DROPPED, UNREACHABLE, WORN, Verdicts
 
 log = logging.getLogger("zoo")
 ANSWER_GRACE = 0.5  # after the first probe answer, how long the others get before the transfer starts
@@ -39,8 +40,8 @@ class MirrorPool:
         self.name, self.opts, self.wake = name, opts, wake
         self.content_check = content_check or (lambda head: None)
         self.mirrors = mirrors_for(urls)
+        self.judge = Verdicts(name, lambda: self.wake(), http.first_report)  # every verdict on a mirror
         self.files = Candidates(self)
-        self.verdicts: dict[str, str] = {}  # url -> why it is proven bad for this file
         self._lock = threading.Condition()
         self._probing: set[str] = set()
         self._answered: list[Mirror] = []
@@ -48,7 +49,7 @@ class MirrorPool:
         if opts.offline:
             remote = [m for m in self.mirrors if not is_local(m.url)]
             for m in remote:
-                m.drop("offline mode")
+                self.judge.pass_(m, DROPPED, "offline mode", quiet=True)
             if not self.alive():
                 raise OfflineError(f"{name}: needs the network ({remote[0].url if remote else 'no URL'}) but offline "
                                    "mode is on; install it with `mmf zoo fetch KEY --from PATH` or drop --offline")
@@ -220,35 +221,33 @@ class MirrorPool:
         return True
 
     # ---- health ---------------------------------------------------------------------------------------------
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """url -> why it is proven bad for this file (the convictions of `judge`, kept in the journal)."""
+        return self.judge.convicted
+
     def drop(self, m: Mirror, reason: str) -> None:
-        if m.drop(reason):
-            log.warning("%s: dropping mirror %s: %s", self.name, m.url, reason)
-        self.wake()
+        self.judge.pass_(m, DROPPED, reason)
 
     def convict(self, m: Mirror, reason: str) -> None:
         """Drop on evidence; the reason is persisted so a rerun does not trust this mirror for this file."""
-        self.verdicts.setdefault(m.url, reason)
-        self.drop(m, reason)
+        self.judge.pass_(m, CONVICTED, reason)
 
     def remember(self, verdicts: dict[str, str]) -> None:
         for url, reason in verdicts.items():
             m = self.by_url(url)
             if m is not None:
-                self.verdicts[url] = reason
-                m.drop(f"proven bad for this file in an earlier run: {reason}")
+                self.judge.convicted.setdefault(url, reason)  # the journal keeps the original words
+                self.judge.pass_(m, CONVICTED, f"proven bad for this file in an earlier run: {reason}", quiet=True)
 
     def unreachable(self, m: Mirror, exc: http.Unreachable) -> None:
         """A mirror that never answered cannot be reached (no name, refused, no route): dropped without retries,
         the cause said once per host."""
-        m.unreachable = str(exc)
-        if m.drop(str(exc)):
-            (log.warning if http.first_report(exc.host) else log.debug)("%s", exc)
-        self.wake()
+        self.judge.pass_(m, UNREACHABLE, str(exc))
 
     def transient(self, m: Mirror, exc: Exception) -> None:
         if m.failures + 1 >= self.opts.max_failures:
-            m.worn = True
-            self.drop(m, f"failed {self.opts.max_failures} times in a row (last: {exc})")
+            self.judge.pass_(m, WORN, f"failed {self.opts.max_failures} times in a row (last: {exc})")
             return
         delay = m.transient(self.opts.backoff_base, self.opts.backoff_cap, getattr(exc, "retry_after", None))
         log.info("%s: %s: %s; retrying in %.1fs", self.name, m.host, exc, delay)
