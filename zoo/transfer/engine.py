@@ -47,8 +47,13 @@ class Transfer:
         self.expected_size, self.sha256, self.chunk_hashes = size, sha256, chunk_hashes
         self.chunk_size = chunk_size or self.opts.chunk_size
         self.progress, self.sink, self.sink_restart = progress, sink, sink_restart
+        # the state the parts (strategies, crosscheck, cursor, partials, repair) read, all declared here: the
+        # journal from the start of an attempt, the board, the open partial file and the checks from the start of
+        # its transfer (before any worker starts)
         self.board: ChunkBoard | None = None
         self.journal: Journal | None = None
+        self.fd: int = -1
+        self.checks: CrossCheck | None = None
         self.resumed = 0
         self.restarted: str | None = None  # why a partial download could not be reused (said, and reported)
         self.pool = MirrorPool(name, urls, self.opts, self._wake, content_check)
