@@ -18,6 +18,10 @@ from collections import Counter
 
 from zoo.transfer.strategies import read_range
 from zoo.transfer.verdicts import SUSPECT
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.transfer.context import Context
 
 log = logging.getLogger("zoo")
 SAMPLE = 64 << 10
@@ -25,7 +29,7 @@ CHECK_DEADLINE = 1.0  # seconds per sample read: a slower witness makes the chec
 
 
 class CrossCheck:
-    def __init__(self, t):
+    def __init__(self, t: Context):
         self.t = t
         # the first check of each mirror runs with chunk hashes too (it costs 128 KiB and catches a liar before it
         # is trusted with several chunks); paced checks only without them
