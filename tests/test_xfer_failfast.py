@@ -115,3 +115,27 @@ def test_builtin_textvqa_offline(tmp_path):
         _check_fast_and_clear(r, took, "cannot resolve dl.fbaipublicfiles.com")
         print(f"textvqa offline {mirrors}: exit {r.returncode} in {took:.1f}s, "
               f"{len((r.stdout + r.stderr).splitlines())} lines")
+
+
+def test_an_interrupt_before_any_byte_claims_no_partial_download(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.zoo_helpers import ROOT
+
+    zoo = make_zoo(tmp_path, feature_bytes=1 << 16)
+    data = tmp_path / "data"
+    with FaultServer(zoo.mirror, faults=Faults(latency=20.0)) as srv:
+        proc = subprocess.Popen([sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo",
+                                 str(zoo.manifest), "--data-dir", str(data), "--mirror", srv.url, "--quiet"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not sum(srv.stats.requests.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the probe is waiting for the mirror's answer
+        assert sum(srv.stats.requests.values()), "the probe never came"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "nothing" in last and "kept" not in last, last

@@ -50,9 +50,11 @@ def _run(fn):
 def _kept(exc: BaseException) -> str:
     """What an interrupted fetch left to resume (the transfer attaches it to the KeyboardInterrupt)."""
     kept = getattr(exc, "zoo_kept", None)
-    if not kept or kept[2] is None:
-        return "partial downloads are kept and resume on the next run"
+    if not kept:
+        return "what was downloaded is kept and resumes on the next run"
     part, n, size = kept
+    if n <= 0:  # never claim a partial download that does not exist
+        return "nothing of the file in progress had arrived yet; run the same command to start again"
     return f"{_human(n)} of {_human(size)} kept in {part}; run the same command to resume"
 
 
