@@ -7,7 +7,6 @@ what a command exists to show (list's table, info, hash's YAML) still prints.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -51,8 +50,6 @@ def _note(quiet: bool):
     return say
 
 
-def _offline_env() -> bool:
-    return os.environ.get("MMF_ZOO_OFFLINE", "") not in ("", "0")
 
 
 class Terminated(KeyboardInterrupt):
@@ -103,7 +100,9 @@ def _size_table(z, dd: Path, entries, probe: bool, mirror=None, mirror_only=None
     from zoo import sizes
     from zoo.mirrors import mirror_roots
 
-    if probe and _offline_env():
+    from zoo.transfer.options import offline_env
+
+    if probe and offline_env():
         raise UsageError("--probe needs the network, but MMF_ZOO_OFFLINE is set: unset it, or drop --probe")
     return sizes.table(z, dd, entries, mirror_roots(mirror or [], mirror_only=mirror_only) if probe else None)
 
@@ -273,7 +272,6 @@ def fetch(
 
     _setup_logging(quiet or as_json)
     _stop_on_sigterm()
-    offline = offline or _offline_env()
 
     def go():
         z = _zoo(zoo, from_path, trust_pack)
@@ -324,7 +322,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
         repaired = []
         if repair:
             opts = FetchOptions(data_dir=dd, mirrors=mirror or [],
-                                transfer=TransferOptions(offline=offline or _offline_env()),
+                                transfer=TransferOptions(offline=offline),
                                 say=_note(quiet or as_json))
             before, reports = do_repair(z, keys, opts, replace_foreign=force)
             repaired = [r.__dict__ for r in reports]
