@@ -2,6 +2,7 @@
 because the lock is taken before anything is probed. Names under the reserved .invalid TLD never resolve."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -31,12 +32,17 @@ def _fetch(zoo, data, *mirrors, extra=()):
 
 
 def _check_fast_and_clear(r, took, *causes):
-    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    """Exit 3 within the issue's 30 s, at most 10 lines for a person (stderr), the causes in the last one; with
+    --json, stdout is the one error document (zoo.outcome) naming them too."""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 3, r.stderr
     assert took <= 30, f"took {took:.1f}s"  # the issue's bound for a fetch with no reachable mirror
     assert len(lines) <= 10, r.stderr
     for cause in causes:
         assert cause in lines[-1], lines[-1]
+    if r.stdout.strip():
+        error = json.loads(r.stdout)["error"]
+        assert error["exit_code"] == 3 and all(cause in error["message"] for cause in causes), error
     text = r.stdout + r.stderr
     for noise in ("Pool(", "Conn(", "Max retries", "Traceback", "retrying in", "kept"):
         assert noise not in text, text
