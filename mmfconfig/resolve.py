@@ -11,19 +11,23 @@ import ast
 import copy
 import difflib
 import fnmatch
+import logging
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mmfconfig import compat, paths
+from mmfconfig.compat import NOT_SUPPORTED
 from mmfconfig.errors import ConfigError
 from zoo import safeyaml
 from zoo.safeyaml import show
 from zoo.datadir import default_cache_dir
-from zoo.project import CONFIGS_DIR, shipped
+from zoo.project import CONFIGS_DIR
 
 SPECIAL_KEYS = ("config", "datasets", "model", "run_type")
 RUN_TYPES = ("train", "val", "test", "train_val", "train_test", "train_val_test", "train_inference", "inference",
@@ -37,52 +41,6 @@ LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # training.attention_backend: which fused attention kernels scaled_dot_product_attention may pick on CUDA
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
-# MMF keys this trainer does not implement (they are not in configs/defaults.yaml). A config may set one only to
-# the value that describes what this trainer does anyway (MMF's project configs do); any other value is an error
-# naming the key, so no setting is silently ignored. key -> (accepted values or a predicate, what to do instead)
-NOT_SUPPORTED: dict[str, tuple[Any, str]] = {
-    "training.log_format": (("simple",), "log lines are MMF's simple format; metrics.jsonl holds them as JSON"),
-    "training.should_not_log": ((False,), "logging cannot be switched off; raise training.logger_level instead"),
-    "training.colored_logs": ((False,), "log lines are never coloured"),
-    "training.wandb": (lambda v: not isinstance(v, dict) or not v.get("enabled"),
-                       "Weights & Biases logging is not implemented; use training.tensorboard=true or metrics.jsonl"),
-    "training.fast_read": ((False,), "features are read per batch by the loader threads; for speed run "
-                                     "`mmf data pack` (the packed store)"),
-    "training.dataset_size_proportional_sampling": ((True,), "joint datasets are always sampled in proportion to "
-                                                             "their size"),
-    "training.task_size_proportional_sampling": ((True,), "joint datasets are always sampled in proportion to "
-                                                          "their size"),
-    "training.pin_memory": ((True,), "on CUDA the loader always stages batches in pinned memory"),
-    "training.persistent_workers": ((True,), "the loader threads live for the whole run"),
-    "training.clip_norm_mode": (("all",), "gradients are clipped by their global L2 norm over all parameters"),
-    "training.local_rank": ((None,), "launch with torchrun, which sets LOCAL_RANK"),
-    "training.verbose_dump": ((False,), "not implemented; metrics.jsonl and train.log hold the run's record"),
-    "training.evaluate_metrics": ((False,), "metrics are computed on val/test passes; train lines report the loss"),
-    "training.callbacks": (([],), "the training loop has no callbacks; see mmftrain/trainer.py"),
-    "evaluation.reporter": (lambda v: not isinstance(v, dict) or (v.get("type", "file") == "file"
-                                                                   and not v.get("params")),
-                            "predictions are EvalAI files under env.report_dir (evaluation.predict_file_format)"),
-    "optimizer.allow_unused_parameters": ((False,), "every M4C parameter receives a gradient"),
-    "optimizer.enable_state_sharding": ((False,), "optimizer state sharding (ZeRO) is not implemented"),
-    "scheduler": (lambda v: not v, "the LR schedule is MMF's warmup + steps: training.lr_scheduler, lr_steps, "
-                                   "lr_ratio, use_warmup, warmup_factor, warmup_iterations"),
-    "multitasking.enabled": ((True,), "several datasets are always trained jointly"),
-    "multitasking.type": (("size_proportional",), "joint datasets are always sampled in proportion to their size"),
-    "env.wandb_logdir": (("", None), "Weights & Biases logging is not implemented"),
-    "env.user_dir": (("", None), "user plugin folders are not supported"),
-    "distributed.init_method": ((None,), "launch with torchrun (env:// rendezvous)"),
-    "distributed.rank": ((0, None), "torchrun sets RANK"),
-    "distributed.port": ((-1, None), "use torchrun --master_port"),
-    "distributed.world_size": ((1, None), "use torchrun --nproc_per_node=N"),
-    "distributed.no_spawn": ((True,), "processes are always launched by torchrun, never spawned"),
-    "checkpoint.resume_pretrained": ((False,), "load pretrained weights with checkpoint.resume_file and "
-                                               "checkpoint.reset.all=true"),
-    "checkpoint.pretrained_state_mapping": (lambda v: not v, "state dict key mapping is not implemented"),
-    "checkpoint.zoo_config_override": ((False,), "a zoo checkpoint is loaded into the model your config builds"),
-    "model_config.m4c.losses": (lambda v: v in (None, [], [{"type": "m4c_decoding_bce_with_mask"}],
-                                                ["m4c_decoding_bce_with_mask"]),
-                                "M4C trains with m4c_decoding_bce_with_mask only"),
-}
 _INTERP = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 INTERP_CHARS = 1 << 20  # the longest text an interpolation may build (`b: ${a}${a}...` nested grows as 2**depth)
 INTERP_DEPTH = 32  # references followed through other references
@@ -112,33 +70,27 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def find_config_file(name: str | Path, base_dir: Path | None = None) -> Path:
-    """Resolve a config path: absolute, else relative to `base_dir` (the including file) or cwd, else `configs/`."""
-    p = Path(name).expanduser()
-    if p.is_absolute():
-        if p.is_file():
-            return p
-        raise ConfigError(f"config file {p} does not exist")
-    candidates = [(base_dir or Path.cwd()) / p, CONFIGS_DIR / p]
-    if p.parts[:1] == ("configs",):  # MMF's spelling, relative to its package root
-        candidates.append(shipped(p))
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"config file {name} not found (tried {tried}); pass a path relative to the current "
-                      f"directory or to {CONFIGS_DIR}")
+    """Resolve a config path (`config=`, `includes:`): absolute, else relative to `base_dir` (the including file)
+    or the working directory, else to the project's configs (see `paths.candidates`)."""
+    path, problem = paths.find_file(name, "config file", base_dir)
+    if path is None:
+        raise ConfigError(f"{problem} relative to the current directory or to {CONFIGS_DIR}")
+    return path.resolve()
 
 
-def load_yaml(path: str | Path, _stack: tuple = ()) -> dict:
+def load_yaml(path: str | Path, _stack: tuple = (), seen: "Seen | None" = None) -> dict:
     """Load a YAML file and merge its `includes:` (each resolved relative to the including file, then `configs/`).
 
-    Included files are merged in order and the including file wins. A cycle is an error.
+    Included files are merged in order and the including file wins. A cycle is an error. Each file is brought to
+    today's MMF spelling first (`compat.upgrade`), what that noticed going into `seen`.
     """
     path = Path(path).resolve()
     if path in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"config includes form a cycle: {chain}; remove one of the includes")
     data = read_yaml(path)
+    if seen is not None:
+        seen.harmless += compat.upgrade(data, str(path), seen.notes)
     includes = data.pop("includes", None) or []
     if isinstance(includes, str):
         includes = [includes]
@@ -147,7 +99,7 @@ def load_yaml(path: str | Path, _stack: tuple = ()) -> dict:
                           f"{show(includes)}")
     merged: dict = {}
     for inc in includes:
-        merged = merge(merged, load_yaml(find_config_file(inc, path.parent), (*_stack, path)))
+        merged = merge(merged, load_yaml(find_config_file(inc, path.parent), (*_stack, path), seen))
     return merge(merged, data)
 
 
@@ -308,7 +260,11 @@ def apply_override(cfg: dict, key: str, raw: str) -> None:
         raise _unknown(key, cfg)
 
 
-def _check_sections(user: dict, defaults: dict, source: str) -> None:
+def _check_sections(user: dict, defaults: dict, source: str, problems: list[str] | None = None) -> None:
+    """Keys of the strict sections must exist in defaults.yaml: each unknown one is a problem naming the nearest
+    (collected into `problems`, or raised at once without it)."""
+    found: list[str] = []
+
     def walk(u: dict, d: dict, prefix: str) -> None:
         for k, v in u.items():
             key = f"{prefix}{k}"
@@ -317,12 +273,15 @@ def _check_sections(user: dict, defaults: dict, source: str) -> None:
             if k not in d:
                 near = difflib.get_close_matches(k, list(d), n=3, cutoff=0.6)
                 hint = f"; nearest: {', '.join(prefix + n for n in near)}" if near else ""
-                raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
-            if isinstance(v, dict) and isinstance(d[k], dict) and d[k]:
+                found.append(f"unknown config key {key!r} in {source}{hint}")
+            elif isinstance(v, dict) and isinstance(d[k], dict) and d[k]:
                 walk(v, d[k], key + ".")
     for section in STRICT_SECTIONS:
         if isinstance(user.get(section), dict):
             walk(user[section], defaults.get(section) or {}, section + ".")
+    if problems is None and found:
+        raise ConfigError(found[0])
+    (problems if problems is not None else []).extend(found)
 
 
 def _resolve(cfg: dict) -> dict:
@@ -394,13 +353,52 @@ def _count_nodes(value: Any) -> int:
     return 1
 
 
-def build_config(argv: list[str], environ: dict | None = None) -> dict:
+@dataclass
+class Seen:
+    """What resolving one config noticed besides its values: deprecation notes, harmless MMF keys, and the problems
+    that are all reported together at the end."""
+    notes: list[str] = field(default_factory=list)
+    harmless: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        note = compat.harmless_note(self.harmless)
+        return list(dict.fromkeys(self.notes + ([note] if note else [])))
+
+
+def build_config(argv: list[str], environ: dict | None = None, say=None) -> dict:
     """Build the resolved run config from MMF-style options (`config=... datasets=... model=... a.b=c`).
 
+    `say(line)` receives each warning (an old MMF key read under its new name, the harmless MMF keys ignored);
+    by default they go to the `mmfconfig` logger.
+
     Raises:
-        ConfigError: unknown key, bad value, missing file, include cycle.
+        ConfigError: every problem found (unknown keys, bad values, missing files), one line each; an include
+        cycle or an unreadable file at once.
     """
     environ = os.environ if environ is None else environ
+    seen = Seen()
+    cfg, typed = _merged(argv, environ, seen)
+    refuse_unsupported(cfg, seen.problems)
+    cfg = _resolve(cfg)
+    validate(cfg, typed, seen.problems)
+    if not seen.problems:  # the sections are mappings of the right kinds: paths and the batch can be read
+        _expand_paths(cfg, seen.problems)
+        effective_batch(cfg, environ)
+    if not seen.problems and cfg["checkpoint"].get("resume_zoo") is not None:  # in the manifests env names
+        problem = zoo_key_problem(cfg["checkpoint"]["resume_zoo"], paths.zoo_manifests(cfg))
+        if problem:
+            seen.problems.append(f"checkpoint.resume_zoo: {problem}")
+    if seen.problems:
+        raise problems_error(seen.problems)
+    for line in seen.warnings():
+        (say or logging.getLogger("mmfconfig").warning)(line)
+    return cfg
+
+
+def _merged(argv: list[str], environ: dict, seen: Seen) -> tuple[dict, dict]:
+    """defaults.yaml, the model's and datasets' defaults, the user's file, -co, key=value overrides, merged as MMF
+    does; returns (the merged config, the defaults before the user's values: their kinds are checked)."""
     flags, argv = mmf_flags(argv)
     special, overrides = split_argv(argv)
     defaults = load_yaml(CONFIGS_DIR / "defaults.yaml")
@@ -409,15 +407,40 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
     for key, var in _ENV_DIRS.items():
         if environ.get(var):
             cfg["env"][key] = environ[var]
-
     user: dict = {}
     if special.get("config"):
         path = find_config_file(special["config"])
-        user = load_yaml(path)
-        _check_sections(user, defaults, str(path))
+        user = load_yaml(path, seen=seen)
+        _check_sections(user, defaults, str(path), seen.problems)
         cfg["config"] = str(path)
     model = special.get("model") or user.get("model") or cfg.get("model")
     datasets = special.get("datasets") or user.get("datasets") or cfg.get("datasets")
+    cfg = _with_model_and_datasets(cfg, model, datasets)
+    typed = cfg  # the defaults, before the user's values: validate() checks numbers and booleans keep their kind
+    cfg = merge(cfg, user)
+    if "config_override" in flags:  # MMF: over the config file, under the key=value overrides
+        override = flags["config_override"]
+        seen.harmless += compat.upgrade(override, "--config_override", seen.notes)
+        _check_sections(override, defaults, "--config_override", seen.problems)
+        cfg = merge(cfg, override)
+    cfg["model"], cfg["datasets"] = typed["model"], typed["datasets"]
+    if special.get("run_type"):
+        cfg["run_type"] = special["run_type"]
+    for key, raw in overrides:
+        try:
+            problem = compat.command_line_problem(key)
+            if problem:
+                raise ConfigError(problem)
+            if key in NOT_SUPPORTED:
+                _check_supported(key, parse_value(raw), "the command line")
+            else:
+                apply_override(cfg, key, raw)
+        except ConfigError as e:
+            seen.problems.append(str(e))
+    return cfg, typed
+
+
+def _with_model_and_datasets(cfg: dict, model: Any, datasets: Any) -> dict:
     if isinstance(datasets, str):
         datasets = [d.strip() for d in datasets.split(",") if d.strip()]
     if not model:
@@ -437,23 +460,46 @@ def build_config(argv: list[str], environ: dict | None = None) -> dict:
             known = sorted(p.name for p in (CONFIGS_DIR / "datasets").iterdir() if p.is_dir())
             raise ConfigError(f"unknown dataset {ds!r}; known datasets: {', '.join(known)}")
         cfg = merge(cfg, load_yaml(ds_file))
-    typed = cfg  # the defaults, before the user's values: validate() checks numbers and booleans keep their kind
-    cfg = merge(cfg, user)
-    if "config_override" in flags:  # MMF: over the config file, under the key=value overrides
-        _check_sections(flags["config_override"], defaults, "--config_override")
-        cfg = merge(cfg, flags["config_override"])
     cfg["model"], cfg["datasets"] = model, list(datasets)
-    if special.get("run_type"):
-        cfg["run_type"] = special["run_type"]
-    for key, raw in overrides:
-        if key in NOT_SUPPORTED:
-            _check_supported(key, parse_value(raw), "the command line")
-        else:
-            apply_override(cfg, key, raw)
-    refuse_unsupported(cfg)
-    cfg = _resolve(cfg)
-    validate(cfg, typed)
     return cfg
+
+
+def problems_error(problems: list[str]) -> ConfigError:
+    """One error for every problem of a config: a single one as its line, several as a count and one line each."""
+    problems = list(dict.fromkeys(problems))
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    return ConfigError(f"{len(problems)} problems in the config:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _expand_paths(cfg: dict, problems: list[str]) -> None:
+    """Every path-valued key expanded once, here: the zoo manifests found as MMF finds them (cwd, then the
+    project's files) or named as missing; folders made absolute; checkpoint.resume_file relative to the cwd (the
+    checkpoint loader names it when it is missing: with checkpoint.resume=true it may never be read)."""
+    env, options = cfg["env"], cfg["checkpoint"]
+    for key in paths.PROJECT_FILES:
+        section, name = key.split(".")
+        if cfg[section].get(name):
+            found, problem = paths.find_file(cfg[section][name], key)
+            cfg[section][name] = str(found) if found else cfg[section][name]
+            if problem:
+                problems.append(problem)
+    for key in paths.FOLDERS:
+        name = key.split(".")[1]
+        if isinstance(env.get(name), str) and env[name]:
+            env[name] = str(paths.expand(env[name]))
+    if isinstance(options.get("resume_file"), str) and options["resume_file"]:
+        options["resume_file"] = str(paths.expand(options["resume_file"]))
+
+
+def effective_batch(cfg: dict, environ: dict) -> None:
+    """training.batch_size is global (MMF): with training.batch_size_per_device it is that times the world size
+    (torchrun's WORLD_SIZE), computed once here."""
+    t = cfg["training"]
+    per_device = t.get("batch_size_per_device")
+    if isinstance(per_device, int) and not isinstance(per_device, bool) and per_device > 0:
+        world = str(environ.get("WORLD_SIZE") or "1")
+        t["batch_size"] = per_device * (int(world) if world.isdigit() and int(world) > 0 else 1)
 
 
 def _check_names(key: str, names: Any, example: str) -> None:
@@ -472,19 +518,26 @@ def _check_supported(key: str, value: Any, source: str) -> None:
                           f"{instead}; remove it")
 
 
-def refuse_unsupported(cfg: dict) -> None:
-    """Drop each NOT_SUPPORTED key set to a value that matches this trainer's behaviour; refuse any other."""
+def refuse_unsupported(cfg: dict, problems: list[str] | None = None) -> None:
+    """Drop each NOT_SUPPORTED key set to a value that matches this trainer's behaviour; refuse any other (each
+    refusal into `problems`, or raised at once without it)."""
     for key in NOT_SUPPORTED:
         *parents, last = key.split(".")
         node: Any = cfg
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict) and last in node:
-            _check_supported(key, node.pop(last), cfg.get("config") or "the config files")
+            try:
+                _check_supported(key, node.pop(last), cfg.get("config") or "the config files")
+            except ConfigError as e:
+                if problems is None:
+                    raise
+                problems.append(str(e))
 
 
-def validate(cfg: dict, typed: dict | None = None) -> None:
-    """Reject values the trainer cannot run with, naming each key and what it accepts (all problems in one line).
+def validate(cfg: dict, typed: dict | None = None, problems: list[str] | None = None) -> None:
+    """Reject values the trainer cannot run with, naming each key and what it accepts: every problem, into
+    `problems` (or raised together, one line each, without it).
 
     `typed` is the config before the user's file and overrides (defaults.yaml and the model's and datasets'
     defaults): a key whose default is a number or a boolean must hold one of that kind. Every number must also be
@@ -496,16 +549,15 @@ def validate(cfg: dict, typed: dict | None = None) -> None:
             found[section] = f"{section} must be a mapping of keys, got {show(cfg.get(section))}"
     if cfg["model"] not in (cfg.get("model_config") or {}):
         found["model_config"] = f"model_config.{cfg['model']} is missing; the model defaults file must define it"
-    if found:  # the checks below read these sections
-        raise ConfigError("; ".join(found.values()))
-    _number_problems(cfg, "", found)
-    _kind_problems(cfg, typed or {}, "", found)
-    _range_problems(cfg, found)
-    _choice_problems(cfg, found)
-    if found:
-        problems = list(found.values())
-        more = f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""
-        raise ConfigError("; ".join(problems[:6]) + more)
+    if not found:  # the checks below read these sections
+        _number_problems(cfg, "", found)
+        _kind_problems(cfg, typed or {}, "", found)
+        _range_problems(cfg, found)
+        _choice_problems(cfg, found)
+    if problems is not None:
+        problems.extend(found.values())
+    elif found:
+        raise problems_error(list(found.values()))
 
 
 # Numeric keys and their ranges: (key pattern, int or float, lowest, whether the lowest is allowed itself, highest
@@ -659,22 +711,18 @@ def _choice_problems(cfg: dict, found: dict) -> None:
             found.setdefault(key, f"{key}={show(value)} is not one of {', '.join(allowed)}")
     if t.get("fp16") and t.get("bf16"):
         found.setdefault("training.bf16", "training.fp16 and training.bf16 are both true; pick one")
-    zoo_key = cfg["checkpoint"].get("resume_zoo")
-    if zoo_key is not None:
-        problem = zoo_key_problem(zoo_key)
-        if problem:
-            found.setdefault("checkpoint.resume_zoo", f"checkpoint.resume_zoo: {problem}")
 
 
-def zoo_key_problem(key: Any) -> str | None:
-    """Why `key` names no entry of the zoo's manifests (with the nearest keys, as `mmf zoo fetch` says), or None."""
+def zoo_key_problem(key: Any, manifests: list[str] = ()) -> str | None:
+    """Why `key` names no entry of the zoo's manifests (the default ones and `manifests`; with the nearest keys, as
+    `mmf zoo fetch` says), or None."""
     from zoo.errors import UnknownKeyError, ZooError
     from zoo.manifest import load_zoo
 
     if not isinstance(key, str) or not key.strip():
         return "must be a zoo key such as m4c.textvqa.defaults (`mmf zoo list` shows them)"
     try:
-        zoo = load_zoo()
+        zoo = load_zoo(list(manifests))
         zoo.resolve(key)
     except UnknownKeyError:
         near = zoo.closest(key) or sorted(k for k, e in zoo.entries.items() if e.kind == "models")[:4]
