@@ -86,7 +86,7 @@ def run(cfg: dict, notes=()) -> dict:
             log.warning("%s", note)
         try:
             return _run(cfg, dist, save_dir)
-        except TrainError as e:
+        except (TrainError, ConfigError) as e:  # ConfigError: mmfconfig's, raised by the resume check
             log.error("error: %s", e, exc_info=True, extra={"file_only": True})
             raise
         except KeyboardInterrupt:
