@@ -26,7 +26,7 @@ from mmfconfig.compat import NOT_SUPPORTED
 from mmfconfig.errors import ConfigError
 from zoo import safeyaml
 from zoo.safeyaml import show
-from zoo.datadir import default_cache_dir
+from zoo.datadir import default_cache_dir, default_data_dir
 from zoo.project import CONFIGS_DIR
 
 SPECIAL_KEYS = ("config", "datasets", "model", "run_type")
@@ -34,8 +34,9 @@ RUN_TYPES = ("train", "val", "test", "train_val", "train_test", "train_val_test"
              "val_test", "predict")
 # Sections whose keys are all declared in defaults.yaml: a misspelt key there in a YAML file is an error too.
 STRICT_SECTIONS = ("training", "evaluation", "checkpoint", "env", "distributed")
-_ENV_DIRS = {"data_dir": "MMF_DATA_DIR", "save_dir": "MMF_SAVE_DIR", "cache_dir": "MMF_CACHE_DIR",
-             "log_dir": "MMF_LOG_DIR", "report_dir": "MMF_REPORT_DIR", "tensorboard_logdir": "MMF_TENSORBOARD_LOGDIR"}
+# MMF's env vars of the run's own folders (the data and cache dirs are zoo.datadir's: one rule for every command)
+_ENV_DIRS = {"save_dir": "MMF_SAVE_DIR", "log_dir": "MMF_LOG_DIR", "report_dir": "MMF_REPORT_DIR",
+             "tensorboard_logdir": "MMF_TENSORBOARD_LOGDIR"}
 LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
 # training.compile_mode: torch.compile's modes, plus auto = CUDA graphs where they are safe (see kernels.compile_mode)
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -404,6 +405,8 @@ def _merged(argv: list[str], environ: dict, seen: Seen) -> tuple[dict, dict]:
     defaults = load_yaml(CONFIGS_DIR / "defaults.yaml")
     cfg = copy.deepcopy(defaults)
     cfg["env"]["cache_dir"] = str(default_cache_dir(environ))  # MMF's rule, shared with `mmf zoo` / `mmf data`
+    if environ.get("MMF_DATA_DIR"):  # else defaults.yaml's ${env.cache_dir}/data, the same rule, as MMF spells it
+        cfg["env"]["data_dir"] = str(default_data_dir(environ))
     for key, var in _ENV_DIRS.items():
         if environ.get(var):
             cfg["env"][key] = environ[var]
