@@ -91,7 +91,8 @@ def model_zoo(tmp_path: Path, version: str = "1") -> tuple[Path, Path]:
     manifest = tmp_path / "models.yaml"  # a model zoo: the file name says so
     entry = {"version": version, "resources": [{"url": "mmf://models/m4c/m4c.tiny.tar.gz",
                                                  "file_name": archive.name, "hashcode": sha256(archive)}]}
-    manifest.write_text(yaml.safe_dump({"m4c": {"textvqa": {"with_tiny": entry, "defaults": "${m4c.textvqa.with_tiny}"}}}))
+    aliased = {"with_tiny": entry, "defaults": "${m4c.textvqa.with_tiny}"}
+    manifest.write_text(yaml.safe_dump({"m4c": {"textvqa": aliased}}))
     return manifest, archive.parents[2]
 
 
