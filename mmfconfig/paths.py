@@ -33,12 +33,14 @@ def candidates(value: str | Path, base: Path | None = None) -> list[Path]:
 
 
 def find_file(value: str | Path, what: str, base: Path | None = None) -> tuple[Path | None, str]:
-    """(the existing file `value` names, "") or (None, a one-line problem naming `what` and the places tried)."""
+    """(the existing file `value` names, "") or (None, a one-line problem naming `what` (a key, written `key=value`;
+    a phrase ending in a space is followed by the value as is) and the places tried)."""
     tried = candidates(value, base)
     for c in tried:
         if c.is_file():
             return c.absolute(), ""
-    return None, f"{what}={value} not found (tried {', '.join(str(t) for t in tried)}); pass an existing file"
+    named = what + value if what.endswith(" ") else f"{what}={value}"
+    return None, f"{named} not found (tried {', '.join(str(t) for t in tried)}); pass an existing file"
 
 
 def zoo_manifests(cfg: dict) -> list[str]:

@@ -70,12 +70,13 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def find_config_file(name: str | Path, base_dir: Path | None = None) -> Path:
+def find_config_file(name: str | Path, base_dir: Path | None = None, what: str = "config") -> Path:
     """Resolve a config path (`config=`, `includes:`): absolute, else relative to `base_dir` (the including file)
     or the working directory, else to the project's configs (see `paths.candidates`)."""
-    path, problem = paths.find_file(name, "config file", base_dir)
+    path, problem = paths.find_file(name, what, base_dir)
     if path is None:
-        raise ConfigError(f"{problem} relative to the current directory or to {CONFIGS_DIR}")
+        where = f"the including file's folder {base_dir}" if base_dir else "the current directory"
+        raise ConfigError(f"{problem} relative to {where} or to {CONFIGS_DIR}")
     return path.resolve()
 
 
@@ -100,7 +101,8 @@ def load_yaml(path: str | Path, _stack: tuple = (), seen: "Seen | None" = None) 
                           f"{show(includes)}")
     merged: dict = {}
     for inc in includes:
-        merged = merge(merged, load_yaml(find_config_file(inc, path.parent), (*_stack, path), seen))
+        merged = merge(merged, load_yaml(find_config_file(inc, path.parent, f"{path}: includes: "),
+                                         (*_stack, path), seen))
     return merge(merged, data)
 
 
