@@ -43,13 +43,15 @@ def find_file(value: str | Path, what: str, base: Path | None = None) -> tuple[P
     return None, f"{named} not found (tried {', '.join(str(t) for t in tried)}); pass an existing file"
 
 
-def zoo_manifests(cfg: dict) -> list[str]:
+def zoo_manifests(cfg: dict) -> list[tuple[str, str]]:
     """The manifests env.dataset_zoo / env.model_zoo (MMF's keys, found by `find_file` when the config was built)
-    name besides those the zoo reads anyway (the shipped ones, or MMF_DATASET_ZOO / MMF_MODEL_ZOO): what
-    `zoo.fetch`/`zoo.place` get as zoo_paths, for the trainer's fetches and checkpoint.resume_zoo alike."""
+    name besides those the zoo reads anyway (the shipped ones, or MMF_DATASET_ZOO / MMF_MODEL_ZOO), as (kind, path)
+    pairs: env.model_zoo is a model zoo whatever its file is called. What `zoo.fetch`/`zoo.place` get as zoo_paths,
+    for the trainer's fetches and checkpoint.resume_zoo alike."""
     from zoo.manifest import CONFIG_DIR, default_manifest_paths
 
     read_anyway = {p.resolve() for _, p in default_manifest_paths()}
     read_anyway |= {(CONFIG_DIR / n).resolve() for n in ("datasets.yaml", "models.yaml")}
-    named = [Path(str(cfg["env"].get(k) or "")) for k in ("dataset_zoo", "model_zoo")]
-    return [str(p) for p in named if p.is_absolute() and p.is_file() and p.resolve() not in read_anyway]
+    named = [(kind, Path(str(cfg["env"].get(key) or ""))) for kind, key in (("datasets", "dataset_zoo"),
+                                                                            ("models", "model_zoo"))]
+    return [(kind, str(p)) for kind, p in named if p.is_absolute() and p.is_file() and p.resolve() not in read_anyway]

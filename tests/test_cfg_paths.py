@@ -26,7 +26,7 @@ def test_a_relative_env_dataset_zoo_is_found_in_the_working_directory(tmp_path, 
     (tmp_path / "my_zoo.yaml").write_text("mine: {}\n")
     cfg = build_config(M4C + ["env.dataset_zoo=my_zoo.yaml"], environ={})
     assert cfg["env"]["dataset_zoo"] == str(tmp_path / "my_zoo.yaml")
-    assert zoo_manifests(cfg) == [str(tmp_path / "my_zoo.yaml")]  # what the trainer's fetches are given
+    assert zoo_manifests(cfg) == [("datasets", str(tmp_path / "my_zoo.yaml"))]  # what the trainer's fetches get
     shipped = build_config(M4C, environ={})  # MMF's spelling of the built-in one still finds it
     assert Path(shipped["env"]["dataset_zoo"]).is_file() and zoo_manifests(shipped) == []
 
@@ -81,14 +81,14 @@ def test_training_fetches_from_a_relative_env_dataset_zoo(tmp_path):
 
 
 # ---- checkpoint.resume_zoo asks the zoo's layout
-def model_zoo(tmp_path: Path, version: str = "1") -> tuple[Path, Path]:
+def model_zoo(tmp_path: Path, version: str = "1", name: str = "models.yaml") -> tuple[Path, Path]:
     """A model zoo shaped like MMF's: m4c.textvqa.with_tiny, and m4c.textvqa.defaults as its alias."""
     import torch
 
     buf = io.BytesIO()
     torch.save({"model": {"w": torch.full((2,), float(version))}}, buf)
     archive = tar_gz(tmp_path / f"mirror{version}/models/m4c/m4c.tiny.tar.gz", {"m4c_tiny.pth": buf.getvalue()})
-    manifest = tmp_path / "models.yaml"  # a model zoo: the file name says so
+    manifest = tmp_path / name
     entry = {"version": version, "resources": [{"url": "mmf://models/m4c/m4c.tiny.tar.gz",
                                                  "file_name": archive.name, "hashcode": sha256(archive)}]}
     aliased = {"with_tiny": entry, "defaults": "${m4c.textvqa.with_tiny}"}
@@ -106,10 +106,11 @@ def start(data_dir: Path, manifest: Path, key: str, save: Path):
     return resolve_start(cfg, save, DistInfo(), Stages.of("train"))
 
 
-def test_resume_zoo_finds_what_mmf_zoo_fetch_installed_under_env_model_zoo(tmp_path):
-    manifest, mirror = model_zoo(tmp_path)
+@pytest.mark.parametrize("name", ["models.yaml", "lab_zoo.yaml"])  # env.model_zoo is a model zoo whatever its name
+def test_resume_zoo_finds_what_mmf_zoo_fetch_installed_under_env_model_zoo(tmp_path, name):
+    manifest, mirror = model_zoo(tmp_path, name=name)
     data = tmp_path / "data"
-    zoo.fetch("m4c.textvqa", data_dir=data, mirrors=[str(mirror)], zoo_paths=[manifest])
+    zoo.fetch("m4c.textvqa", data_dir=data, mirrors=[str(mirror)], zoo_paths=[("models", manifest)])
     installed = data / "models" / "m4c.textvqa.defaults" / "m4c_tiny.pth"  # MMF's rule: the key as typed
     assert installed.is_file() and not (data / "models" / "m4c.textvqa").exists()
     point = start(data, manifest, "m4c.textvqa", tmp_path / "save")  # no mirror now: nothing may be fetched
