@@ -178,3 +178,27 @@ def test_mmfdata_errors_ask_the_zoo_layout_which_key_owns_a_path():
         path = f"/data/{kind}/{install_name(kind, key)}/features/x.lmdb"
         assert key_of_path(path) == key
     assert "mmf zoo verify --repair textvqa.ocr_en" in repair_advice("/data/datasets/textvqa/ocr_en/features/x.mdb")
+
+
+def test_batch_size_per_device_under_torchrun_gives_the_global_batch(tmp_path):
+    """The effective batch is computed where the config is built (torchrun's WORLD_SIZE), and what the run saves
+    and trains with is that global batch: 4 per device x 2 processes."""
+    import socket
+
+    from mmfdata.synth import write_synthetic
+
+    write_synthetic(str(tmp_path / "data"), questions=32, seed=2, val_questions=8, test_questions=8)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                        "-m", "mmftrain.cli", "config=projects/m4c/configs/textvqa/tiny.yaml", "datasets=textvqa",
+                        "model=m4c", "run_type=train", f"env.data_dir={tmp_path / 'data'}",
+                        f"env.save_dir={tmp_path / 'save'}", "training.batch_size_per_device=4",
+                        "training.max_updates=2", "training.warmup_iterations=1", "training.lr_steps=[]",
+                        "training.log_interval=1", "model_config.m4c.mmt.num_hidden_layers=1",
+                        "env.fetch_missing_data=false"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = yaml.safe_load((tmp_path / "save" / "config.yaml").read_text())
+    assert saved["training"]["batch_size"] == 8 and saved["training"]["batch_size_per_device"] == 4
