@@ -93,7 +93,7 @@ BASE = ["datasets=textvqa", "model=m4c", "run_type=train_val"]
 def test_harmless_mmf_keys_are_named_once_in_one_warning(tmp_path):
     # rc10's defaults.yaml sets stdout_capture; main's sets colored_logs and pin_memory: no effect here
     write(tmp_path / "mine.yaml", "includes:\n- projects/m4c/configs/textvqa/defaults.yaml\n"
-                 "training:\n  stdout_capture: true\n  colored_logs: true\n  pin_memory: false\n")
+          "training:\n  stdout_capture: true\n  colored_logs: true\n  pin_memory: false\n")
     child = write(tmp_path / "child.yaml", "includes:\n- ./mine.yaml\ntraining:\n  stdout_capture: false\n")
     notes = []
     cfg = build_config([f"config={child}", *BASE], environ={}, say=notes.append)
