@@ -1,5 +1,5 @@
 """The dataset_config `mmf train` runs with, for `mmf data pack` and library users: resolved from the same YAML
-files by the same code (`mmftrain.config.build_config`: configs/defaults.yaml, the model and dataset defaults, the
+files by the same code (`mmfconfig.resolve.build_config`: configs/defaults.yaml, the model and dataset defaults, the
 project config, `key=value` overrides). There is no Python copy, so a YAML override of a processor changes what
 `mmf data pack` builds exactly as it changes what `mmf train` reads, and the packed store stays fresh.
 
@@ -36,9 +36,9 @@ def run_config(name: str, *, config: str | None = None, variant: str | None = No
 
     `config` defaults to the project config of (`name`, `variant`); `data_dir` sets env.data_dir (so
     `dataset_config.<name>.data_dir: ${env.data_dir}/datasets` resolves against it). Raises `ValueError`
-    (mmftrain's ConfigError) for a bad config, key or value.
+    (mmfconfig's ConfigError) for a bad config, key or value.
     """
-    from mmftrain.config import build_config
+    from mmfconfig.resolve import build_config
 
     if config and variant:
         raise ValueError("give a config file or a variant, not both (the variant names a project config)")

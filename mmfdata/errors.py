@@ -4,8 +4,6 @@
 """
 from __future__ import annotations
 
-import os
-
 
 class DataError(Exception):
     """Root of every error `mmfdata` raises on purpose."""
@@ -43,14 +41,10 @@ class PackError(DataError):
 
 
 def zoo_key_of(path: str) -> str | None:
-    """The zoo key whose install holds `path` (`<data_dir>/datasets/<name>/<variation>/...` -> `name.variation`,
-    `<data_dir>/models/<key>/...` -> `key`), or None for a file outside the zoo's layout."""
-    parts = os.path.abspath(path).split(os.sep)
-    for folder, depth in (("datasets", 2), ("models", 1)):
-        for i in range(len(parts) - depth - 2, -1, -1):
-            if parts[i] == folder:
-                return ".".join(parts[i + 1:i + 1 + depth])
-    return None
+    """The zoo key whose install holds `path` (the zoo's layout answers), or None outside it."""
+    from zoo.layout import key_of_path
+
+    return key_of_path(path)
 
 
 def repair_advice(path: str) -> str:

@@ -1,15 +1,18 @@
 """Build the M4C processors from MMF's `dataset_config.<name>.processors` node, resolving their files.
 
-File options are relative to `<data_dir>/datasets` (as in MMF) unless absolute. Two files MMF fetches from
-elsewhere get a search list (first hit wins; the error lists what was tried):
+A relative file option is looked for as MMF's `get_absolute_path` does, in the working directory first, then
+relative to `<data_dir>/datasets` (MMF's data root); absolute ones as written. Two files MMF fetches from elsewhere
+get a search list (first hit wins; the error lists what was tried). Where the zoo installs a key, and MMF's cache
+dir, are asked of `zoo` (`zoo.layout`, `zoo.datadir`), never re-derived here:
 
 BERT vocab (`text_processor.params.vocab_file`, ours; MMF downloads it from the HF hub):
-    the option, `<data_dir>/models/bert-base-uncased/vocab.txt` (zoo entry),
+    the option, `vocab.txt` of the zoo's `bert-base-uncased` install,
     `<data_dir>/datasets/<name>/defaults/extras/vocabs/bert-base-uncased-vocab.txt` (synthetic data).
 fastText (`context_processor.params.model_file`, default `wiki.en.bin`; MMF keeps it in its cache dir):
-    the option as given (absolute, or under datasets/), `<data_dir>/<file>`, `$MMF_CACHE_DIR/<file>` or
-    `~/.cache/torch/mmf/<file>`, `<data_dir>/datasets/<name>/defaults/extras/fasttext/<file>`; for each folder the
-    `.bin`, `.vec` and `.npy` spellings of the name are tried in that order.
+    the option as given (absolute, or the working directory, then datasets/), `<data_dir>/<file>`, MMF's cache dir
+    (`$MMF_CACHE_DIR`, else `$TORCH_HOME/mmf`, ...), the zoo's `fasttext` / `fasttext.wiki_en` installs,
+    `<data_dir>/datasets/<name>/defaults/extras/fasttext/<file>`; for each folder the `.bin`, `.vec` and `.npy`
+    spellings of the name are tried in that order.
 """
 from __future__ import annotations
 
@@ -87,23 +90,53 @@ def _first_existing(candidates: list[str]) -> str | None:
     return next((c for c in candidates if os.path.isfile(c)), None)
 
 
+def _option_candidates(option: str, root: str) -> list[str]:
+    """A file option: absolute as written, else the working directory first, then the datasets root (MMF)."""
+    option = os.path.expanduser(option)
+    return [option] if os.path.isabs(option) else [os.path.abspath(option), os.path.join(root, option)]
+
+
+def zoo_folders(data_dir: str, keys: tuple[str, ...]) -> list[str]:
+    """Where `mmf zoo fetch KEY` installs each of `keys` in `data_dir` (the zoo's layout answers: `fasttext` lands
+    in models/fasttext.defaults); a key the active manifests lack has no place."""
+    from pathlib import Path
+
+    from zoo.errors import ZooError
+    from zoo.layout import target_for
+    from zoo.manifest import load_zoo
+
+    try:
+        zoo = load_zoo()
+    except ZooError:
+        return []  # a broken MMF_MODEL_ZOO: the search goes on without the zoo's folders (fetch names the problem)
+    found = []
+    for key in keys:
+        try:
+            found.append(str(target_for(zoo, key).root(Path(data_dir))))
+        except ZooError:
+            continue
+    return found
+
+
 def bert_vocab_candidates(option: str | None, root: str, data_dir: str, name: str) -> list[str]:
     if option:
-        return [option if os.path.isabs(option) else os.path.join(root, option)]
+        return _option_candidates(option, root)
     return [
-        os.path.join(data_dir, "models", "bert-base-uncased", "vocab.txt"),
+        *(os.path.join(folder, "vocab.txt") for folder in zoo_folders(data_dir, ("bert-base-uncased",))),
         os.path.join(root, name, "defaults", "extras", "vocabs", "bert-base-uncased-vocab.txt"),
     ]
 
 
 def fasttext_candidates(option: str, root: str, data_dir: str, name: str) -> list[str]:
+    option = os.path.expanduser(option)
     if os.path.isabs(option):
         folders, base = [os.path.dirname(option)], os.path.basename(option)
     else:
-        cache = os.environ.get("MMF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch", "mmf")
-        # `mmf zoo fetch fasttext` lands in models/fasttext.defaults (MMF names model folders after the key asked for)
-        zoo = [os.path.join(data_dir, "models", k) for k in ("fasttext.defaults", "fasttext.wiki_en")]
-        folders = [root, data_dir, cache, *zoo, os.path.join(root, name, "defaults", "extras", "fasttext")]
+        from zoo.datadir import default_cache_dir
+
+        zoo = zoo_folders(data_dir, ("fasttext", FASTTEXT_ZOO_KEY))
+        folders = [os.getcwd(), root, data_dir, str(default_cache_dir()), *zoo,
+                   os.path.join(root, name, "defaults", "extras", "fasttext")]
         base = option
     stem = base[:-4] if base.endswith((".bin", ".vec", ".npy")) else base
     names = [base] + [stem + ext for ext in (".bin", ".vec", ".npy") if stem + ext != base]

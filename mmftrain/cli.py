@@ -27,19 +27,21 @@ def run_from_argv(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE)
         return 0
+    from mmfconfig.errors import ConfigError
     from mmftrain.errors import TrainError
 
     try:
-        from mmftrain.config import build_config, mmf_flags
+        from mmfconfig.resolve import build_config, mmf_flags
 
         local_rank = mmf_flags(argv)[0].get("local_rank")
         if local_rank is not None:  # torch.distributed.launch's way; torchrun's env var, if set, says the same
             os.environ.setdefault("LOCAL_RANK", str(local_rank))
-        cfg = build_config(argv)
+        notes: list[str] = []  # config warnings, logged once the run's log is set up (so train.log keeps them)
+        cfg = build_config(argv, say=notes.append)
         from mmftrain.run import run
 
-        summary = run(cfg)
-    except TrainError as e:
+        summary = run(cfg, notes)
+    except (TrainError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

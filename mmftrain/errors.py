@@ -1,13 +1,11 @@
 """Exceptions raised on purpose by `mmftrain`. Every message names the thing and says what to do."""
 from __future__ import annotations
 
+from mmfconfig.errors import ConfigError  # noqa: F401  (one class: config resolution raises it, so do we)
+
 
 class TrainError(Exception):
     """Root of every error the trainer raises on purpose; the CLI prints it as one line and exits 1."""
-
-
-class ConfigError(TrainError, ValueError):
-    """A config file, key or value is wrong."""
 
 
 class CheckpointError(TrainError):

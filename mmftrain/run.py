@@ -68,8 +68,9 @@ class Splits(NamedTuple):
     answer_vocab_size: int
 
 
-def run(cfg: dict) -> dict:
-    """Execute `cfg` (from `mmftrain.config.build_config`) on this process; returns the run summary."""
+def run(cfg: dict, notes=()) -> dict:
+    """Execute `cfg` (from `mmfconfig.resolve.build_config`) on this process; returns the run summary. `notes`: the
+    config's warnings (old MMF keys, ignored ones), logged first."""
     dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
     stack = contextlib.ExitStack()
     try:
@@ -81,9 +82,11 @@ def run(cfg: dict) -> dict:
         distributed.barrier()
         log_dir = Path(str(cfg["env"]["log_dir"])).expanduser() if cfg["env"]["log_dir"] else save_dir
         setup_logging(log_dir, dist.is_main, dist.rank, cfg["training"]["logger_level"])
+        for note in notes:
+            log.warning("%s", note)
         try:
             return _run(cfg, dist, save_dir)
-        except TrainError as e:
+        except (TrainError, ConfigError) as e:  # ConfigError: mmfconfig's, raised by the resume check
             log.error("error: %s", e, exc_info=True, extra={"file_only": True})
             raise
         except KeyboardInterrupt:
@@ -103,8 +106,6 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
     from mmftrain.trainer import Trainer
 
     stages = Stages.of(cfg["run_type"])
-    if cfg["training"]["batch_size_per_device"]:
-        cfg["training"]["batch_size"] = int(cfg["training"]["batch_size_per_device"]) * dist.world
     start = resolve_start(cfg, save_dir, dist, stages)
     seed = choose_seed(cfg, start)
     cfg["training"]["seed"] = seed
@@ -223,8 +224,7 @@ def resolve_start(cfg: dict, save_dir: Path, dist: distributed.DistInfo, stages:
         contents = checkpoint.load(path, trusted=bool(cfg["training"]["trust_pickle"]))
         return StartPoint(path, contents, model_only=False, own_run=False)
     if options["resume_zoo"]:
-        data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
-        path = _zoo_checkpoint(str(options["resume_zoo"]), data_dir, dist)
+        path = _zoo_checkpoint(str(options["resume_zoo"]), cfg, dist)
         return StartPoint(path, _load_zoo_checkpoint(path, str(options["resume_zoo"]), cfg), model_only=True,
                           own_run=False)
     if not stages.train and not options["allow_random_init"]:
@@ -307,26 +307,27 @@ def _differences(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _zoo_checkpoint(key: str, data_dir: Path, dist: distributed.DistInfo) -> Path:
-    """The checkpoint file of zoo model `key` under `<data_dir>/models/<key>/`, fetched by rank 0 if missing."""
-    folder = data_dir / "models" / key
-    if dist.is_main and not (folder / ".built.json").is_file():
-        try:
-            from zoo import fetch
-        except ImportError:
-            raise CheckpointError(f"zoo model {key} is not installed in {folder}; run `mmf zoo fetch {key}`") \
-                from None
-        from zoo.errors import ZooError
+def _zoo_checkpoint(key: str, cfg: dict, dist: distributed.DistInfo) -> Path:
+    """The checkpoint file of zoo model `key` where `mmf zoo fetch KEY` installs it (the zoo's layout answers, with
+    the manifests env.model_zoo names), fetched by rank 0 unless that version is installed."""
+    import zoo
+    from mmfconfig.paths import zoo_manifests
+    from zoo.errors import ZooError
 
-        log.info("fetching zoo model %s into %s", key, data_dir)
-        try:
-            fetch(key, data_dir=str(data_dir))
-        except ZooError as e:  # a network, disk or manifest problem: one line, as `mmf zoo fetch` says it
-            raise CheckpointError(f"checkpoint.resume_zoo={key}: {e}") from None
+    data_dir, manifests = Path(str(cfg["env"]["data_dir"])), zoo_manifests(cfg)
+    try:
+        place = zoo.place(key, data_dir, manifests)
+        if dist.is_main and not place.current:
+            was = f"version {place.installed} is" if place.installed else "it is not"
+            log.info("zoo model %s: %s installed in %s, the manifest's is %s: fetching it", key, was, place.folder,
+                     place.version)
+            zoo.fetch(key, data_dir=data_dir, zoo_paths=manifests)
+    except ZooError as e:  # a network, disk or manifest problem: one line, as `mmf zoo fetch` says it
+        raise CheckpointError(f"checkpoint.resume_zoo={key}: {e}") from None
     distributed.barrier()  # other ranks wait for rank 0's fetch (the zoo lock also serialises separate processes)
-    files = sorted(folder.glob("*.pth")) + sorted(folder.glob("*.ckpt"))
+    files = sorted(place.folder.glob("*.pth")) + sorted(place.folder.glob("*.ckpt"))
     if not files:
-        raise CheckpointError(f"no .pth/.ckpt file in {folder} for zoo model {key}; re-fetch it "
+        raise CheckpointError(f"no .pth/.ckpt file in {place.folder} for zoo model {key}; re-fetch it "
                               f"(`mmf zoo fetch {key} --force`)")
     return files[0]
 
@@ -369,19 +370,11 @@ def _fetch_requirements(cfg: dict) -> None:
     if not cfg["env"].get("fetch_missing_data", True):
         return
     import zoo
+    from mmfconfig.paths import zoo_manifests
     from zoo.errors import ZooError
-    from zoo.manifest import CONFIG_DIR, default_manifest_paths
-    from zoo.project import shipped as shipped_path
 
-    data_dir = Path(str(cfg["env"]["data_dir"])).expanduser()
-    shipped = {p.resolve() for _, p in default_manifest_paths()}  # already loaded (MMF_DATASET_ZOO honoured)
-    shipped |= {(CONFIG_DIR / n).resolve() for n in ("datasets.yaml", "models.yaml")}  # the config's defaults
-    manifests = []  # env.dataset_zoo / env.model_zoo (MMF's keys) when they name other manifests
-    for key in ("dataset_zoo", "model_zoo"):
-        path = Path(str(cfg["env"].get(key) or "")).expanduser()
-        path = path if path.is_absolute() else shipped_path(path)  # MMF: relative to its package root
-        if path.is_file() and path.resolve() not in shipped:
-            manifests.append(path)
+    data_dir = Path(str(cfg["env"]["data_dir"]))
+    manifests = zoo_manifests(cfg)  # env.dataset_zoo / env.model_zoo (MMF's keys) when they name other manifests
     for name in cfg["datasets"]:
         for key in cfg["dataset_config"].get(name, {}).get("zoo_requirements") or []:
             try:

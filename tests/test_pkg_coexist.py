@@ -30,7 +30,8 @@ MMF_WHEEL_GLOB = "mmf-1.0.0rc10-*.whl"
 FETCH_MMF = "pip wheel --no-deps mmf==1.0.0rc10 -w DIR && export MMF_ZOO_TEST_WHEELS=DIR"
 VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
 WHERE = "from zoo.project import CONFIGS_DIR, checkout; print(CONFIGS_DIR, checkout())"
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "zoo", "mmfdata", "mmftrain", "mmfzoo_cli", "configs")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "NOTICE", "zoo", "mmfconfig", "mmfdata", "mmftrain", "mmfzoo_cli",
+           "configs")
 
 
 def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
@@ -121,7 +122,7 @@ def _wheel_names(wheel: Path) -> tuple[set[str], set[str]]:
 
 def test_wheel_names_are_ours(our_wheel):
     top, scripts = _wheel_names(our_wheel)
-    assert top == {"zoo", "mmfdata", "mmftrain", "mmfzoo_cli", "mmfzoo_configs"}
+    assert top == {"zoo", "mmfconfig", "mmfdata", "mmftrain", "mmfzoo_cli", "mmfzoo_configs"}
     assert scripts == {"mmf"}
     assert not top & MMF_TOP_LEVEL and not scripts & MMF_SCRIPTS
 
@@ -130,7 +131,7 @@ def test_wheel_holds_the_whole_checkout(our_wheel):
     """pyproject lists packages by name: a package or YAML file added to the tree but not to that list fails here."""
     with zipfile.ZipFile(our_wheel) as z:
         names = set(z.namelist())
-    want = {str(p.relative_to(ROOT)) for pkg in ("zoo", "mmfdata", "mmftrain", "mmfzoo_cli")
+    want = {str(p.relative_to(ROOT)) for pkg in ("zoo", "mmfconfig", "mmfdata", "mmftrain", "mmfzoo_cli")
             for p in (ROOT / pkg).rglob("*.py")}
     want |= {"mmfzoo_configs/" + str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml")}
     assert want - names == set()

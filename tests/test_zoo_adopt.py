@@ -268,7 +268,8 @@ def test_a_zoo_checkpoint_in_a_copied_data_dir_is_not_unpickled_until_adopted(tm
     shutil.copytree(tmp_path / "A", tmp_path / "B")
 
     def start(data_dir):  # `mmf train checkpoint.resume_zoo=evilnet env.data_dir=...`
-        cfg = {"run_type": "train", "env": {"data_dir": str(data_dir)}, "training": {"trust_pickle": False},
+        cfg = {"run_type": "train", "env": {"data_dir": str(data_dir), "model_zoo": str(manifest)},
+               "training": {"trust_pickle": False},
                "checkpoint": {"resume": False, "resume_best": False, "resume_file": None, "resume_zoo": "evilnet"}}
         return resolve_start(cfg, tmp_path / "save", DistInfo(), Stages.of("train"))
 

@@ -10,7 +10,7 @@ Errors are `zoo.errors.ZooError` subclasses with one-line messages that say what
 """
 from __future__ import annotations
 
-__all__ = ["fetch", "is_installed"]
+__all__ = ["fetch", "is_installed", "place"]
 
 
 def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, from_path=None, progress=True,
@@ -43,12 +43,16 @@ def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, f
 
 def is_installed(key, data_dir=None, zoo_paths=None) -> bool:
     """True when every folder of `key` carries MMF's `.built.json` for the manifest's version."""
+    return place(key, data_dir, zoo_paths).current
+
+
+def place(key, data_dir=None, zoo_paths=None):
+    """Where `key` lives in `data_dir` (default: MMF's) and which version is installed there: a `layout.Place`.
+    Raises `zoo.errors.UnknownKeyError` (naming the nearest keys) for a key no manifest has."""
     from pathlib import Path
 
     from zoo.datadir import default_data_dir
-    from zoo.layout import is_built, target_for
+    from zoo.layout import place_of
     from zoo.manifest import load_zoo
 
-    target = target_for(load_zoo(zoo_paths or []), key)
-    root = Path(data_dir) if data_dir else default_data_dir()
-    return all(is_built(folder, target.entry.version) for folder in target.marker_folders(root))
+    return place_of(load_zoo(zoo_paths or []), key, Path(data_dir) if data_dir else default_data_dir())

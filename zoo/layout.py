@@ -65,6 +65,48 @@ def install_name(kind: str, key: str) -> str:
     return key
 
 
+def key_of_path(path) -> str | None:
+    """Which zoo key's install holds `path`: the inverse of `install_name` (`<data_dir>/datasets/<name>/<variation>/
+    ...` -> `name.variation`, `<data_dir>/models/<key>/...` -> `key`), or None for a file outside the layout."""
+    parts = os.path.abspath(str(path)).split(os.sep)
+    for folder, depth in (("datasets", 2), ("models", 1)):
+        for i in range(len(parts) - depth - 2, -1, -1):
+            if parts[i] == folder:
+                return ".".join(parts[i + 1:i + 1 + depth])
+    return None
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where key `key` lives in a data dir and what is there: `installed` is the version MMF's markers of all its
+    folders agree on (None: not, or not completely, installed)."""
+
+    key: str
+    folder: Path
+    version: str
+    installed: str | None
+
+    @property
+    def current(self) -> bool:
+        return self.installed == self.version
+
+
+def place_of(zoo, key: str, data_dir: Path) -> Place:
+    """Where `key` (as typed: `m4c.textvqa` installs into models/m4c.textvqa.defaults, MMF's rule) lives."""
+    target = target_for(zoo, key)
+    versions = {_built_version(f) for f in target.marker_folders(Path(data_dir))}
+    installed = versions.pop() if len(versions) == 1 else None
+    return Place(key.strip(), target.root(Path(data_dir)), target.entry.version, installed)
+
+
+def _built_version(folder: Path) -> str | None:
+    try:
+        version = json.loads((folder / MARKER).read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, str) else None
+
+
 def target_for(zoo, key: str) -> Target:
     entry = zoo.resolve(key)
     if entry.kind == "datasets":

@@ -131,10 +131,12 @@ def kind_of(path: Path) -> str:
     return "models" if "model" in path.stem.lower() else "datasets"
 
 
-def load_zoo(extra: list[str | Path] | None = None, *, defaults: bool = True) -> Zoo:
-    """Load the default manifests (unless defaults=False) and every `--zoo PATH`; later files win on a key clash."""
+def load_zoo(extra: list | None = None, *, defaults: bool = True) -> Zoo:
+    """Load the default manifests (unless defaults=False) and every `--zoo PATH`; later files win on a key clash.
+    An extra may be a (kind, path) pair where the kind is known (MMF's env.model_zoo is a model zoo whatever the
+    file is called), else its kind follows from its name (`kind_of`)."""
     paths = default_manifest_paths() if defaults else []
-    paths += [(kind_of(Path(p)), Path(p)) for p in extra or []]
+    paths += [(p[0], Path(p[1])) if isinstance(p, tuple) else (kind_of(Path(p)), Path(p)) for p in extra or []]
     zoo = Zoo()
     for kind, path in paths:
         merge(zoo, parse_manifest(path, kind))
