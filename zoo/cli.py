@@ -277,7 +277,8 @@ def fetch(
         z = _zoo(zoo, from_path, trust_pack)
         from zoo.progress import Progress
 
-        bars = Progress(enabled=not (quiet or as_json))
+        # bars on a terminal; in a log (stderr redirected), a line per resource every 30 s instead of bar redraws
+        bars = Progress(enabled=False) if quiet or as_json else Progress.auto()
         opts = FetchOptions(
             data_dir=_data_dir(data_dir), mirrors=mirror or [], mirror_only=mirror_only or None,
             transfer=TransferOptions(connections=connections, chunk_size=max(1, int(chunk_size * (1 << 20))),
