@@ -306,8 +306,9 @@ def engine_cmd(urls: list[str], archive: Archive, extra: list[str], root: Path |
         for u in urls:
             cmd += ["--mirror", u]
         if root is not None:  # its own code first on sys.path, whatever is installed
+            cli = "mmfzoo_cli" if (Path(root) / "mmfzoo_cli").is_dir() else "mmf_cli"  # named so before issue 18
             cmd[1:3] = ["-c", f"import sys, runpy; sys.path.insert(0, {str(root)!r}); "
-                              "sys.argv[0] = 'mmf'; runpy.run_module('mmfzoo_cli', run_name='__main__')"]
+                              f"sys.argv[0] = 'mmf'; runpy.run_module({cli!r}, run_name='__main__')"]
         return cmd + extra
     return make
 
