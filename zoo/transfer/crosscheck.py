@@ -6,12 +6,16 @@ with the bytes on disk. Evidence, in order: a mirror that returns different byte
 disagree are only a dispute: the one serving the older file (Last-Modified) becomes a suspect that gets no new
 work, and both are suspected first by the repair step if the sha256 fails. Each mirror is checked on its first
 SAMPLE bytes (and gets one connection until then); later checks, only without chunk hashes, are paced to keep the
-extra bytes under `opts.crosscheck` of the file.
+extra bytes under `opts.crosscheck` of the file. Paced checks run on one thread of their own, so a worker that
+commits a chunk goes straight on to the next one (a check is two round trips: inline, it idled that connection);
+samples that arrive while one is being checked wait in a short queue, and beyond it are skipped (the budget is
+not spent on them).
 """
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import threading
 from collections import Counter
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("zoo")
 SAMPLE = 64 << 10
 CHECK_DEADLINE = 1.0  # seconds per sample read: a slower witness makes the check inconclusive, not the transfer slow
+BACKLOG = 4  # paced samples waiting for the checker thread; more are skipped, not queued without bound
 
 
 class CrossCheck:
@@ -43,6 +48,39 @@ class CrossCheck:
         self.suspicion: Counter = Counter()
         self.lock = threading.Lock()
         self.rng = random.Random()
+        self.queue: queue.Queue = queue.Queue(BACKLOG)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """The checker thread for paced samples (none is needed with chunk hashes: they check every byte)."""
+        if self.paced:
+            self.thread = threading.Thread(target=self._run, name="zoo-crosscheck", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> int | None:
+        """No more samples: the thread ends after the check in hand (the caller cuts its connection, whose ident
+        this returns, so a check in a slow read does not hold the end of the transfer)."""
+        if self.thread is None:
+            return None
+        while True:  # what waits is dropped; the sentinel then always fits
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.queue.put(None)
+        return self.thread.ident
+
+    def join(self, timeout: float) -> bool:
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return self.thread is None or not self.thread.is_alive()
+
+    def _run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            try:
+                self.check(*job)
+            except Exception as exc:  # noqa: BLE001 - a failed sample read is an inconclusive check, never a crash
+                log.debug("%s: cross-check of %s failed: %s", self.t.name, job[0], exc)
 
     def early(self, url: str, span: list) -> None:
         """A mirror's first SAMPLE bytes are in: check them now, before it is trusted with more work."""
@@ -76,7 +114,15 @@ class CrossCheck:
                 self.spent += 2 * SAMPLE
             s = max(mine, key=lambda x: x[1] - x[0])
             a = self.rng.randint(s[0], max(s[0], s[1] - SAMPLE + 1))
-            self.check(url, a, min(s[1], a + SAMPLE - 1))
+            job = (url, a, min(s[1], a + SAMPLE - 1))
+            if self.thread is None:
+                self.check(*job)
+                continue
+            try:
+                self.queue.put_nowait(job)
+            except queue.Full:  # the checker is behind: skip this sample and give its budget back
+                with self.lock:
+                    self.spent -= 2 * SAMPLE
 
     def check(self, url: str, a: int, b: int) -> None:
         t, pool = self.t, self.t.pool

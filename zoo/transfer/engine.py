@@ -269,6 +269,7 @@ class Transfer:
                    for k in range(max(1, self.opts.connections))]
         for w in workers:
             w.start()
+        self.checks.start()
         clean = False
         try:
             digest = run_cursor(self)
@@ -276,12 +277,15 @@ class Transfer:
             return digest
         finally:
             self.board.stop()
-            http.cancel([w.ident for w in workers])  # a worker blocked in a read (a race, a tarpit) stops now
+            checker = self.checks.stop()
+            # a worker (or the checker) blocked in a read (a race, a tarpit) stops now
+            http.cancel([w.ident for w in workers] + ([checker] if checker else []))
             deadline = time.monotonic() + EXIT_GRACE
             for w in workers:
                 w.join(max(0.0, deadline - time.monotonic()))
+            checker_done = self.checks.join(max(0.0, deadline - time.monotonic()))
             partials.save_all(self)  # what arrived of the chunks in flight stays resumable
-            if any(w.is_alive() for w in workers):
+            if any(w.is_alive() for w in workers) or not checker_done:  # the checker reads the fd too
                 # stragglers may still write: nothing more is journaled, and the fd stays open until they end
                 journal.close(final=True)
                 if clean:
