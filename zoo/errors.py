@@ -68,6 +68,11 @@ class UnknownKeyError(ManifestError, KeyError):
         return self.args[0] if self.args else ""
 
 
+class OtherInstallError(ManifestError):
+    """The key is installed from another manifest's entry; fetching or adopting the active one would mix or
+    replace that data (pass that manifest, or --force)."""
+
+
 class VerificationError(ZooError):
     """Bytes on disk do not match what the manifest promises."""
 

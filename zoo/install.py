@@ -95,6 +95,9 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None
     roots = mirror_roots(opts.mirrors, mirror_only=opts.mirror_only)
     todo = [(t, r) for t in targets for r in t.entry.resources
             if (t.entry.key, r.file_name) in redo or not _installed(t, r, opts)[0]]
+    if not opts.force:
+        origin.refuse_other([(t, r) for t, r in todo if (t.entry.key, r.file_name) not in redo], opts.data_dir,
+                            "fetching", "to keep using it, or --force to replace it")
     with ExitStack() as locks:
         held = _lock_all(todo, opts, locks)  # before any probe: --lock-timeout bounds the wait, not probes + wait
         sizes = preflight(todo, opts, lambda res: _urls(res, roots, source))
