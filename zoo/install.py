@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zoo import layout, origin, publish, records, trust
-from zoo.errors import DiskError, ManifestError, OfflineError, UnknownKeyError
+from zoo.errors import DiskError, ManifestError, OfflineError, UnknownKeyError, ZooError, with_result
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.content import check_for
@@ -60,6 +60,7 @@ class ResourceReport:
     seconds: float = 0.0
     mirrors: dict = field(default_factory=dict)
     restarted: str | None = None  # why an earlier run's partial download was not reused (also said on stderr)
+    error: str | None = None  # status "failed": why (the fetch stops there; its error carries these reports)
 
 
 def plan(zoo: Zoo, keys: list[str]) -> list[layout.Target]:
@@ -104,22 +105,33 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None
         if opts.progress is not None:
             known = [sizes.get(id(r)) for _, r in todo]
             opts.progress.plan(sum(known) if todo and None not in known else None, len(todo))
-        return [r for target in targets for r in _install_target(target, opts, roots, source, sizes, redo, held)]
+        reports: list[ResourceReport] = []
+        try:
+            for target in targets:
+                _install_target(target, opts, roots, source, sizes, redo, held, reports)
+        except (ZooError, KeyboardInterrupt) as exc:  # what finished stays installed: say so beside the error
+            raise with_result(exc, reports)
+        return reports
 
 
-def _install_target(target, opts, roots, source, sizes, redo, held) -> list[ResourceReport]:
-    reports = []
+def _install_target(target, opts, roots, source, sizes, redo, held, reports: list[ResourceReport]) -> None:
+    """Install the target's resources, appending a report for each (a "failed" one for the resource that raised),
+    then mark its folders built for MMF."""
     for res in target.entry.resources:
-        reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res)),
-                                    redo=(target.entry.key, res.file_name) in redo, held=held))
+        try:
+            reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res)),
+                                        redo=(target.entry.key, res.file_name) in redo, held=held))
+        except (ZooError, KeyboardInterrupt) as exc:
+            reports.append(ResourceReport(target.entry.key, res.file_name, "failed", str(target.folder(
+                opts.data_dir, res)), error=str(exc) or type(exc).__name__))
+            raise
     if not opts.extract:
-        return reports  # archives only: MMF must not see the data as built
+        return  # archives only: MMF must not see the data as built
     for folder in target.marker_folders(opts.data_dir):
         mine = [r for r in target.entry.resources if target.marker_folder(opts.data_dir, r) == folder]
         if all(_installed(target, r, opts, quick=True)[0] for r in mine):
             layout.mark_built(folder, target.entry.version)
             publish.clear_mmf_note(folder)  # every file now has a record: MMF's marker is the zoo's own
-    return reports
 
 
 def _lock_path(target: layout.Target, res: Resource, opts: FetchOptions) -> Path:
