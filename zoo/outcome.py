@@ -5,7 +5,8 @@ The JSON contract: exit 0 prints the command's result (fetch, list, verify: a li
 shapes scripts already read; any other exit prints an object `{"error": {"message", "exit_code", "kind"},
 "result": ...}` where `result` is what the command got to (verify's checks; fetch's reports of the resources that
 finished and the one that failed) or null. Usage errors (a bad
-option, a missing argument) are routed here too, numbered USAGE, not click's 2 (a verification failure).
+option, a missing argument) of every `mmf` command are routed here too, numbered USAGE, not click's 2 (a
+verification failure).
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def usage_errors(args):
 
 
 class ZooGroup(TyperGroup):
-    """The `mmf zoo` group: usage errors of the group and of every subcommand go through `usage_errors`."""
+    """The `mmf` group (and `mmf zoo`): usage errors of the group and of every command below it (`mmf data ...`,
+    `mmf demo`, ...) go through `usage_errors`, so they all exit USAGE (1), never click's 2."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         with usage_errors(list(args)):
