@@ -38,3 +38,33 @@ def test_a_failed_fetch_reports_what_finished_and_what_failed(tmp_path):
                 "--data-dir", str(data), "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(i["status"] for i in json.loads(r.stdout)) == ["already installed", "already installed", "installed"]
+
+
+def test_an_interrupted_fetch_reports_what_finished_and_what_was_interrupted(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.zoo_helpers import ROOT
+    from zoo.testing.faultserver import FaultServer, Faults
+
+    toy = make_zoo(tmp_path / "toy", feature_bytes=3 << 20)
+    data = tmp_path / "data"
+    slow = Faults(glob="*features.tar.gz", rate_bps=50_000)
+    with FaultServer(toy.mirror, faults=slow) as srv:
+        proc = subprocess.Popen([sys.executable, "-m", "mmfzoo_cli", "zoo", "fetch", "toyset", "--zoo",
+                                 str(toy.manifest), "--data-dir", str(data), "--mirror", srv.url, "--mirror-only",
+                                 "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(list(data.rglob("*.installed.json"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None and slow.used >= 1, "the slow features transfer was not under way"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    doc = json.loads(out)
+    assert proc.returncode == 143 and doc["error"]["kind"] == "terminated", out + err
+    status = {item["file_name"]: item["status"] for item in doc["result"]}
+    assert status == {"annotations.tar.gz": "installed", "extras.tar.gz": "installed",
+                      "features.tar.gz": "interrupted"}, doc["result"]

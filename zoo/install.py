@@ -51,7 +51,7 @@ class FetchOptions:
 class ResourceReport:
     key: str
     file_name: str
-    status: str  # installed | already installed | built by MMF | downloaded (not extracted)
+    status: str  # installed | already installed | built by MMF | downloaded (not extracted) | failed | interrupted
     path: str
     size: int | None = None
     sha256: str | None = None
@@ -60,7 +60,7 @@ class ResourceReport:
     seconds: float = 0.0
     mirrors: dict = field(default_factory=dict)
     restarted: str | None = None  # why an earlier run's partial download was not reused (also said on stderr)
-    error: str | None = None  # status "failed": why (the fetch stops there; its error carries these reports)
+    error: str | None = None  # failed / interrupted: why (the fetch stops there; its error carries these reports)
 
 
 def plan(zoo: Zoo, keys: list[str]) -> list[layout.Target]:
@@ -124,7 +124,8 @@ def _install_target(target, opts, roots, source, sizes, redo, held, reports: lis
             reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res)),
                                         redo=(target.entry.key, res.file_name) in redo, held=held))
         except (ZooError, KeyboardInterrupt) as exc:
-            reports.append(ResourceReport(target.entry.key, res.file_name, "failed", str(target.folder(
+            stopped = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            reports.append(ResourceReport(target.entry.key, res.file_name, stopped, str(target.folder(
                 opts.data_dir, res)), error=str(exc) or type(exc).__name__))
             raise
     if not opts.extract:
