@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 import sys
 
-from tests.test_pkg_shared_dir import _as_user, _install, _other_user, shared  # noqa: F401 - `shared` is a fixture
+from tests import test_pkg_shared_dir
+from tests.test_pkg_shared_dir import _as_user, _install, _other_user
 from tests.zoo_helpers import ROOT, run_mmf
+
+shared = test_pkg_shared_dir.shared  # the fixture: a folder bob can reach, a one-entry zoo and its mirror
 
 
 def _state(data):
@@ -16,7 +19,7 @@ def _state(data):
             for p in sorted(data.rglob("*"))}
 
 
-def test_a_second_user_fetching_an_installed_key_gets_already_installed_and_nothing_is_written(shared):  # noqa: F811
+def test_a_second_user_fetching_an_installed_key_gets_already_installed_and_nothing_is_written(shared):
     bob = _other_user()
     data = _install(shared, 0o022)
     before = _state(data)
@@ -36,7 +39,7 @@ def test_a_second_user_fetching_an_installed_key_gets_already_installed_and_noth
     assert _state(data) == before
 
 
-def test_refetching_an_installed_key_does_not_rewrite_built_json(shared):  # noqa: F811
+def test_refetching_an_installed_key_does_not_rewrite_built_json(shared):
     data = _install(shared, 0o022)
     before = _state(data)
     r = run_mmf("zoo", "fetch", "labset", "--zoo", str(shared / "datasets.yaml"), "--data-dir", str(data))

@@ -13,8 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from zoo.errors import EXIT_CODES, TERMINATED, MirrorsExhaustedError, UsageError, VerificationError
-from zoo.outcome import ZooGroup, finish, with_result
+from zoo.errors import EXIT_CODES, TERMINATED, MirrorsExhaustedError, UsageError, VerificationError, with_result
+from zoo.outcome import ZooGroup, finish
 from zoo.serve_conns import Limits
 from zoo.transfer.options import DEFAULT_MIN_RATE
 

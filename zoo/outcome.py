@@ -19,7 +19,7 @@ import traceback
 import typer
 from typer.core import TyperGroup
 
-from zoo.errors import INTERNAL, INTERRUPTED, USAGE, UsageError, ZooError, kind_of, with_result  # noqa: F401
+from zoo.errors import INTERNAL, INTERRUPTED, USAGE, UsageError, ZooError, kind_of
 
 # click's UsageError, reached through a public name: typer vendors click in newer releases and imports it in older
 ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
