@@ -19,8 +19,8 @@ def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, f
 
     `from_path`: like `mmf zoo fetch --from`, one path or a list of archives, folders and packs (a pack's own
     entries are used as the CLI uses them; `trust_pack` is --trust-pack). Offline when `offline` or MMF_ZOO_OFFLINE
-    is set. `progress`: True shows what `mmf zoo fetch` shows on a
-    terminal (byte/ETA bars) and a line per resource every 30 s in a non-interactive log; False nothing.
+    is set. `progress`: True shows what `mmf zoo fetch` shows on a terminal (byte/ETA bars) and a line per resource
+    every 30 s in a non-interactive log; False nothing.
     `transfer` takes TransferOptions fields (connections, chunk_size, stall_timeout, ...).
     """
     from pathlib import Path

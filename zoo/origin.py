@@ -130,8 +130,8 @@ def refuse_other(pairs, data_dir: Path, doing: str, ways: str) -> None:
         if came is not None and came.how == "other":
             raise OtherInstallError(
                 f"not {doing} {target.name.replace('/', '.')}: it is installed in {data_dir} from {came.manifest}'s "
-                f"entry (version {shown(rec.get('version'))}), not the active manifest's ({shown(target.entry.source)}); "
-                f"pass {came.use} {ways}")
+                f"entry (version {shown(rec.get('version'))}), not the active manifest's "
+                f"({shown(target.entry.source)}); pass {came.use} {ways}")
 
 
 def _same_manifest(rec: dict, entry: Entry) -> bool:

@@ -4,9 +4,8 @@ with --json, exactly one JSON document on stdout whatever happened.
 The JSON contract: exit 0 prints the command's result (fetch, list, verify: a list; info, pack: an object), the
 shapes scripts already read; any other exit prints an object `{"error": {"message", "exit_code", "kind"},
 "result": ...}` where `result` is what the command got to (verify's checks; fetch's reports of the resources that
-finished and the one that failed) or null. Usage errors (a bad
-option, a missing argument) of every `mmf` command are routed here too, numbered USAGE, not click's 2 (a
-verification failure).
+finished and the one that failed) or null. Usage errors (a bad option, a missing argument) of every `mmf` command
+are routed here too, numbered USAGE, not click's 2 (a verification failure).
 """
 from __future__ import annotations
 
