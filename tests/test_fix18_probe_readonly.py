@@ -25,14 +25,17 @@ def root_dir():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_list_probe_on_a_read_only_data_dir_shows_sizes_and_says_the_cache_was_not_saved(root_dir):
+@pytest.mark.parametrize("state_dir", [True, False], ids=["with-.mmfzoo", "without-.mmfzoo"])
+def test_list_probe_on_a_read_only_data_dir_shows_sizes_and_says_the_cache_was_not_saved(root_dir, state_dir):
     bob = _other_user()
     toy = make_zoo(root_dir / "toy", with_size=False, feature_bytes=40_000)
     for p in root_dir.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     data = root_dir / "data"
-    (data / ".mmfzoo").mkdir(parents=True)
-    (data / ".mmfzoo").chmod(0o755)
+    (data / ".mmfzoo" if state_dir else data).mkdir(parents=True)
+    for p in (data, data / ".mmfzoo"):
+        if p.exists():
+            p.chmod(0o755)
     home = root_dir / "bob-home"
     home.mkdir()
     os.chown(home, bob.pw_uid, bob.pw_gid)
