@@ -7,8 +7,10 @@ from __future__ import annotations
 import typer
 
 from zoo.cli import app as zoo_app
+from zoo.outcome import ZooGroup
 
 app = typer.Typer(
+    cls=ZooGroup,  # every command's usage errors (mmf data, train, demo, plot too) follow zoo.errors.EXIT_CODES
     no_args_is_help=True,
     add_completion=False,
     help="MMF-compatible zoo manager and M4C trainer for TextVQA / ST-VQA.",

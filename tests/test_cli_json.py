@@ -129,7 +129,7 @@ def test_an_interrupt_is_one_document(capsys):
 
 def test_an_error_carries_its_details_and_result(capsys):
     from zoo.errors import OfflineError
-    from zoo.outcome import with_result
+    from zoo.errors import with_result
 
     def offline():
         exc = OfflineError("features.tar.gz needs the network; run without --offline")

@@ -13,12 +13,14 @@ from __future__ import annotations
 __all__ = ["fetch", "is_installed", "place"]
 
 
-def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, from_path=None, progress=True,
-          **transfer):
+def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, from_path=None, trust_pack=False,
+          progress=True, **transfer):
     """Install zoo `keys` (a key or a list) into `data_dir` (default: MMF's data dir); returns per-resource reports.
 
-    Offline when `offline` or MMF_ZOO_OFFLINE is set. `progress`: True shows what `mmf zoo fetch` shows on a
-    terminal (byte/ETA bars) and a line per resource every 30 s in a non-interactive log; False nothing.
+    `from_path`: like `mmf zoo fetch --from`, one path or a list of archives, folders and packs (a pack's own
+    entries are used as the CLI uses them; `trust_pack` is --trust-pack). Offline when `offline` or MMF_ZOO_OFFLINE
+    is set. `progress`: True shows what `mmf zoo fetch` shows on a terminal (byte/ETA bars) and a line per resource
+    every 30 s in a non-interactive log; False nothing.
     `transfer` takes TransferOptions fields (connections, chunk_size, stall_timeout, ...).
     """
     from pathlib import Path
@@ -26,16 +28,21 @@ def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, f
     from zoo.install import FetchOptions, fetch as _fetch
     from zoo.datadir import default_data_dir
     from zoo.manifest import load_zoo
+    from zoo.pack import merge_packs
     from zoo.progress import Progress
+    from zoo.sources import from_paths
     from zoo.transfer import TransferOptions
 
     keys = [keys] if isinstance(keys, str) else list(keys)
+    paths = from_paths(from_path)
+    z = load_zoo(zoo_paths or [])
+    merge_packs(z, paths, consent=trust_pack)
     bars = Progress.auto() if progress else None
     opts = FetchOptions(data_dir=Path(data_dir) if data_dir else default_data_dir(), mirrors=list(mirrors or []),
                         transfer=TransferOptions(offline=offline, **transfer), progress=bars,
-                        from_path=Path(from_path) if from_path else None, say=lambda m: None)
+                        from_path=paths or None, say=lambda m: None)
     try:
-        return _fetch(load_zoo(zoo_paths or []), keys, opts)
+        return _fetch(z, keys, opts)
     finally:
         if bars is not None:
             bars.close()

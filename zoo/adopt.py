@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo import layout, records, trust, truststore
+from zoo import layout, origin, records, trust, truststore
 from zoo.errors import HashMismatchError, VerificationError
 from zoo.fsutil import sha256_file, xxh3_file
 from zoo.install import plan
@@ -35,7 +35,12 @@ class Adopted:
 def adopt(zoo: Zoo, keys: list[str], data_dir: Path, lock_timeout: float | None = None) -> list[Adopted]:
     """Adopt every resource of `keys` (with their zoo_requirements); one result per resource."""
     out = []
-    for target in plan(zoo, keys):
+    targets = plan(zoo, keys)
+    # its pickles are trusted only by a manifest the user chose: an install from another manifest's entry is
+    # checked against that entry (--zoo), never against a record anyone with write access could have forged
+    origin.refuse_other([(t, r) for t in targets for r in t.entry.resources], Path(data_dir), "adopting",
+                        "to adopt it against that entry")
+    for target in targets:
         for res in target.entry.resources:
             try:
                 detail = _adopt_one(target, res, Path(data_dir), lock_timeout)
@@ -74,7 +79,8 @@ def _adopt_one(target: layout.Target, res: Resource, data_dir: Path, lock_timeou
                 "format": records.RECORD_FORMAT, "key": key, "version": target.entry.version, "url": res.url,
                 "manifest": source, "sha256": digest, "verified": True, "size": archive.stat().st_size,
                 "extracted": res.compressed, "top_level": tops, "files": rows, "archive_kept": True,
-                "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "adopted": True}, grant=True)
+                "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "adopted": True,
+                **origin.remember(target.entry, res)}, grant=True)
         return f"adopted: archive and {len(rows)} installed file(s) verified, trusted from now on"
     digest, files, _ = _verified_content(archive, res, key)
     rows = _check_installed(folder, files, key)

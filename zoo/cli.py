@@ -13,8 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from zoo.errors import EXIT_CODES, TERMINATED, MirrorsExhaustedError, UsageError, VerificationError
-from zoo.outcome import ZooGroup, finish, with_result
+from zoo.errors import EXIT_CODES, TERMINATED, MirrorsExhaustedError, UsageError, VerificationError, with_result
+from zoo.outcome import ZooGroup, finish
 from zoo.serve_conns import Limits
 from zoo.transfer.options import DEFAULT_MIN_RATE
 
@@ -96,7 +96,7 @@ def _human(n):
     return human(n)
 
 
-def _size_table(z, dd: Path, entries, probe: bool, mirror=None, mirror_only=None) -> dict:
+def _size_table(z, dd: Path, entries, probe: bool, quiet: bool, mirror=None, mirror_only=None) -> dict:
     from zoo import sizes
     from zoo.mirrors import mirror_roots
 
@@ -104,7 +104,8 @@ def _size_table(z, dd: Path, entries, probe: bool, mirror=None, mirror_only=None
 
     if probe and offline_env():
         raise UsageError("--probe needs the network, but MMF_ZOO_OFFLINE is set: unset it, or drop --probe")
-    return sizes.table(z, dd, entries, mirror_roots(mirror or [], mirror_only=mirror_only) if probe else None)
+    return sizes.table(z, dd, entries, mirror_roots(mirror or [], mirror_only=mirror_only) if probe else None,
+                       say=_note(quiet))
 
 
 @app.command("list")
@@ -116,7 +117,7 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
-        table = _size_table(z, dd, z.entries.values(), probe)
+        table = _size_table(z, dd, z.entries.values(), probe, quiet)
         rows = [_list_row(z, dd, key, table) for key in sorted(z.entries)]
         for t, manifest in origin.other_installs(z, dd):  # custom installs: their records remember the entry
             size, extracted = sizes.target_total(t, dd)
@@ -188,7 +189,7 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
         target = origin.target_or_recorded(z, key, dd)
         e = target.entry
         roots = mirror_roots(mirror or [], mirror_only=mirror_only or None)
-        table = _size_table(z, dd, [e], probe, mirror, mirror_only or None)
+        table = _size_table(z, dd, [e], probe, quiet, mirror, mirror_only or None)
         size, extracted = entry_total(table, e)
         doc = {"key": e.key, "kind": e.kind, "version": e.version_str, "source": str(e.source),
                "requires": list(e.zoo_requirements), "conflict": e.conflict, "invalid": e.invalid,

@@ -37,6 +37,13 @@ def kind_of(cls: type) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def with_result(exc: BaseException, result) -> BaseException:
+    """Attach what a failing command got to (verify's checks, fetch's per-resource reports) for --json's
+    `result`; zoo.outcome prints it beside the error."""
+    exc.result = result
+    return exc
+
+
 class ZooError(Exception):
     """Root of every error the zoo raises on purpose."""
 
@@ -66,6 +73,11 @@ class UnknownKeyError(ManifestError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0] if self.args else ""
+
+
+class OtherInstallError(ManifestError):
+    """The key is installed from another manifest's entry; fetching or adopting the active one would mix or
+    replace that data (pass that manifest, or --force)."""
 
 
 class VerificationError(ZooError):

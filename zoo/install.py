@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zoo import layout, origin, publish, records, trust
-from zoo.errors import DiskError, ManifestError, OfflineError, UnknownKeyError
+from zoo.errors import DiskError, ManifestError, OfflineError, UnknownKeyError, ZooError, with_result
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.content import check_for
@@ -51,7 +51,7 @@ class FetchOptions:
 class ResourceReport:
     key: str
     file_name: str
-    status: str  # installed | already installed | built by MMF | downloaded (not extracted)
+    status: str  # installed | already installed | built by MMF | downloaded (not extracted) | failed | interrupted
     path: str
     size: int | None = None
     sha256: str | None = None
@@ -60,6 +60,7 @@ class ResourceReport:
     seconds: float = 0.0
     mirrors: dict = field(default_factory=dict)
     restarted: str | None = None  # why an earlier run's partial download was not reused (also said on stderr)
+    error: str | None = None  # failed / interrupted: why (the fetch stops there; its error carries these reports)
 
 
 def plan(zoo: Zoo, keys: list[str]) -> list[layout.Target]:
@@ -85,9 +86,6 @@ def _same(zoo: Zoo, key: str, entry: Entry) -> bool:
 def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None) -> list[ResourceReport]:
     """Install keys; `redo` = {(entry key, file_name)} re-installs those resources even if they look installed."""
     redo = redo or set()
-    problem = folder_problem(opts.data_dir)
-    if problem:
-        raise DiskError(f"data dir {opts.data_dir} {problem}; pass another --data-dir (or set MMF_DATA_DIR)")
     targets = plan(zoo, keys)
     source = LocalSource(opts.from_path) if opts.from_path else None
     if source is not None:
@@ -95,28 +93,49 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None
     roots = mirror_roots(opts.mirrors, mirror_only=opts.mirror_only)
     todo = [(t, r) for t in targets for r in t.entry.resources
             if (t.entry.key, r.file_name) in redo or not _installed(t, r, opts)[0]]
+    if not todo:  # all installed: a no-op that needs no write (a second user of a read-only shared data dir)
+        return [_already(t, r, opts, _installed(t, r, opts)[1]) for t in targets for r in t.entry.resources]
+    problem = folder_problem(opts.data_dir)
+    if problem:
+        raise DiskError(f"data dir {opts.data_dir} {problem}; pass another --data-dir (or set MMF_DATA_DIR)")
+    if not opts.force:
+        origin.refuse_other([(t, r) for t, r in todo if (t.entry.key, r.file_name) not in redo], opts.data_dir,
+                            "fetching", "to keep using it, or --force to replace it")
     with ExitStack() as locks:
         held = _lock_all(todo, opts, locks)  # before any probe: --lock-timeout bounds the wait, not probes + wait
         sizes = preflight(todo, opts, lambda res: _urls(res, roots, source))
         if opts.progress is not None:
             known = [sizes.get(id(r)) for _, r in todo]
             opts.progress.plan(sum(known) if todo and None not in known else None, len(todo))
-        return [r for target in targets for r in _install_target(target, opts, roots, source, sizes, redo, held)]
+        reports: list[ResourceReport] = []
+        try:
+            for target in targets:
+                _install_target(target, opts, roots, source, sizes, redo, held, reports)
+        except (ZooError, KeyboardInterrupt) as exc:  # what finished stays installed: say so beside the error
+            raise with_result(exc, reports)
+        return reports
 
 
-def _install_target(target, opts, roots, source, sizes, redo, held) -> list[ResourceReport]:
-    reports = []
+def _install_target(target, opts, roots, source, sizes, redo, held, reports: list[ResourceReport]) -> None:
+    """Install the target's resources, appending a report for each (a "failed" one for the resource that raised),
+    then mark its folders built for MMF."""
     for res in target.entry.resources:
-        reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res)),
-                                    redo=(target.entry.key, res.file_name) in redo, held=held))
+        try:
+            reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res)),
+                                        redo=(target.entry.key, res.file_name) in redo, held=held))
+        except (ZooError, KeyboardInterrupt) as exc:
+            stopped = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            reports.append(ResourceReport(target.entry.key, res.file_name, stopped, str(target.folder(
+                opts.data_dir, res)), error=str(exc) or type(exc).__name__))
+            raise
     if not opts.extract:
-        return reports  # archives only: MMF must not see the data as built
+        return  # archives only: MMF must not see the data as built
     for folder in target.marker_folders(opts.data_dir):
         mine = [r for r in target.entry.resources if target.marker_folder(opts.data_dir, r) == folder]
         if all(_installed(target, r, opts, quick=True)[0] for r in mine):
-            layout.mark_built(folder, target.entry.version)
+            if not layout.is_built(folder, target.entry.version):  # unchanged: not rewritten
+                layout.mark_built(folder, target.entry.version)
             publish.clear_mmf_note(folder)  # every file now has a record: MMF's marker is the zoo's own
-    return reports
 
 
 def _lock_path(target: layout.Target, res: Resource, opts: FetchOptions) -> Path:
@@ -166,6 +185,15 @@ def _installed(target: layout.Target, res: Resource, opts: FetchOptions, quick: 
     return False, ""
 
 
+def _already(target: layout.Target, res: Resource, opts: FetchOptions, why: str) -> ResourceReport:
+    """The report of a resource found installed (`why`: already installed, built by MMF); reads, never writes."""
+    folder = target.folder(opts.data_dir, res)
+    untrusted = trust.record_problem(layout.record_path(folder, res)) if why == "already installed" else None
+    if untrusted:
+        opts.say(f"note: {target.entry.key}:{res.file_name}: installed, but its pickles are not trusted: {untrusted}")
+    return ResourceReport(target.entry.key, res.file_name, why, str(folder))
+
+
 def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls: list[str],
                  size: int | None, redo: bool = False, held: set[Path] = frozenset()) -> ResourceReport:
     label = f"{target.entry.key}:{res.file_name}"
@@ -178,10 +206,7 @@ def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls:
             ExitStack() as publishing:
         done, why = (False, "") if redo else _installed(target, res, opts)
         if done:  # maybe another process finished it while we waited
-            untrusted = trust.record_problem(layout.record_path(folder, res)) if why == "already installed" else None
-            if untrusted:
-                opts.say(f"note: {label}: installed, but its pickles are not trusted: {untrusted}")
-            return ResourceReport(target.entry.key, res.file_name, why, str(folder))
+            return _already(target, res, opts, why)
         for stale in state.glob(f"extract-{res.file_name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed extraction; we hold the lock
         archive = folder / res.file_name

@@ -98,24 +98,40 @@ class Origin:
 
 def judge(rec: dict, entry: Entry, res: Resource) -> Origin:
     source = str(rec.get("manifest_path") or rec.get("manifest") or "")
-    shown = _shown(source)
+    src = shown(source)
     rebuilt = entry.source.startswith(RECORD_SOURCE)
     agrees = rec.get("version") == entry.version and (not res.hashcode or rec.get("sha256") == res.hashcode)
     if agrees and not rebuilt:
-        return Origin("same", shown)
+        return Origin("same", src)
     if not rebuilt and _same_manifest(rec, entry):
-        return Origin("changed", shown, f"{shown} changed since this was installed" if _changed(rec, source) else "")
+        return Origin("changed", src, f"{src} changed since this was installed" if _changed(rec, source) else "")
     pack = _pack(source)
-    where = f"the pack {_shown(pack)}'s own entry" if pack else f"{shown}'s entry"
+    where = f"the pack {shown(pack)}'s own entry" if pack else f"{src}'s entry"
     state = "" if pack else ("; that manifest is gone" if not os.path.lexists(source) else
                              "; that manifest changed since" if _changed(rec, source) else "")
-    use = f"--from {_shown(pack)}" if pack else f"--zoo {shown}"
+    use = f"--from {shown(pack)}" if pack else f"--zoo {src}"
     if rebuilt:
-        return Origin("other", shown, f"installed from {where}, which no active manifest has{state}; "
-                                      f"judged by its install record (pass {use} to use that entry)", use)
-    return Origin("other", shown, f"installed from {where} (version {_shown(rec.get('version'))}), not the active "
-                                  f"manifest's ({_shown(entry.source)}){state}; judged by its install record "
-                                  f"(pass {use} to use that entry)", use)
+        return Origin("other", src, f"installed from {where}, which no active manifest has{state}; "
+                                    f"judged by its install record (pass {use} to use that entry)", use)
+    return Origin("other", src, f"installed from {where} (version {shown(rec.get('version'))}), not the active "
+                                f"manifest's ({shown(entry.source)}){state}; judged by its install record "
+                                f"(pass {use} to use that entry)", use)
+
+
+def refuse_other(pairs, data_dir: Path, doing: str, ways: str) -> None:
+    """OtherInstallError for the first (target, resource) installed from another manifest's entry of the same key:
+    acting on it with the active entry would replace (fetch) or misjudge (adopt) that manifest's data. `doing`
+    names the action ("fetching"), `ways` ends the message after "pass --zoo THAT.yaml"."""
+    from zoo.errors import OtherInstallError
+
+    for target, res in pairs:
+        rec = layout.read_record(target.folder(data_dir, res), res)
+        came = judge(rec, target.entry, res) if rec else None
+        if came is not None and came.how == "other":
+            raise OtherInstallError(
+                f"not {doing} {target.name.replace('/', '.')}: it is installed in {data_dir} from {came.manifest}'s "
+                f"entry (version {shown(rec.get('version'))}), not the active manifest's "
+                f"({shown(target.entry.source)}); pass {came.use} {ways}")
 
 
 def _same_manifest(rec: dict, entry: Entry) -> bool:
@@ -142,7 +158,7 @@ def _changed(rec: dict, source: str) -> bool:
     return now is not None and now != digest
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     """A value read from a record, safe for one line: no control characters, long ones cut."""
     text = "".join(c if c.isprintable() else "?" for c in str(value))
     return text if len(text) <= 120 else f"{text[:100]}… ({len(text)} characters)"
@@ -187,7 +203,7 @@ def _rebuilt(root: Path, kind: str) -> Entry | None:
                 continue  # an older record, or one for another kind of install: says nothing about its entry
             try:
                 return entry_from_node(rec.get("entry"), kind, rec.get("node"),
-                                       RECORD_SOURCE + _shown(rec.get("manifest") or "?"), f"install record in {root}")
+                                       RECORD_SOURCE + shown(rec.get("manifest") or "?"), f"install record in {root}")
             except ManifestError:
                 continue
     return None
@@ -199,7 +215,7 @@ def recorded_manifest(target: layout.Target, data_dir: Path) -> str | None:
     for res in target.entry.resources:
         rec = layout.read_record(target.folder(data_dir, res), res)
         if rec and judge(rec, target.entry, res).how == "other":
-            return _shown(rec.get("manifest") or "?")
+            return shown(rec.get("manifest") or "?")
     return None
 
 
@@ -223,5 +239,5 @@ def other_installs(zoo, data_dir: Path) -> list[tuple[layout.Target, str]]:
         dotted = target.name.replace("/", ".")
         if any(k in zoo.entries or k in zoo.aliases for k in (target.entry.key, dotted)):
             continue
-        out.append((target, _shown(target.entry.source[len(RECORD_SOURCE):])))
+        out.append((target, shown(target.entry.source[len(RECORD_SOURCE):])))
     return out

@@ -3,12 +3,14 @@ with --json, exactly one JSON document on stdout whatever happened.
 
 The JSON contract: exit 0 prints the command's result (fetch, list, verify: a list; info, pack: an object), the
 shapes scripts already read; any other exit prints an object `{"error": {"message", "exit_code", "kind"},
-"result": ...}` where `result` is what the command got to (verify's checks, say) or null. Usage errors (a bad
-option, a missing argument) are routed here too, numbered USAGE, not click's 2 (a verification failure).
+"result": ...}` where `result` is what the command got to (verify's checks; fetch's reports of the resources that
+finished and the one that failed) or null. Usage errors (a bad option, a missing argument) of every `mmf` command
+are routed here too, numbered USAGE, not click's 2 (a verification failure).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import traceback
@@ -30,13 +32,12 @@ def error_doc(message: str, exit_code: int, kind: str, result=None, details=None
 
 
 def emit_json(doc) -> None:
-    typer.echo(json.dumps(doc, indent=1, default=str))
+    typer.echo(json.dumps(doc, indent=1, default=_plain))
 
 
-def with_result(exc: ZooError, result) -> ZooError:
-    """Attach what a failing command got to, for --json's `result` (verify's checks beside its failure)."""
-    exc.result = result
-    return exc
+def _plain(value):
+    """A library's dataclass (a fetch's ResourceReport in an error's result) as its fields; anything else as text."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else str(value)
 
 
 def finish(fn, as_json: bool = False):
@@ -50,7 +51,7 @@ def finish(fn, as_json: bool = False):
     except KeyboardInterrupt as exc:
         code = getattr(exc, "exit_code", INTERRUPTED)
         _fail(f"interrupted: {_kept(exc)}", code, "terminated" if code != INTERRUPTED else "interrupted",
-              as_json, None, prefix="")
+              as_json, getattr(exc, "result", None), prefix="")
     except (typer.Exit, BrokenPipeError):  # a closed pipe (`| head`) is the reader's choice, handled by click
         raise
     except Exception as exc:  # a bug: the traceback is for the report, the line and code for scripts
@@ -101,7 +102,8 @@ def usage_errors(args):
 
 
 class ZooGroup(TyperGroup):
-    """The `mmf zoo` group: usage errors of the group and of every subcommand go through `usage_errors`."""
+    """The `mmf` group (and `mmf zoo`): usage errors of the group and of every command below it (`mmf data ...`,
+    `mmf demo`, ...) go through `usage_errors`, so they all exit USAGE (1), never click's 2."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         with usage_errors(list(args)):

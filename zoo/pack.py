@@ -63,10 +63,10 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
 def merge_packs(zoo: Zoo, from_paths, consent: bool = False) -> None:
     """Merge the entries of every pack among the --from paths (one path, a list, or None); --trust-pack
     (`consent`) needs at least one pack."""
-    from zoo.sources import is_pack
+    from zoo import sources
 
-    paths = [] if not from_paths else [from_paths] if isinstance(from_paths, (str, Path)) else list(from_paths)
-    packs = [Path(p).expanduser() for p in paths if Path(p).expanduser().is_file() and is_pack(Path(p).expanduser())]
+    paths = sources.from_paths(from_paths)
+    packs = [p for p in paths if p.is_file() and sources.is_pack(p)]
     if consent and not packs:
         raise ManifestError(f"--trust-pack needs --from PACK (a file written by `mmf zoo pack`), got "
                             f"{'--from ' + ', '.join(map(str, paths)) if paths else 'no --from'}")

@@ -88,15 +88,15 @@ def sizes_of(res: Resource, cache: dict, record: dict | None) -> ResourceSizes:
     return ResourceSizes(download, extracted, dfrom, efrom)
 
 
-def table(zoo, data_dir: Path, entries, probe_roots: list[str] | None = None) -> dict:
+def table(zoo, data_dir: Path, entries, probe_roots: list[str] | None = None, say=None) -> dict:
     """{(entry key, file_name): ResourceSizes} for `entries`; with `probe_roots`, a HEAD to those mirrors first for
-    the sizes the manifest lacks."""
+    the sizes the manifest lacks (`say`: told once when what was learned cannot be kept)."""
     from zoo import layout
     from zoo.mirrors import resource_urls
 
     pairs = [(layout.target_for(zoo, e.key), r) for e in entries if not e.invalid for r in e.resources]
     if probe_roots is not None:
-        cache = probe([(r, resource_urls(r, probe_roots)) for _, r in pairs], data_dir)
+        cache = probe([(r, resource_urls(r, probe_roots)) for _, r in pairs], data_dir, say)
     else:
         cache = load_cache(data_dir)
     return {(t.entry.key, r.file_name): sizes_of(r, cache, _record_of(t, r, data_dir)) for t, r in pairs}
@@ -131,9 +131,10 @@ def total(values) -> int | None:
     return sum(values) if values and None not in values else None
 
 
-def probe(wanted: list[tuple[Resource, list[str]]], data_dir: Path) -> dict:
+def probe(wanted: list[tuple[Resource, list[str]]], data_dir: Path, say=None) -> dict:
     """HEAD each resource's URLs (in order, the first that states a size wins) for those the manifest gives no
-    size; keep what was learned in the data dir's cache and return the updated cache."""
+    size; keep what was learned in the data dir's cache and return the updated cache. A cache that cannot be
+    written (a read-only shared data dir) costs only the hint: `say` is told once, and the sizes are still used."""
     from zoo.transfer.http import head
 
     def one(item):
@@ -154,17 +155,21 @@ def probe(wanted: list[tuple[Resource, list[str]]], data_dir: Path) -> dict:
         learned = {k: v for k, v in pool.map(one, todo) if k is not None}
     if learned:
         cache.update(learned)
-        _save(data_dir, cache)
+        problem = _save(data_dir, cache)
+        if problem and say is not None:
+            say(f"note: the probed sizes could not be saved in {cache_path(data_dir).parent} ({problem}); they are "
+                "shown this time and probed again next time")
     return cache
 
 
-def _save(data_dir: Path, cache: dict) -> None:
+def _save(data_dir: Path, cache: dict) -> str | None:
     """Atomically (a temp file renamed over it, which replaces a planted symlink instead of writing through it);
-    a data dir we cannot write loses only the hint."""
+    a data dir we cannot write loses only the hint: returns why (None when saved or deliberately not written)."""
     path = cache_path(data_dir)
     if not Path(data_dir).is_dir() or path.parent.is_symlink():
-        return  # listing sizes does not create a data dir, nor write where a planted link points
+        return None  # listing sizes does not create a data dir, nor write where a planted link points
     try:
         atomic_write_text(path, json.dumps(cache, indent=0, sort_keys=True))
-    except OSError:
-        pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None

@@ -27,6 +27,13 @@ from zoo.manifest import Resource
 from zoo.packindex import INDEX_NAME as PACK_INDEX, read_index
 
 
+def from_paths(value) -> list[Path]:
+    """--from as every caller takes it: None, one path (str or Path) or several -> a list of paths, `~` expanded."""
+    if not value:
+        return []
+    return [Path(p).expanduser() for p in ([value] if isinstance(value, (str, os.PathLike)) else value)]
+
+
 def file_url(path: Path, start: int | None = None, length: int | None = None) -> str:
     url = "file://" + quote(str(Path(path).resolve()))
     if start is not None:
@@ -61,8 +68,7 @@ class LocalSource:
     """Finds a resource's archive under the --from paths (one or several)."""
 
     def __init__(self, paths):
-        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        self.paths = [Path(p).expanduser() for p in paths]
+        self.paths = from_paths(paths)
         for path in self.paths:
             if not path.exists():
                 raise OfflineError(f"--from {path}: no such file or folder")
