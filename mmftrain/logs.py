@@ -94,6 +94,27 @@ def format_line(values: dict) -> str:
     return ", ".join(f"{k}: {format_number(v) if isinstance(v, float) else v}" for k, v in values.items())
 
 
+# metrics.jsonl keys that are bookkeeping, not curves a researcher reads: the step itself, the run's length, the
+# batch fingerprint a resume is checked against, the ETA. TensorBoard gets every other number (losses, lr, val
+# metrics, throughput, memory).
+NOT_FOR_TENSORBOARD = frozenset({"num_updates", "max_updates", "epoch", "eta_s", "batch_qid_sum", "batch_first_qid",
+                                 "best_update"})
+TENSORBOARD_MISSING = ("training.tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\" "
+                       "(or set training.tensorboard=false)")
+
+
+def require_tensorboard():
+    """TensorBoard's SummaryWriter, or a ConfigError saying which extra to install. A start-up check: `mmf train`
+    asks before it writes anything to the save dir, so a failed start never blocks the corrected rerun."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from mmftrain.errors import ConfigError
+
+        raise ConfigError(TENSORBOARD_MISSING) from None
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Append-only `metrics.jsonl` (one JSON object per log/eval event) and TensorBoard scalars when asked."""
 
@@ -105,14 +126,11 @@ class MetricsWriter:
         self.tb = None
         if tensorboard_dir is not None:
             try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from mmftrain.errors import ConfigError
-
+                summary_writer = require_tensorboard()
+            except BaseException:
                 self.file.close()
-                raise ConfigError("training.tensorboard=true needs the tensorboard package; "
-                                  "pip install -e .[tensorboard] (or set training.tensorboard=false)") from None
-            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=resume_update or None)
+                raise
+            self.tb = summary_writer(str(tensorboard_dir), purge_step=resume_update or None)
             log.info("TensorBoard scalars in %s", tensorboard_dir)
 
     def _truncate_after(self, update: int) -> None:
@@ -136,7 +154,7 @@ class MetricsWriter:
         if self.tb is not None:
             step = record.get("num_updates", 0)
             for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num_updates":
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_FOR_TENSORBOARD:
                     self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:

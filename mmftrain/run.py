@@ -32,6 +32,8 @@ from zoo.fsutil import folder_problem
 SAVE_DIR_LOCK = ".mmf-train.lock"  # (and its .holder: who holds it) never a run file, never deleted
 RUN_FILES = ("config.yaml", checkpoint.CURRENT, checkpoint.BEST, "metrics.jsonl", "summary.json",
              checkpoint.PERIODIC_DIR, "reports", "tensorboard")
+# What a run that failed before its first update may have left (read by run_started)
+UNSTARTED_LEFTOVERS = ("config.yaml", "metrics.jsonl", "tensorboard")
 # Config sections that fix the model's shape and meaning: a resume must not change them.
 RESUME_MUST_MATCH = ("model", "datasets", "model_config")
 # model_config keys that change how the model computes, not what it computes (the same parameters, the same
@@ -103,6 +105,7 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
     from mmftrain.trainer import Trainer
 
     stages = Stages.of(cfg["run_type"])
+    startup_checks(cfg, stages)
     if cfg["training"]["batch_size_per_device"]:
         cfg["training"]["batch_size"] = int(cfg["training"]["batch_size_per_device"]) * dist.world
     start = resolve_start(cfg, save_dir, dist, stages)
@@ -142,6 +145,20 @@ def previous_run_files(save_dir: Path) -> list[str]:
     return found + sorted(p.name for p in save_dir.glob("*_final.pth"))
 
 
+def run_started(save_dir: Path) -> bool:
+    """Whether `save_dir` holds a run that got anywhere: a checkpoint, a summary, reports, a logged update. A run
+    that wrote its config.yaml (and an empty metrics.jsonl / TensorBoard folder) and failed before its first logged
+    update did not (without a checkpoint there is nothing to continue either): the identical rerun, or a corrected one, may start there without env.overwrite_save_dir."""
+    found = previous_run_files(save_dir)
+    if set(found) - set(UNSTARTED_LEFTOVERS):
+        return True
+    metrics = save_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    with metrics.open(errors="replace") as lines:
+        return any('"train/' in line or '"val/' in line for line in lines)
+
+
 def check_output_dirs(cfg: dict, save_dir: Path) -> None:
     """Every folder the run writes to must be able to be one: refused up front, not after hours of training."""
     env = cfg["env"]
@@ -179,10 +196,18 @@ def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
         yield
 
 
+def startup_checks(cfg: dict, stages: Stages) -> None:
+    """What can refuse the run without reading data: asked before anything of the run is written to its save dir."""
+    if stages.train and cfg["training"]["tensorboard"]:
+        from mmftrain.logs import require_tensorboard
+
+        require_tensorboard()
+
+
 def refuse_other_run(cfg: dict, save_dir: Path) -> None:
     """A save dir holding another run is used only to continue it or, when asked explicitly, to replace it."""
     found = previous_run_files(save_dir)
-    if not found or cfg["checkpoint"]["resume"] or cfg["env"]["overwrite_save_dir"]:
+    if not run_started(save_dir) or cfg["checkpoint"]["resume"] or cfg["env"]["overwrite_save_dir"]:
         return
     raise TrainError(f"env.save_dir={save_dir} holds another run ({', '.join(found[:4])}); continue it with "
                      "checkpoint.resume=true, or start this run elsewhere with env.save_dir=<new folder> "
@@ -192,7 +217,11 @@ def refuse_other_run(cfg: dict, save_dir: Path) -> None:
 def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: StartPoint) -> None:
     """The data and model are built and the config is accepted: only now does the run change its save dir."""
     if dist.is_main:
-        if cfg["env"]["overwrite_save_dir"] and not start.own_run:
+        if not run_started(save_dir) and previous_run_files(save_dir):
+            log.info("env.save_dir=%s holds a run that stopped before its first update (%s): starting over there",
+                     save_dir, ", ".join(previous_run_files(save_dir)))
+            (save_dir / "metrics.jsonl").unlink(missing_ok=True)  # its own empty file; config.yaml is replaced below
+        elif cfg["env"]["overwrite_save_dir"] and not start.own_run:
             for name in previous_run_files(save_dir):
                 path = save_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
