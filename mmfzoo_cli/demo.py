@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -41,10 +40,19 @@ def majority_baseline(data_dir: Path) -> tuple[float, str]:
 def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[str] | None = None) -> int:
     from mmftrain.cli import run_from_argv
 
-    out = Path(out).resolve()
+    from mmfzoo_cli.demo_out import DemoOutError, claim, disk_estimate
+    from zoo.fsutil import human
+
+    out = Path(out).absolute()
     source, data_dir, save_dir = out / "source", out / "data", out / "save"
-    for p in (source, data_dir, save_dir):
-        shutil.rmtree(p, ignore_errors=True)
+    try:
+        removed = claim(out, questions)
+    except (DemoOutError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"mmf demo writes about {human(disk_estimate(questions))} under {out} (synthetic archives, the installed "
+          f"data, its packed store, checkpoints)" + (f"; replaced the previous demo's {', '.join(removed)}"
+                                                     if removed else ""), flush=True)
     total, t_start = 6, time.monotonic()
     manifest, fetched = _fetch_and_pack(source, data_dir, questions, total)
 
@@ -152,7 +160,8 @@ def _print_next(args: list[str], out: Path, save_dir: Path, updates: int) -> Non
     other = [a if not a.startswith("env.save_dir=") else f"env.save_dir={out / 'save-mmt4'}" for a in args]
     print(f"  mmf train {' '.join(other)} model_config.m4c.mmt.num_hidden_layers=4   # another override, new save dir")
     print(f"  mmf plot {save_dir}   # the training curve again")
-    print("  mmf zoo fetch textvqa textvqa.ocr_en   # the real ~40 GB of TextVQA features (resumable)")
+    print("  mmf zoo list --probe   # the real data's sizes, asked of the mirrors")
+    print("  mmf zoo fetch textvqa textvqa.ocr_en   # the real TextVQA features (tens of GB; resumable)")
 
 
 def demo_command(out: str, questions: int, updates: int) -> int:
