@@ -27,6 +27,13 @@ def run_from_argv(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE)
         return 0
+    from zoo.extras import MissingExtra, require
+
+    try:
+        require("mmf train")
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     from mmftrain.errors import TrainError
 
     try:

@@ -165,5 +165,12 @@ def _print_next(args: list[str], out: Path, save_dir: Path, updates: int) -> Non
 
 
 def demo_command(out: str, questions: int, updates: int) -> int:
+    from zoo.extras import MissingExtra, require
+
+    try:
+        require("mmf demo")
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(4, os.cpu_count() or 1))))
     return run_demo(Path(out), questions=questions, updates=updates)
