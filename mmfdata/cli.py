@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import typer
 
@@ -25,7 +24,13 @@ def _need_extra(command: str) -> None:
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from zoo.logfmt import ConsoleHandler
+
+    log = logging.getLogger("mmfdata")
+    if not any(isinstance(h, ConsoleHandler) for h in log.handlers):
+        log.addHandler(ConsoleHandler())
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 @app.command()

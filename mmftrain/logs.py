@@ -7,37 +7,23 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
+
+from zoo.logfmt import ConsoleHandler, formatter
 
 log = logging.getLogger("mmftrain")
 # Loggers whose lines belong in a run's log: the trainer, the data package (data path, packed store), the zoo
 # (fetching missing data), and Python warnings.
 RUN_LOGGERS = ("mmftrain", "mmfdata", "zoo", "py.warnings")
-_FORMAT = "%(asctime)s | %(levelname)s | %(name)s : %(message)s"
-_DATE = "%Y-%m-%dT%H:%M:%S"
-
-
-class _NoTraceback(logging.Formatter):
-    """Console format: the error line only; its traceback goes to train.log."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        saved = record.exc_info, record.exc_text
-        record.exc_info, record.exc_text = None, None
-        try:
-            return super().format(record)
-        finally:
-            record.exc_info, record.exc_text = saved
 
 
 def setup_logging(log_dir: Path | None, is_main: bool, rank: int, level: str = "info") -> Path | None:
-    """Log to stdout (rank 0) and to `<log_dir>/train.log` (`train.log.rank<N>` for other ranks); returns the
-    log file's path."""
+    """Log to the console (rank 0; zoo.logfmt's format and stream) and to `<log_dir>/train.log`
+    (`train.log.rank<N>` for other ranks); returns the log file's path."""
     logging.captureWarnings(True)
     handlers: list[logging.Handler] = []
     if is_main:
-        console = logging.StreamHandler(sys.stdout)
-        console.setFormatter(_NoTraceback(_FORMAT, _DATE))
+        console = ConsoleHandler()
         console.addFilter(lambda record: not getattr(record, "file_only", False))  # the CLI prints fatal errors
         handlers.append(console)
     path = None
@@ -45,7 +31,7 @@ def setup_logging(log_dir: Path | None, is_main: bool, rank: int, level: str = "
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         path = Path(log_dir) / ("train.log" if is_main else f"train.log.rank{rank}")
         file_handler = logging.FileHandler(path)
-        file_handler.setFormatter(logging.Formatter(_FORMAT, _DATE))
+        file_handler.setFormatter(formatter())
         handlers.append(file_handler)
     close_logging()  # a previous run in this process
     for name in RUN_LOGGERS:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,19 +34,22 @@ ProbeOpt = typer.Option(False, "--probe", help="Ask the mirrors (one HEAD per re
 
 
 def _setup_logging(quiet: bool) -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("mmf zoo: %(message)s"))
-        log.addHandler(handler)
+    from zoo.logfmt import ConsoleHandler
+
+    if not any(isinstance(h, ConsoleHandler) for h in log.handlers):
+        log.addHandler(ConsoleHandler())
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
 
 
 def _note(quiet: bool):
-    """The `say` of library calls: a line on stderr; under -q/--json only warnings (stdout stays the JSON's)."""
+    """The `say` of library calls: a log line on stderr (zoo.logfmt's format); under -q/--json only warnings
+    (stdout stays the JSON's)."""
     def say(message: str) -> None:
-        if not quiet or message.startswith("warning"):
-            typer.echo(f"mmf zoo: {message}", err=True)
+        if message.startswith("warning"):
+            log.warning(message.removeprefix("warning:").strip())
+        elif not quiet:
+            log.info(message)
     return say
 
 
