@@ -45,7 +45,7 @@ def run_from_argv(argv: list[str]) -> int:
         cfg = build_config(argv)
         from mmftrain.run import run
 
-        summary = run(cfg)
+        summary = run(cfg, pack_args(cfg, argv))
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -56,6 +56,16 @@ def run_from_argv(argv: list[str]) -> int:
     if interrupted:
         return {"SIGINT": 130, "SIGTERM": 143}.get(interrupted, 1)
     return 0
+
+
+def pack_args(cfg: dict, argv: list[str]) -> list[str]:
+    """What `mmf data pack NAME` needs besides the data dir to resolve this run's dataset_config as the run does:
+    its config file and its dataset_config overrides (the other keys do not change the packed store)."""
+    from mmftrain.config import mmf_flags, split_argv
+
+    overrides = split_argv(mmf_flags(argv)[1])[1]
+    config = ["--config", str(cfg["config"])] if cfg.get("config") else []
+    return config + [f"{key}={value}" for key, value in overrides if key.startswith("dataset_config.")]
 
 
 def register_extra_commands(app) -> None:

@@ -70,8 +70,9 @@ class Splits(NamedTuple):
     answer_vocab_size: int
 
 
-def run(cfg: dict) -> dict:
-    """Execute `cfg` (from `mmftrain.config.build_config`) on this process; returns the run summary."""
+def run(cfg: dict, pack_args: list[str] | None = None) -> dict:
+    """Execute `cfg` (from `mmftrain.config.build_config`) on this process; returns the run summary. `pack_args`:
+    what `mmf data pack` needs to resolve this run's dataset_config (mmftrain.cli.pack_args), for its hint."""
     dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
     stack = contextlib.ExitStack()
     try:
@@ -84,7 +85,7 @@ def run(cfg: dict) -> dict:
         log_dir = Path(str(cfg["env"]["log_dir"])).expanduser() if cfg["env"]["log_dir"] else save_dir
         setup_logging(log_dir, dist.is_main, dist.rank, cfg["training"]["logger_level"])
         try:
-            return _run(cfg, dist, save_dir)
+            return _run(cfg, dist, save_dir, pack_args)
         except TrainError as e:
             log.error("error: %s", e, exc_info=True, extra={"file_only": True})
             raise
@@ -101,7 +102,7 @@ def run(cfg: dict) -> dict:
         distributed.cleanup()
 
 
-def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
+def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path, pack_args: list[str] | None = None) -> dict:
     from mmftrain.trainer import Trainer
 
     stages = Stages.of(cfg["run_type"])
@@ -117,7 +118,7 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
     if cfg["training"]["log_detailed_config"]:
         log.info("config:\n%s", dump_yaml(cfg))
 
-    splits = build_splits(cfg, stages, seed)
+    splits = build_splits(cfg, stages, seed, pack_args)
     trainer = Trainer(cfg, dist, splits.answer_vocab_size, seed)
     if start.path is not None:
         trainer.load(start.path, model_only=start.model_only, obj=start.contents)
@@ -371,21 +372,21 @@ def choose_seed(cfg: dict, start: StartPoint) -> int:
 
 
 # ---- data
-def build_splits(cfg: dict, stages: Stages, seed: int) -> Splits:
+def build_splits(cfg: dict, stages: Stages, seed: int, pack_args: list[str] | None = None) -> Splits:
     """The datasets run_type needs (missing zoo data fetched first); val is optional when only training."""
     from mmftrain.data import build_datasets, concat
 
     _fetch_requirements(cfg)
-    train = concat(build_datasets(cfg, "train", seed)) if stages.train else None
+    train = concat(build_datasets(cfg, "train", seed, pack_args)) if stages.train else None
     val: dict = {}
     if stages.val or stages.train:
         try:
-            val = build_datasets(cfg, "val", seed)
+            val = build_datasets(cfg, "val", seed, pack_args)
         except DataError as e:
             if stages.val:
                 raise
             log.warning("no val split (%s): training without periodic evaluation", e)
-    test = build_datasets(cfg, "test", seed) if stages.test else {}
+    test = build_datasets(cfg, "test", seed, pack_args) if stages.test else {}
     first = train if train is not None else next(iter({**val, **test}.values()), None)
     if first is None:
         raise TrainError(f"run_type={cfg['run_type']} needs at least one split to read")
