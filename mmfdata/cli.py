@@ -1,7 +1,6 @@
 """`mmf data ...` commands. No torch/numpy at import time: `mmf --help` must stay fast and torch-free."""
 from __future__ import annotations
 
-import logging
 
 import typer
 
@@ -24,13 +23,9 @@ def _need_extra(command: str) -> None:
 
 
 def _logging() -> None:
-    from zoo.logfmt import ConsoleHandler
+    from zoo.logfmt import to_console
 
-    log = logging.getLogger("mmfdata")
-    if not any(isinstance(h, ConsoleHandler) for h in log.handlers):
-        log.addHandler(ConsoleHandler())
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    to_console("mmfdata")
 
 
 @app.command()

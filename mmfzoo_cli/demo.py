@@ -7,6 +7,7 @@ EvalAI prediction files -> a training-curve PNG -> a summary with the next comma
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -92,6 +93,7 @@ def _fetch_and_pack(source: Path, data_dir: Path, questions: int, total: int) ->
     from mmfdata.synth import write_synthetic
     from zoo.fsutil import human
     from zoo.install import FetchOptions, fetch
+    from zoo.logfmt import say_to, to_console
     from zoo.manifest import load_zoo
     from zoo.progress import Progress
     from zoo.serve import FolderMirror
@@ -102,6 +104,7 @@ def _fetch_and_pack(source: Path, data_dir: Path, questions: int, total: int) ->
     manifest = Path(synth["manifest"])
     print(f"  archives under {synth['archive_root']}, manifest {manifest} ({time.monotonic() - t:.1f}s)")
 
+    to_console("zoo", "mmfdata")  # their lines in the one format, above the fetch's bars
     with FolderMirror(synth["archive_root"]) as mirror:
         t = _step(2, total, f"mmf zoo fetch textvqa textvqa.ocr_en --zoo {manifest.name} --mirror {mirror.url} "
                             f"--mirror-only --data-dir {data_dir}")
@@ -109,7 +112,7 @@ def _fetch_and_pack(source: Path, data_dir: Path, questions: int, total: int) ->
         try:
             reports = fetch(load_zoo([manifest], defaults=False), ["textvqa", "textvqa.ocr_en"],
                             FetchOptions(data_dir=data_dir, mirrors=[mirror.url], mirror_only=True,
-                                         progress=bars, say=lambda m: print(f"  {m}")))
+                                         progress=bars, say=say_to(logging.getLogger("zoo"))))
         finally:
             bars.close()
     fetched = sum(r.fetched for r in reports)

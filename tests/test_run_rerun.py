@@ -4,7 +4,6 @@ another run. Real `mmf train` subprocesses on synthetic data."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -34,23 +34,17 @@ ProbeOpt = typer.Option(False, "--probe", help="Ask the mirrors (one HEAD per re
 
 
 def _setup_logging(quiet: bool) -> None:
-    from zoo.logfmt import ConsoleHandler
+    from zoo.logfmt import to_console
 
-    if not any(isinstance(h, ConsoleHandler) for h in log.handlers):
-        log.addHandler(ConsoleHandler())
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
+    to_console("zoo", level=logging.WARNING if quiet else logging.INFO)
 
 
 def _note(quiet: bool):
-    """The `say` of library calls: a log line on stderr (zoo.logfmt's format); under -q/--json only warnings
-    (stdout stays the JSON's)."""
-    def say(message: str) -> None:
-        if message.startswith("warning"):
-            log.warning(message.removeprefix("warning:").strip())
-        elif not quiet:
-            log.info(message)
-    return say
+    """The `say` of library calls: a log line on stderr (zoo.logfmt); under -q/--json only warnings (stdout stays
+    the JSON's)."""
+    from zoo.logfmt import say_to
+
+    return say_to(log, quiet)
 
 
 def _offline_env() -> bool:

@@ -48,3 +48,24 @@ class ConsoleHandler(logging.StreamHandler):
             raise
         except Exception:
             self.handleError(record)
+
+
+def to_console(*names: str, level: int = logging.INFO) -> None:
+    """Send the loggers `names` to the console (once, however often asked), at `level`, not to the root's."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+            logger.addHandler(ConsoleHandler())
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def say_to(logger: logging.Logger, quiet: bool = False):
+    """A `say` for library calls (zoo's FetchOptions.say): a message starting `warning` as a warning, the others as
+    info lines, dropped when `quiet`."""
+    def say(message: str) -> None:
+        if message.startswith("warning"):
+            logger.warning(message.removeprefix("warning:").strip())
+        elif not quiet:
+            logger.info(message)
+    return say
