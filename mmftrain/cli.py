@@ -78,10 +78,12 @@ def register_extra_commands(app) -> None:
         """Plot training loss and val metrics over updates from SAVE_DIR/metrics.jsonl into a PNG."""
         from mmftrain.errors import TrainError
         from mmftrain.plot import plot_run
+        from zoo.extras import MissingExtra, require
 
         try:
+            require("mmf plot")
             path = plot_run(save_dir, out)
-        except TrainError as e:
+        except (TrainError, MissingExtra) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1)
         typer.echo(str(path))

@@ -65,18 +65,19 @@ def test_the_core_environment_lacks_the_extras_and_runs_the_zoo(core_site, tmp_p
         assert r.returncode == 0, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("command, extra", [
-    (["train", "config=projects/m4c/configs/textvqa/tiny.yaml", "datasets=textvqa", "model=m4c"], "train"),
-    (["demo", "--out", "demo-out"], "train"),
-    (["data", "synth", "--out", "synth-out"], "data"),
-    (["data", "pack", "textvqa"], "data"),
+@pytest.mark.parametrize("command, extra, missing", [
+    (["train", "config=projects/m4c/configs/textvqa/tiny.yaml", "datasets=textvqa", "model=m4c"], "train", "numpy"),
+    (["demo", "--out", "demo-out"], "train", "numpy"),
+    (["data", "synth", "--out", "synth-out"], "data", "numpy"),
+    (["data", "pack", "textvqa"], "data", "numpy"),
+    (["plot", "save-dir"], "plot", "matplotlib"),
 ])
-def test_a_command_needing_an_extra_names_it_in_one_line(core_site, tmp_path, command, extra):
+def test_a_command_needing_an_extra_names_it_in_one_line(core_site, tmp_path, command, extra, missing):
     r = core_run(core_site, "-m", "mmfzoo_cli", *command, cwd=tmp_path)
     assert r.returncode == 1, (r.stdout[-2000:], r.stderr[-2000:])
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr[-3000:]
-    assert f"'{extra}' extra" in lines[0] and f'pip install -e ".[{extra}]"' in lines[0] and "numpy" in lines[0]
+    assert f"'{extra}' extra" in lines[0] and f'pip install -e ".[{extra}]"' in lines[0] and missing in lines[0]
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

@@ -13,7 +13,8 @@ import re
 from zoo.project import DISTRIBUTION, checkout
 
 # the extra each command needs (its packages are pyproject.toml's [project.optional-dependencies])
-COMMAND_EXTRA = {"mmf train": "train", "mmf demo": "train", "mmf data synth": "data", "mmf data pack": "data"}
+COMMAND_EXTRA = {"mmf train": "train", "mmf demo": "train", "mmf data synth": "data", "mmf data pack": "data",
+                 "mmf plot": "plot"}
 
 
 class MissingExtra(Exception):
