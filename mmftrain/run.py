@@ -149,7 +149,8 @@ def previous_run_files(save_dir: Path) -> list[str]:
 def run_started(save_dir: Path) -> bool:
     """Whether `save_dir` holds a run that got anywhere: a checkpoint, a summary, reports, a logged update. A run
     that wrote its config.yaml (and an empty metrics.jsonl / TensorBoard folder) and failed before its first logged
-    update did not (without a checkpoint there is nothing to continue either): the identical rerun, or a corrected one, may start there without env.overwrite_save_dir."""
+    update did not (without a checkpoint there is nothing to continue either): the identical rerun, or a
+    corrected one, may start there without env.overwrite_save_dir."""
     found = previous_run_files(save_dir)
     if set(found) - set(UNSTARTED_LEFTOVERS):
         return True
