@@ -59,8 +59,9 @@ def build_dataset(name: str, dataset_config: dict, split: str, data_dir: str, *,
     """The dataset of `split` for MMF's `dataset_config.<name>` node, reading files under `data_dir`.
 
     Each annotation entry uses its packed store when present and fresh (and `prefer_packed`), else the LMDB path
-    (logged, with the reason and `pack_command(..., pack_args)`, the command that builds it). Several entries (joint TextVQA + ST-VQA training) are concatenated. `seed` fixes
-    the teacher-forcing sequence drawn per question and epoch (`ds.set_epoch(e)`).
+    (logged, with the reason and `pack_command(..., pack_args)`, the command that builds it). Several entries
+    (joint TextVQA + ST-VQA training) are concatenated. `seed` fixes the teacher-forcing sequence drawn per
+    question and epoch (`ds.set_epoch(e)`).
     """
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     root = datasets_root(dataset_config, data_dir)
