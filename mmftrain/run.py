@@ -155,10 +155,11 @@ def run_started(save_dir: Path) -> bool:
     if set(found) - set(UNSTARTED_LEFTOVERS):
         return True
     metrics = save_dir / "metrics.jsonl"
-    if not metrics.is_file():
+    if not (metrics.exists() or metrics.is_symlink()):
         return False
-    with metrics.open(errors="replace") as lines:
-        return any('"train/' in line or '"val/' in line for line in lines)
+    # a run writes its first record at its first logged update: an empty regular file is all a run that stopped
+    # before it leaves (anything else, a link included, counts as a run and is left alone)
+    return metrics.is_symlink() or not metrics.is_file() or metrics.stat().st_size > 0
 
 
 def check_output_dirs(cfg: dict, save_dir: Path) -> None:

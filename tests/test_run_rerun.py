@@ -70,3 +70,14 @@ def test_a_run_with_a_logged_update_still_holds_its_save_dir(data_dir, tmp_path)
     r = run(train_cmd(data_dir, save, *STEPS))
     assert r.returncode == 1 and "holds another run" in r.stderr
     assert files_of(save) == before
+
+
+def test_a_linked_metrics_file_counts_as_a_run_and_is_left_alone(data_dir, tmp_path):  # noqa: F811
+    save, elsewhere = tmp_path / "save", tmp_path / "elsewhere.jsonl"
+    save.mkdir()
+    elsewhere.write_text("")
+    (save / "config.yaml").write_text("run_type: train\n")
+    (save / "metrics.jsonl").symlink_to(elsewhere)
+    r = run(train_cmd(data_dir, save, *STEPS))
+    assert r.returncode == 1 and "holds another run" in r.stderr
+    assert (save / "metrics.jsonl").is_symlink() and elsewhere.read_text() == ""
