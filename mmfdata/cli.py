@@ -25,7 +25,7 @@ def _need_extra(command: str) -> None:
 def _logging() -> None:
     from zoo.logfmt import to_console
 
-    to_console("mmfdata")
+    to_console("mmfdata", "zoo")  # pack reads zoo install records (trust): their warnings too
 
 
 @app.command()
