@@ -152,7 +152,7 @@ def _raw_server(response: bytes):
 @pytest.mark.parametrize("length, want", [("-5", None), ("99999999999999999999999", None), ("0x10", None),
                                           ("\u0663", None), ("1e3", None), ("0" * 5000 + "7", 7), ("1234", 1234)])
 def test_head_reads_only_a_plain_content_length(length, want):
-    from zoo.http import head
+    from zoo.transfer.http import head
 
     head_bytes = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n".encode("utf-8")
     sock, url, hits = _raw_server(head_bytes)

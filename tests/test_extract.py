@@ -41,7 +41,7 @@ CONTENT = {
 @pytest.fixture(autouse=True)
 def no_leaked_workers():
     """Every test must leave no extraction or decode thread behind, whether it passed or raised."""
-    before = set(threading.enumerate())  # e.g. zoo.http's process-wide watchdog, started by an earlier fetch
+    before = set(threading.enumerate())  # e.g. zoo.transfer.http's process-wide watchdog, started by an earlier fetch
     yield
     leaked = [t for t in threading.enumerate() if t.name.startswith("zoo-") and t not in before]
     for t in leaked:

@@ -16,6 +16,7 @@ import time
 import pytest
 import xxhash
 
+from zoo.content import check_for
 from zoo.testing.badmirrors import CASES, scenario
 from zoo.transfer import Transfer, TransferOptions
 
@@ -43,7 +44,7 @@ def _fetch(tmp_path, sc, data, chunk_hashes, **kw):
                            backoff_base=0.05, backoff_cap=0.3, **kw)
     t = Transfer("toy:features.tar.gz", sc.urls, tmp_path / "out.part", tmp_path / "out.journal",
                  sha256=hashlib.sha256(data).hexdigest(), chunk_hashes=_hashes(data) if chunk_hashes else None,
-                 opts=opts)
+                 opts=opts, content_check=check_for("features.tar.gz"))  # the install passes it, as here
     t0 = time.monotonic()
     result = t.run()
     return t, result, time.monotonic() - t0

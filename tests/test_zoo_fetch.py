@@ -378,7 +378,7 @@ def test_preflight_refuses_before_any_byte(tmp_path):
     with FaultServer(zoo.mirror) as srv:
         r = fetch(zoo, tmp_path / "data", mirror=srv.url)
         assert r.returncode == 4 and "not enough space" in r.stderr and "free" in r.stderr, r.stderr
-        from zoo.http import SAMPLE
+        from zoo.transfer.http import SAMPLE
         # only the probes: size, validator and the first SAMPLE bytes (content sniffing), never the payload
         assert 0 < sum(srv.stats.bytes_sent.values()) <= 2 * SAMPLE
 

@@ -9,7 +9,7 @@ import pytest
 import xxhash
 
 from zoo.testing.faultserver import FaultServer, Faults
-from zoo import http
+from zoo.transfer import http
 from zoo.errors import HashMismatchError, MirrorsExhaustedError, OfflineError
 from zoo.journal import Journal
 from zoo.transfer import Transfer, TransferOptions
@@ -292,7 +292,7 @@ def test_idle_connections_split_the_last_chunks(tmp_path):
 def test_given_mirrors_first_origin_only_as_fallback(tmp_path, blob, caplog):
     """--mirror roots come first; the origin (a default root) is not even probed while they can serve."""
     from zoo.manifest import Resource
-    from zoo.mirrors import ORIGIN, fallback_urls, mirror_roots, resource_urls
+    from zoo.mirrors import ORIGIN, Source, fallback_urls, mirror_roots, resource_sources, resource_urls
 
     # MMF's manifests carry the origin's absolute URL: it is re-rooted onto the given mirror, origin last
     res = Resource(url=ORIGIN + "datasets/x/blob.bin", file_name="blob.bin", category=None)
@@ -300,8 +300,10 @@ def test_given_mirrors_first_origin_only_as_fallback(tmp_path, blob, caplog):
     urls = resource_urls(res, roots)
     assert urls == ["http://127.0.0.1:1/datasets/x/blob.bin", ORIGIN + "datasets/x/blob.bin"]
     assert fallback_urls(urls) == {ORIGIN + "datasets/x/blob.bin"}
+    assert [s.origin for s in resource_sources(res, roots)] == [False, True]  # the flag travels with the URL
     with FaultServer(tmp_path / "a") as srv:
-        t = Transfer("blob", [srv.url_for("blob.bin"), ORIGIN + "datasets/x/blob.bin"], tmp_path / "out.part",
+        sources = [Source(srv.url_for("blob.bin")), Source(ORIGIN + "datasets/x/blob.bin", origin=True)]
+        t = Transfer("blob", sources, tmp_path / "out.part",
                      tmp_path / "out.journal", sha256=hashlib.sha256(blob).hexdigest(), opts=_opts())
         with caplog.at_level("INFO", logger="zoo"):
             result = t.run()

@@ -7,7 +7,6 @@ what a command exists to show (list's table, info, hash's YAML) still prints.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -45,10 +44,6 @@ def _note(quiet: bool):
     from zoo.logfmt import say_to
 
     return say_to(log, quiet)
-
-
-def _offline_env() -> bool:
-    return os.environ.get("MMF_ZOO_OFFLINE", "") not in ("", "0")
 
 
 class Terminated(KeyboardInterrupt):
@@ -99,7 +94,9 @@ def _size_table(z, dd: Path, entries, probe: bool, mirror=None, mirror_only=None
     from zoo import sizes
     from zoo.mirrors import mirror_roots
 
-    if probe and _offline_env():
+    from zoo.transfer.options import offline_env
+
+    if probe and offline_env():
         raise UsageError("--probe needs the network, but MMF_ZOO_OFFLINE is set: unset it, or drop --probe")
     return sizes.table(z, dd, entries, mirror_roots(mirror or [], mirror_only=mirror_only) if probe else None)
 
@@ -269,7 +266,6 @@ def fetch(
 
     _setup_logging(quiet or as_json)
     _stop_on_sigterm()
-    offline = offline or _offline_env()
 
     def go():
         z = _zoo(zoo, from_path, trust_pack)
@@ -320,7 +316,7 @@ def verify(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Option
         repaired = []
         if repair:
             opts = FetchOptions(data_dir=dd, mirrors=mirror or [],
-                                transfer=TransferOptions(offline=offline or _offline_env()),
+                                transfer=TransferOptions(offline=offline),
                                 say=_note(quiet or as_json))
             before, reports = do_repair(z, keys, opts, replace_foreign=force)
             repaired = [r.__dict__ for r in reports]

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,8 @@ from zoo import layout, origin, publish, records, trust
 from zoo.errors import DiskError, ManifestError, OfflineError, UnknownKeyError
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
-from zoo.mirrors import mirror_roots, resource_urls
+from zoo.content import check_for
+from zoo.mirrors import Source, mirror_roots, resource_sources
 from zoo.fsutil import folder_problem, is_inside, sha256_file
 from zoo.sources import LocalSource
 from zoo.space import preflight
@@ -58,6 +59,7 @@ class ResourceReport:
     resumed: int = 0
     seconds: float = 0.0
     mirrors: dict = field(default_factory=dict)
+    restarted: str | None = None  # why an earlier run's partial download was not reused (also said on stderr)
 
 
 def plan(zoo: Zoo, keys: list[str]) -> list[layout.Target]:
@@ -93,28 +95,54 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None
     roots = mirror_roots(opts.mirrors, mirror_only=opts.mirror_only)
     todo = [(t, r) for t in targets for r in t.entry.resources
             if (t.entry.key, r.file_name) in redo or not _installed(t, r, opts)[0]]
-    sizes = preflight(todo, opts, lambda res: _urls(res, roots, source))
-    if opts.progress is not None:
-        known = [sizes.get(id(r)) for _, r in todo]
-        opts.progress.plan(sum(known) if todo and None not in known else None, len(todo))
+    with ExitStack() as locks:
+        held = _lock_all(todo, opts, locks)  # before any probe: --lock-timeout bounds the wait, not probes + wait
+        sizes = preflight(todo, opts, lambda res: _urls(res, roots, source))
+        if opts.progress is not None:
+            known = [sizes.get(id(r)) for _, r in todo]
+            opts.progress.plan(sum(known) if todo and None not in known else None, len(todo))
+        return [r for target in targets for r in _install_target(target, opts, roots, source, sizes, redo, held)]
+
+
+def _install_target(target, opts, roots, source, sizes, redo, held) -> list[ResourceReport]:
     reports = []
-    for target in targets:
-        for res in target.entry.resources:
-            reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res)),
-                                        redo=(target.entry.key, res.file_name) in redo))
-        if not opts.extract:
-            continue  # archives only: MMF must not see the data as built
-        for folder in target.marker_folders(opts.data_dir):
-            mine = [r for r in target.entry.resources if target.marker_folder(opts.data_dir, r) == folder]
-            if all(_installed(target, r, opts, quick=True)[0] for r in mine):
-                layout.mark_built(folder, target.entry.version)
-                publish.clear_mmf_note(folder)  # every file now has a record: MMF's marker is the zoo's own
+    for res in target.entry.resources:
+        reports.append(_install_one(target, res, opts, _urls(res, roots, source), sizes.get(id(res)),
+                                    redo=(target.entry.key, res.file_name) in redo, held=held))
+    if not opts.extract:
+        return reports  # archives only: MMF must not see the data as built
+    for folder in target.marker_folders(opts.data_dir):
+        mine = [r for r in target.entry.resources if target.marker_folder(opts.data_dir, r) == folder]
+        if all(_installed(target, r, opts, quick=True)[0] for r in mine):
+            layout.mark_built(folder, target.entry.version)
+            publish.clear_mmf_note(folder)  # every file now has a record: MMF's marker is the zoo's own
     return reports
 
 
-def _urls(res: Resource, roots: list[str], source: LocalSource | None) -> list[str]:
+def _lock_path(target: layout.Target, res: Resource, opts: FetchOptions) -> Path:
+    return layout.state_dir(target.folder(opts.data_dir, res)) / f"{res.file_name}.lock"
+
+
+def _lock_all(todo, opts: FetchOptions, locks: ExitStack) -> set[Path]:
+    """Take the lock of every resource to install, in path order (two fetches of overlapping keys never deadlock),
+    and hold them for the whole fetch; returns their paths."""
+    paths = {_lock_path(t, r, opts): f"{t.entry.key}:{r.file_name}" for t, r in todo}
+    for path in sorted(paths):
+        _make_state_dir(path.parent)
+        locks.enter_context(resource_lock(path, paths[path], opts.lock_timeout))
+    return set(paths)
+
+
+def _make_state_dir(state: Path) -> None:
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DiskError(f"cannot create {state}: {exc.strerror}; choose a writable --data-dir or MMF_DATA_DIR") from None
+
+
+def _urls(res: Resource, roots: list[str], source: LocalSource | None) -> list[Source | str]:
     if source is None:
-        return resource_urls(res, roots)
+        return resource_sources(res, roots)
     url = source.url_for(res)
     if url is None:
         raise OfflineError(f"{res.file_name} ({res.url}) is not in --from {source.path}: {source.missing(res)}")
@@ -139,16 +167,15 @@ def _installed(target: layout.Target, res: Resource, opts: FetchOptions, quick: 
 
 
 def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls: list[str],
-                 size: int | None, redo: bool = False) -> ResourceReport:
+                 size: int | None, redo: bool = False, held: set[Path] = frozenset()) -> ResourceReport:
     label = f"{target.entry.key}:{res.file_name}"
     folder = target.folder(opts.data_dir, res)
     state = layout.state_dir(folder)
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DiskError(f"cannot create {state}: {exc.strerror}; choose a writable --data-dir or MMF_DATA_DIR") from None
+    _make_state_dir(state)
     t0 = time.monotonic()
-    with resource_lock(state / f"{res.file_name}.lock", label, opts.lock_timeout), ExitStack() as publishing:
+    lock = _lock_path(target, res, opts)
+    with nullcontext() if lock in held else resource_lock(lock, label, opts.lock_timeout), \
+            ExitStack() as publishing:
         done, why = (False, "") if redo else _installed(target, res, opts)
         if done:  # maybe another process finished it while we waited
             untrusted = trust.record_problem(layout.record_path(folder, res)) if why == "already installed" else None
@@ -227,7 +254,7 @@ def _obtain(target, res, opts, urls, size, archive: Path, report: ResourceReport
                   state / f"{res.file_name}.journal.json", size=res.size, sha256=res.hashcode,
                   chunk_hashes=chunk_hashes, chunk_size=(res.chunk_hashes or {}).get("chunk_size"),
                   opts=opts.transfer, progress=advance, sink=streamer.feed if streamer else None,
-                  sink_restart=streamer.restart if streamer else None)
+                  sink_restart=streamer.restart if streamer else None, content_check=check_for(res.file_name))
     if streamer:
         streamer.part = tr.part
     try:
@@ -237,7 +264,7 @@ def _obtain(target, res, opts, urls, size, archive: Path, report: ResourceReport
             streamer.abort()
         raise
     report.size, report.sha256, report.fetched, report.resumed = result.size, result.sha256, result.fetched, result.resumed
-    report.mirrors = result.mirrors
+    report.mirrors, report.restarted = result.mirrors, result.restarted
     tree = files = None
     if streamer:
         tree, files = streamer.finish(result.sink_error)

@@ -1,4 +1,5 @@
-"""Where a resource can be fetched from: `mmf://` expansion against ordered mirror roots, and per-mirror health.
+"""Where a resource can be fetched from: `mmf://` expansion against ordered mirror roots (URL-root policy; the
+health of a mirror during a transfer is zoo/transfer/mirror.py).
 
 Order of roots: `--mirror NAME|URL` (first, in the order given), `MMF_ZOO_MIRRORS`, the `default: true` roots of
 configs/zoo/mirrors.yaml (the origin among them). With `mirror_only` (or MMF_ZOO_MIRROR_ONLY=1) only the roots
@@ -12,10 +13,7 @@ The transfer contacts a default root (the origin) only when the mirrors listed b
 from __future__ import annotations
 
 import os
-import random
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
@@ -25,10 +23,6 @@ from zoo.manifest import CONFIG_DIR, Resource
 
 ORIGIN = "https://dl.fbaipublicfiles.com/mmf/data/"
 MMF_PREFIX = "mmf://"
-PROGRESS = 1 << 20  # bytes a mirror must have delivered before it is trusted with splits and races
-# bytes one attempt must move for its end (a reset, a stall) not to count as a failure: a link that breaks off
-# every few hundred KB keeps going, at full speed and without back-off; one that breaks off after a few KB is failing
-ATTEMPT_PROGRESS = 16 << 10
 
 
 def load_named_mirrors(path: Path | None = None) -> dict[str, dict]:
@@ -93,6 +87,23 @@ def _default_roots(named: dict[str, dict] | None = None) -> list[str]:
     return [normalize_root(spec["url"]) for spec in named.values() if spec.get("default")]
 
 
+@dataclass(frozen=True)
+class Source:
+    """A full URL of a resource and whether it lies under a default root (the origin): the transfer contacts such
+    a URL only when the others cannot serve (see `fallback_urls`), without reading mirrors.yaml again."""
+
+    url: str
+    origin: bool = False
+
+
+def resource_sources(res: Resource, roots: list[str], named: dict[str, dict] | None = None) -> list[Source]:
+    """Every full URL of a resource, in preference order, each with its origin flag."""
+    named = load_named_mirrors() if named is None else named
+    urls = resource_urls(res, roots, named)
+    fallback = fallback_urls(urls, named)
+    return [Source(u, u in fallback) for u in urls]
+
+
 def resource_urls(res: Resource, roots: list[str], named: dict[str, dict] | None = None) -> list[str]:
     """Every full URL of a resource, in preference order."""
     rel = None
@@ -129,78 +140,3 @@ def local_slice(url: str) -> tuple[Path, int, int | None]:
         a, b = frag[len("bytes="):].split("-")
         return Path(unquote(parsed.path)), int(a), int(b) - int(a) + 1
     return Path(unquote(parsed.path)), 0, None
-
-
-@dataclass
-class Mirror:
-    """Health of one URL for one resource during one transfer. Thread-safe through `lock`."""
-
-    url: str
-    alive: bool = True
-    reason: str = ""
-    ranges: bool | None = None  # None until probed
-    size: int | None = None
-    validator: str | None = None  # ETag, else Last-Modified, sent as If-Range
-    active: int = 0
-    failures: int = 0  # consecutive transient failures
-    backoff_until: float = 0.0
-    rate: float | None = None  # EWMA bytes/s per connection
-    bytes: int = 0
-    delivered: int = 0  # bytes seen arriving (in flight included): PROGRESS of them earns splits and races
-    probed: bool = False  # size, validator and first bytes known and accepted: it may be given work
-    fallback: bool = False  # a default root (the origin): contacted only when the others cannot serve
-    head: bytes = b""  # the first bytes of its file, from the probe (judged by content)
-    modified: float | None = None  # Last-Modified as a timestamp (a tie-break between two disagreeing mirrors)
-    unstable: bool = False  # its ETag changes on every request: the validator is Last-Modified or nothing
-    suspect: str = ""  # lost a dispute it could not be convicted of: no new work while others can serve
-    parked: bool = False  # serves another size than the one being tried: waits its turn (not alive meanwhile)
-    worn: bool = False  # dropped for failing too often in a row (not evidence against its file)
-    variant: int = 0  # > 0: outvoted on a range by mirrors of the same size, it serves another version of the file
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def host(self) -> str:
-        p = urlparse(self.url)
-        return p.netloc or "local"
-
-    def drop(self, reason: str) -> bool:
-        """Stop using this mirror for the resource; True the first time."""
-        with self.lock:
-            first = self.alive
-            self.alive, self.reason = False, self.reason or reason
-            return first
-
-    def transient(self, base: float, cap: float, retry_after: float | None = None) -> float:
-        """Record a transient failure; returns the back-off applied (exponential, with full jitter)."""
-        with self.lock:
-            self.failures += 1
-            delay = retry_after if retry_after is not None else random.uniform(0, min(cap, base * 2 ** self.failures))
-            self.backoff_until = max(self.backoff_until, time.monotonic() + delay)
-            if self.rate:
-                self.rate *= 0.5  # errors make a mirror less attractive to the scheduler
-            return delay
-
-    def record(self, nbytes: int, seconds: float, completed: bool) -> None:
-        """Account bytes and speed; a completed chunk or an attempt that moved ATTEMPT_PROGRESS bytes clears the
-        failure streak (progress between resets is progress; a few KB per connection is not)."""
-        with self.lock:
-            if completed or nbytes >= ATTEMPT_PROGRESS:
-                self.failures = 0
-            self.bytes += nbytes
-            if seconds > 0 and nbytes > 0:
-                sample = nbytes / seconds
-                self.rate = sample if self.rate is None else 0.6 * self.rate + 0.4 * sample
-
-    def observe(self, nbytes: int, seconds: float) -> None:
-        """Speed seen while a chunk is still in flight: enough to trust it with a split or a race."""
-        if seconds > 0 and nbytes > 0:
-            with self.lock:
-                self.delivered += nbytes
-                sample = nbytes / seconds
-                self.rate = sample if self.rate is None else 0.6 * self.rate + 0.4 * sample
-
-    def score(self) -> float:
-        """Expected bytes/s of one more connection here; unmeasured mirrors get tried early."""
-        if self.rate is None:
-            return float("inf") if self.active == 0 else 0.0
-        return self.rate

@@ -26,7 +26,6 @@ from zoo import layout, records, trust
 from zoo.errors import ManifestError
 from zoo.fsutil import sha256_file
 from zoo.manifest import Entry, Resource, bad_component
-from zoo.safeyaml import show
 
 RECORD_SOURCE = trust.RECORD_SOURCE  # Entry.source of an entry rebuilt from records: "record <its manifest>"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; a record naming anything bigger names no manifest

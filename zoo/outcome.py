@@ -74,9 +74,11 @@ def _kept(exc: BaseException) -> str:
     from zoo.fsutil import human
 
     kept = getattr(exc, "zoo_kept", None)
-    if not kept or kept[2] is None:
-        return "partial downloads are kept and resume on the next run"
+    if not kept:
+        return "what was downloaded is kept and resumes on the next run"
     part, n, size = kept
+    if n <= 0:  # never claim a partial download that does not exist
+        return "nothing of the file in progress had arrived yet; run the same command to start again"
     return f"{human(n)} of {human(size)} kept in {part}; run the same command to resume"
 
 

@@ -134,7 +134,7 @@ def total(values) -> int | None:
 def probe(wanted: list[tuple[Resource, list[str]]], data_dir: Path) -> dict:
     """HEAD each resource's URLs (in order, the first that states a size wins) for those the manifest gives no
     size; keep what was learned in the data dir's cache and return the updated cache."""
-    from zoo.http import head
+    from zoo.transfer.http import head
 
     def one(item):
         res, urls = item

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from zoo import layout
+from zoo.content import check_for
 from zoo.errors import DiskError, ZooError
 from zoo.fsutil import existing_ancestor, human
 from zoo.journal import Journal
@@ -13,7 +15,7 @@ from zoo.journal import Journal
 log = logging.getLogger("zoo")
 
 
-def discover_size(urls: list[str], opts, journal: Journal | None = None) -> int | None:
+def discover_size(urls: list, opts, journal: Journal | None = None, content_check=None) -> int | None:
     """The size the transfer will try first (probed in parallel, with a deadline: one tarpit does not hold it up).
 
     When the mirrors disagree, that is the first candidate (a partial download's, else by the pool's order), not
@@ -23,12 +25,34 @@ def discover_size(urls: list[str], opts, journal: Journal | None = None) -> int 
     from zoo.transfer.pool import MirrorPool
 
     try:
-        pool = MirrorPool(urls[0].rsplit("/", 1)[-1] if urls else "?", urls, opts, lambda: None)
+        first = getattr(urls[0], "url", urls[0]) if urls else "?"
+        pool = MirrorPool(first.rsplit("/", 1)[-1], urls, opts, lambda: None, content_check)
         if journal is not None:
             pool.remember(journal.verdicts)
         return pool.settle(None, resume=journal.size if journal else None, verify=True)
     except ZooError:
         return None
+
+
+def _sizes(todo, opts, urls_for) -> dict[int, tuple[Journal | None, int | None]]:
+    """id(resource) -> (its partial download's journal, its size) for each resource without a kept archive. The
+    sizes the manifest lacks are probed for every resource at once, not one after another."""
+    out, probe = {}, []
+    for target, res in todo:
+        folder = target.folder(opts.data_dir, res)
+        if (folder / res.file_name).exists():
+            continue
+        journal = Journal.load(layout.state_dir(folder) / f"{res.file_name}.journal.json")
+        out[id(res)] = (journal, res.size)
+        if res.size is None:
+            probe.append((res, journal))
+    if probe:
+        with ThreadPoolExecutor(max_workers=min(16, len(probe)), thread_name_prefix="zoo-size") as ex:
+            found = ex.map(lambda rj: discover_size(urls_for(rj[0]), opts.transfer, rj[1], check_for(rj[0].file_name)),
+                           probe)
+            for (res, journal), size in zip(probe, found):
+                out[id(res)] = (journal, size)
+    return out
 
 
 def not_enough(where: Path, need: str, free: int, hint: str = "") -> DiskError:
@@ -42,12 +66,11 @@ def preflight(todo, opts, urls_for) -> dict[int, int]:
     sizes: dict[int, int] = {}
     archives = extracted = biggest = 0
     unknown = []
+    found = _sizes(todo, opts, urls_for)
     for target, res in todo:
-        folder = target.folder(opts.data_dir, res)
-        if (folder / res.file_name).exists():
+        if id(res) not in found:
             continue  # kept archive: only its extraction needs room
-        journal = Journal.load(layout.state_dir(folder) / f"{res.file_name}.journal.json")
-        size = res.size if res.size is not None else discover_size(urls_for(res), opts.transfer, journal)
+        journal, size = found[id(res)]
         if size is None:
             unknown.append(res.file_name)
             continue

@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from zoo import http
-from zoo.mirrors import Mirror
+from zoo.transfer import http
+from zoo.transfer.mirror import Mirror
 
 
 @dataclass

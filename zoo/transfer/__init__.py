@@ -9,11 +9,14 @@ whole-file sha256 and an optional sink (the streaming extractor) -> on a sha256 
 the served ranges with other mirrors and the locator says which to swap, or, when the file is wrong as a whole,
 the next candidate gets its turn.
 
-Modules, one job each: options (settings and result), pool (mirrors: probes, health, verdicts), candidates (which
+Modules, one job each: options (settings and result), http (the transport), mirror (one mirror's health), pool (mirrors: probes, health, verdicts), candidates (which
 file: sizes and versions tried in turn), board (chunk states and provenance, one lock), strategies (how a chunk is
 fetched), partials (chunks in flight across runs), crosscheck (consensus sampling), cursor (in-order verify),
-locate (the pure bad-range locator), repair (sha256 failure), engine (wires them).
-See zoo/journal.py for the crash-safety invariant and zoo/http.py for what is accepted from a server.
+locate (the pure bad-range locator), repair (sha256 failure), verdicts (the one place a mirror is blamed, and
+the record of it), rechunk (a partial download re-verified into another chunk size), context (the type of what
+the parts read from the engine), engine (wires them).
+See zoo/journal.py for the crash-safety invariant, http (transport: what is accepted from a server, failures
+classified) and mirror (one mirror's health record).
 """
 from zoo.transfer.options import TransferOptions, TransferResult
 

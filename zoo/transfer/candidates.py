@@ -18,9 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from zoo import http
+from zoo.transfer import http
 from zoo.fsutil import human
-from zoo.mirrors import Mirror
+from zoo.transfer.mirror import Mirror
+from zoo.transfer.verdicts import DROPPED, PARKED
 
 log = logging.getLogger("zoo")
 TAIL = 4096  # bytes read at the end of a claimed size
@@ -79,7 +80,7 @@ class Candidates:
                 if s == size:
                     m.probed = True
                 else:
-                    _park(m, f"serves {m.size} bytes; the {size}-byte file was tried first")
+                    pool.judge.pass_(m, PARKED, f"serves {m.size} bytes; the {size}-byte file was tried first")
         return size
 
     def classify(self, m: Mirror) -> None:
@@ -87,11 +88,13 @@ class Candidates:
         if m.size == self.size:
             m.probed, m.variant = True, self.variant
         elif self.fixed:
-            m.drop(f"serves {m.size} bytes, {self.reason}")
+            self.pool.judge.pass_(m, DROPPED, f"serves {m.size} bytes, {self.reason}", quiet=True, wake=False)
         elif self.plausible(m.size) is not None:
-            m.drop(f"serves {m.size} bytes; {self.plausible(m.size)}")
+            self.pool.judge.pass_(m, DROPPED, f"serves {m.size} bytes; {self.plausible(m.size)}", quiet=True,
+                                  wake=False)
         else:
-            _park(m, f"serves {m.size} bytes; the {self.size}-byte file was tried first")
+            self.pool.judge.pass_(m, PARKED, f"serves {m.size} bytes; the {self.size}-byte file was tried first",
+                                  wake=False)
             if (m.size, 0) not in self.queue:
                 self.queue.append((m.size, 0))
 
@@ -101,7 +104,7 @@ class Candidates:
             if not m.alive or m.parked:
                 return False
             m.variant = self.variant + 1
-            _park(m, f"{reason}; its file is tried if theirs fails the sha256")
+            self.pool.judge.pass_(m, PARKED, f"{reason}; its file is tried if theirs fails the sha256", wake=False)
             key = (self.size, m.variant)
             if key in self.queue:
                 self.queue.remove(key)
@@ -165,11 +168,6 @@ class Candidates:
         download is worth keeping for a rerun, not giving up for another candidate)."""
         mine = [m for m in self.pool.mirrors if (m.size, m.variant) == (self.size, self.variant) and not m.parked]
         return bool(mine) and not any(m.alive or m.worn for m in mine)
-
-
-def _park(m: Mirror, reason: str) -> None:
-    with m.lock:
-        m.alive, m.parked, m.probed, m.reason = False, True, False, reason
 
 
 def rank(groups: dict[int, list[Mirror]], opts, drop) -> list[int]:

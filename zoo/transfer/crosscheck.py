@@ -17,6 +17,11 @@ import threading
 from collections import Counter
 
 from zoo.transfer.strategies import read_range
+from zoo.transfer.verdicts import SUSPECT
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.transfer.context import Context
 
 log = logging.getLogger("zoo")
 SAMPLE = 64 << 10
@@ -24,7 +29,7 @@ CHECK_DEADLINE = 1.0  # seconds per sample read: a slower witness makes the chec
 
 
 class CrossCheck:
-    def __init__(self, t):
+    def __init__(self, t: Context):
         self.t = t
         # the first check of each mirror runs with chunk hashes too (it costs 128 KiB and catches a liar before it
         # is trusted with several chunks); paced checks only without them
@@ -104,7 +109,7 @@ class CrossCheck:
         if older is not None:
             with self.lock:
                 self.suspicion[older.url] += 1
-            older.suspect = f"disagrees with another mirror on bytes {a}-{b} and serves an older file"
+            pool.judge.pass_(older, SUSPECT, f"disagrees with another mirror on bytes {a}-{b} and serves an older file")
 
 
 def _witness(pool, exclude: set):

@@ -12,11 +12,15 @@ import os
 import xxhash
 
 from zoo.transfer.options import BLOCK
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.transfer.context import Context
 
 log = logging.getLogger("zoo")
 
 
-def wait_for(t, i: int) -> None:
+def wait_for(t: Context, i: int) -> None:
     board = t.board
     with board.cond:
         while i not in board.done and board.error is None:
@@ -39,7 +43,7 @@ def hash_on_disk(fd: int, start: int, end: int) -> str:
     return h.hexdigest()
 
 
-def run_cursor(t) -> str:
+def run_cursor(t: Context) -> str:
     """The sha256 of the whole file, once every chunk is in place."""
     board, journal = t.board, t.journal
     sha, buf, i = hashlib.sha256(), bytearray(BLOCK), 0

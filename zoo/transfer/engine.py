@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from zoo import http
+from zoo.transfer import http
 from zoo.errors import DiskError, HashMismatchError, MirrorsExhaustedError, VerificationError
 from zoo.fsutil import existing_ancestor, human
 from zoo.journal import Journal
 from zoo.space import not_enough
-from zoo.mirrors import Mirror
+from zoo.transfer.mirror import Mirror
 from zoo.transfer import partials, strategies
 from zoo.transfer.board import ChunkBoard, Partial
 from zoo.transfer.crosscheck import CrossCheck
@@ -33,21 +33,30 @@ class WrongFile(Exception):
 
 
 class Transfer:
-    """Download `urls` (mirrors of one file) -> `part` with a journal. `run()` raises ZooError subclasses."""
+    """Download `urls` (mirrors of one file: strings, or zoo.mirrors.Source carrying the origin flag) -> `part`
+    with a journal. `content_check(first bytes)` says why a mirror's body cannot be the file (the caller knows
+    the formats). `run()` raises ZooError subclasses."""
 
     def __init__(self, name: str, urls: list[str], part: Path, journal_path: Path, *, size: int | None = None,
                  sha256: str | None = None, chunk_hashes: list[str] | None = None, chunk_size: int | None = None,
                  opts: TransferOptions | None = None, progress: Callable[[int], None] | None = None,
-                 sink: Callable[[memoryview], None] | None = None, sink_restart: Callable[[], None] | None = None):
+                 sink: Callable[[memoryview], None] | None = None, sink_restart: Callable[[], None] | None = None,
+                 content_check: Callable[[bytes], str | None] | None = None):
         self.name, self.part, self.journal_path = name, Path(part), Path(journal_path)
         self.opts = opts or TransferOptions()
         self.expected_size, self.sha256, self.chunk_hashes = size, sha256, chunk_hashes
         self.chunk_size = chunk_size or self.opts.chunk_size
         self.progress, self.sink, self.sink_restart = progress, sink, sink_restart
+        # the state the parts (strategies, crosscheck, cursor, partials, repair) read, all declared here: the
+        # journal from the start of an attempt, the board, the open partial file and the checks from the start of
+        # its transfer (before any worker starts)
         self.board: ChunkBoard | None = None
         self.journal: Journal | None = None
+        self.fd: int = -1
+        self.checks: CrossCheck | None = None
         self.resumed = 0
-        self.pool = MirrorPool(name, urls, self.opts, self._wake)
+        self.restarted: str | None = None  # why a partial download could not be reused (said, and reported)
+        self.pool = MirrorPool(name, urls, self.opts, self._wake, content_check)
         self.mirrors = self.pool.mirrors
         self.fetched = 0
         self.extra = 0  # of which cross-check and repair reads
@@ -60,8 +69,11 @@ class Transfer:
         `zoo_kept` = (partial file, bytes a rerun reuses, size) for the message."""
         try:
             journal = Journal.load(self.journal_path)
+            if journal is None and self._part_bytes():
+                self._restart(None, "its journal is missing or unreadable, so its bytes cannot be verified")
             if journal is not None and journal.sha256 and self.sha256 and journal.sha256 != self.sha256:
-                journal = None  # begun for another file (the manifest's hashcode changed): its verdicts do not apply
+                # begun for another file (the manifest's hashcode changed): neither its bytes nor verdicts apply
+                journal = self._restart(journal, "it was begun for another file (the manifest's sha256 changed)")
             if journal is not None:
                 self.pool.remember(journal.verdicts)
             size = self.pool.settle(self.expected_size, resume=journal.size if journal else None,
@@ -71,6 +83,12 @@ class Transfer:
                     return self._attempt(size, journal)
                 except WrongFile as exc:
                     size, journal = self._next_file(str(exc)), None
+        except MirrorsExhaustedError as exc:
+            part, kept, size = self.kept()
+            if kept <= 0:  # never claim a partial download is kept when none is
+                raise
+            raise MirrorsExhaustedError(f"{exc}; {human(kept)} of {human(size)} is kept in {part}: run the same "
+                                        "command to resume") from None
         except KeyboardInterrupt as exc:
             try:
                 exc.zoo_kept = self.kept()
@@ -87,13 +105,14 @@ class Transfer:
 
     def _attempt(self, size: int, journal: Journal | None) -> TransferResult:
         """One size: resume or start the partial download, transfer, verify (and repair)."""
-        if journal and (journal.size != size or journal.chunk_size != self.chunk_size or not self.part.exists()):
-            log.info("%s: partial download does not match (size/chunk size changed); starting over", self.name)
-            journal = None
+        if journal and not self.part.exists():
+            journal = self._restart(journal, f"the partial file {self.part} is gone")
+        if journal and journal.size != size:
+            journal = self._restart(journal, f"the file changed on the mirrors (size {journal.size} -> {size} bytes)")
+        if journal and journal.chunk_size != self.chunk_size:
+            journal = self._rechunk(journal)
         if journal and self._changed_everywhere(journal):
-            log.warning("%s: the file changed on every mirror since the partial download began; starting over",
-                        self.name)
-            journal = None
+            journal = self._restart(journal, "the file changed on every mirror (new ETag / Last-Modified)")
         if journal is None:
             self._check_space(size)
             journal = Journal(self.journal_path, size, self.chunk_size, self.sha256, verdicts=dict(self.pool.verdicts))
@@ -119,7 +138,44 @@ class Transfer:
         if self.sha256 and digest != self.sha256:
             digest = self._mismatch(digest)
         return TransferResult(size, digest, self.fetched, self.resumed, self.pool.report(), self.sink_error,
-                              self.extra)
+                              self.extra, self.restarted)
+
+    def _part_bytes(self) -> int:
+        try:
+            return self.part.stat().st_size
+        except OSError:
+            return 0
+
+    def _restart(self, journal: Journal | None, why: str) -> None:
+        """A partial download that cannot be reused: say so in one line (a warning: --quiet and --json show it)
+        and keep the reason for the result. Returns None, the journal the transfer goes on with."""
+        kept = journal.kept_bytes() if journal is not None and self.part.exists() else self._part_bytes()
+        self.restarted = f"partial download of {human(kept)} not reused: {why}; starting over"
+        log.warning("%s: %s", self.name, self.restarted)
+        return None
+
+    def _rechunk(self, journal: Journal) -> Journal:
+        """Resume whatever --chunk-size this run has. Without manifest chunk hashes the partial keeps the chunk
+        size it began with (nothing to re-read, nothing lost); with them, their chunk size is required and the
+        kept bytes are re-verified into it (zoo/transfer/rechunk.py)."""
+        if self.chunk_hashes is None:
+            log.info("%s: resuming in the partial download's %s chunks (the chunk size it began with)", self.name,
+                     human(journal.chunk_size))
+            self.chunk_size = journal.chunk_size
+            return journal
+        from zoo.transfer.rechunk import rechunk
+
+        try:
+            fd = os.open(self.part, os.O_RDONLY)
+        except OSError as exc:
+            return self._restart(journal, f"the partial file cannot be read ({exc.strerror})")
+        try:
+            new, lost = rechunk(journal, self.chunk_size, fd, self.chunk_hashes, self.pool.files.distrusted())
+        finally:
+            os.close(fd)
+        log.info("%s: the partial download re-verified into the manifest's %s chunks%s", self.name,
+                 human(self.chunk_size), f" ({human(lost)} of it did not verify or fit them and is fetched again)" if lost else "")
+        return new
 
     def _mismatch(self, digest: str) -> str:
         """The sha256 failed: another size's turn if this file looks wrong as a whole, else locate and repair."""

@@ -12,6 +12,17 @@ PARTIAL_MIN = 64 << 10
 DEFAULT_MIN_RATE = 10_000.0  # bytes/s per connection; a mirror below it loses its chunks to a faster one
 
 
+OFFLINE_ENV = "MMF_ZOO_OFFLINE"
+
+
+def offline_env(environ=None) -> bool:
+    """MMF_ZOO_OFFLINE=1 (anything but empty or 0): no network. Read here only; every TransferOptions honours it,
+    so the CLI, `zoo.fetch` and `mmf train`'s automatic fetch agree."""
+    import os
+
+    return (os.environ if environ is None else environ).get(OFFLINE_ENV, "") not in ("", "0")
+
+
 @dataclass
 class TransferOptions:
     connections: int = 8
@@ -23,7 +34,10 @@ class TransferOptions:
     backoff_cap: float = 30.0
     max_failures: int = 8  # consecutive transient failures before a mirror is dropped
     crosscheck: float = 0.02  # share of the file sampled against a second mirror when there are no chunk hashes
-    offline: bool = False
+    offline: bool = False  # True also when MMF_ZOO_OFFLINE is set (see __post_init__)
+
+    def __post_init__(self) -> None:
+        self.offline = bool(self.offline) or offline_env()
 
 
 @dataclass
@@ -35,3 +49,4 @@ class TransferResult:
     mirrors: dict[str, str] = field(default_factory=dict)  # url -> "ok (N bytes)" or the reason it was dropped
     sink_error: str | None = None
     extra: int = 0  # of `fetched`, bytes read to cross-check mirrors or to repair the file (not file data)
+    restarted: str | None = None  # why a partial download from an earlier run was not reused (None: it was)

@@ -15,11 +15,15 @@ import xxhash
 
 from zoo.transfer.board import Partial
 from zoo.transfer.options import BLOCK
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.transfer.context import Context
 
 log = logging.getLogger("zoo")
 
 
-def save(t, i: int, partial: Partial) -> None:
+def save(t: Context, i: int, partial: Partial) -> None:
     """Journal what chunk i has so far (called by the connection fetching it, and once the transfer stopped)."""
     board, journal = t.board, t.journal
     with board.lock_for(i):  # writes to the chunk happen under this lock: the snapshot is consistent
@@ -35,7 +39,7 @@ def save(t, i: int, partial: Partial) -> None:
     partial.saved_at = time.monotonic()
 
 
-def save_all(t) -> None:
+def save_all(t: Context) -> None:
     """After the workers stopped (Ctrl-C, SIGTERM, an error): journal every chunk in flight."""
     with t.board.cond:
         inflight = list(t.board.partials.items())
@@ -43,7 +47,7 @@ def save_all(t) -> None:
         save(t, i, partial)
 
 
-def resume(t, journal) -> int:
+def resume(t: Context, journal) -> int:
     """Put the journaled prefixes of unfinished chunks back on the board; returns the bytes taken back."""
     verdicts, taken, dropped = t.pool.files.distrusted(), 0, False
     for i, (done, digest, spans) in sorted(journal.partials.items()):

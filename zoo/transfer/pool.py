@@ -14,37 +14,34 @@ import threading
 import time
 from collections.abc import Callable
 
-from zoo import http
-from zoo.archive.formats import describe, sniff
 from zoo.errors import MirrorsExhaustedError, OfflineError
-from zoo.mirrors import Mirror, fallback_urls, is_local
+from zoo.mirrors import Source, is_local
+from zoo.transfer import http
 from zoo.transfer.candidates import Candidates
+from zoo.transfer.mirror import Mirror
+from zoo.transfer.verdicts import CONVICTED, DROPPED, UNREACHABLE, WORN, Verdicts
 
 log = logging.getLogger("zoo")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".gz", ".tar", ".zip", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".tzst")
-_HTML = (b"<!doctype", b"<html", b"<head", b"<body")
 ANSWER_GRACE = 0.5  # after the first probe answer, how long the others get before the transfer starts
+ContentCheck = Callable[[bytes], "str | None"]  # the file's first bytes -> why they cannot be its start, or None
 
 
-def not_the_file(head: bytes, file_name: str) -> str | None:
-    """Why these first bytes cannot be the start of `file_name`, or None. By content, whatever the headers said."""
-    name = file_name.lower()
-    if name.endswith(ARCHIVE_SUFFIXES):
-        return None if sniff(head) is not None or not head else f"its body is not an archive: {describe(head)}"
-    if not name.endswith((".html", ".htm", ".xml")) and head[:4096].lstrip().lower().startswith(_HTML):
-        return f"its body is an HTML page, not {file_name}"
-    return None
+def mirrors_for(urls: list[str | Source]) -> list[Mirror]:
+    """One Mirror per distinct URL. A Source under the origin is held back (`fallback`) while other URLs exist; a
+    plain string is never the origin (the caller that knows says so with a Source)."""
+    sources = list({s.url: s for s in (u if isinstance(u, Source) else Source(u) for u in urls)}.values())
+    others = any(not s.origin for s in sources)
+    return [Mirror(s.url, fallback=s.origin and others) for s in sources]
 
 
 class MirrorPool:
-    def __init__(self, name: str, urls: list[str], opts, wake: Callable[[], None]):
+    def __init__(self, name: str, urls: list[str | Source], opts, wake: Callable[[], None],
+                 content_check: ContentCheck | None = None):
         self.name, self.opts, self.wake = name, opts, wake
-        self.file_name = name.rsplit(":", 1)[-1]
-        urls = list(dict.fromkeys(urls))
-        fallback = fallback_urls(urls)
-        self.mirrors = [Mirror(u, fallback=u in fallback) for u in urls]
+        self.content_check = content_check or (lambda head: None)
+        self.mirrors = mirrors_for(urls)
+        self.judge = Verdicts(name, lambda: self.wake(), http.first_report)  # every verdict on a mirror
         self.files = Candidates(self)
-        self.verdicts: dict[str, str] = {}  # url -> why it is proven bad for this file
         self._lock = threading.Condition()
         self._probing: set[str] = set()
         self._answered: list[Mirror] = []
@@ -52,7 +49,7 @@ class MirrorPool:
         if opts.offline:
             remote = [m for m in self.mirrors if not is_local(m.url)]
             for m in remote:
-                m.drop("offline mode")
+                self.judge.pass_(m, DROPPED, "offline mode", quiet=True)
             if not self.alive():
                 raise OfflineError(f"{name}: needs the network ({remote[0].url if remote else 'no URL'}) but offline "
                                    "mode is on; install it with `mmf zoo fetch KEY --from PATH` or drop --offline")
@@ -168,7 +165,7 @@ class MirrorPool:
         try:
             http.probe(m, self.opts)
             http.check_validator(m, self.opts)
-            problem = not_the_file(m.head, self.file_name)
+            problem = self.content_check(m.head)
             if problem:
                 self.drop(m, problem)
                 return
@@ -178,6 +175,8 @@ class MirrorPool:
                     self.files.classify(m)
         except http.Permanent as exc:
             self.drop(m, str(exc))
+        except http.Unreachable as exc:
+            self.unreachable(m, exc)
         except http.Transient as exc:
             self.transient(m, exc)
         finally:
@@ -222,36 +221,51 @@ class MirrorPool:
         return True
 
     # ---- health ---------------------------------------------------------------------------------------------
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """url -> why it is proven bad for this file (the convictions of `judge`, kept in the journal)."""
+        return self.judge.convicted
+
     def drop(self, m: Mirror, reason: str) -> None:
-        if m.drop(reason):
-            log.warning("%s: dropping mirror %s: %s", self.name, m.url, reason)
-        self.wake()
+        self.judge.pass_(m, DROPPED, reason)
 
     def convict(self, m: Mirror, reason: str) -> None:
         """Drop on evidence; the reason is persisted so a rerun does not trust this mirror for this file."""
-        self.verdicts.setdefault(m.url, reason)
-        self.drop(m, reason)
+        self.judge.pass_(m, CONVICTED, reason)
 
     def remember(self, verdicts: dict[str, str]) -> None:
         for url, reason in verdicts.items():
             m = self.by_url(url)
             if m is not None:
-                self.verdicts[url] = reason
-                m.drop(f"proven bad for this file in an earlier run: {reason}")
+                self.judge.convicted.setdefault(url, reason)  # the journal keeps the original words
+                self.judge.pass_(m, CONVICTED, f"proven bad for this file in an earlier run: {reason}", quiet=True)
+
+    def unreachable(self, m: Mirror, exc: http.Unreachable) -> None:
+        """A mirror that never answered cannot be reached (no name, refused, no route): dropped without retries,
+        the cause said once per host."""
+        self.judge.pass_(m, UNREACHABLE, str(exc))
 
     def transient(self, m: Mirror, exc: Exception) -> None:
         if m.failures + 1 >= self.opts.max_failures:
-            m.worn = True
-            self.drop(m, f"failed {self.opts.max_failures} times in a row (last: {exc})")
+            self.judge.pass_(m, WORN, f"failed {self.opts.max_failures} times in a row (last: {exc})")
             return
         delay = m.transient(self.opts.backoff_base, self.opts.backoff_cap, getattr(exc, "retry_after", None))
         log.info("%s: %s: %s; retrying in %.1fs", self.name, m.host, exc, delay)
 
     def exhausted(self, chunk: int | None = None) -> MirrorsExhaustedError:
+        """The error when no mirror is left (the engine adds what of a partial download is kept, if any)."""
+        if not self.mirrors:
+            return MirrorsExhaustedError(f"{self.name}: no mirror to fetch it from (--mirror-only or "
+                                         "MMF_ZOO_MIRROR_ONLY=1 without a --mirror or MMF_ZOO_MIRRORS root); pass "
+                                         "--mirror URL or --from PATH")
+        if all(m.unreachable for m in self.mirrors):
+            causes = "; ".join(dict.fromkeys(m.unreachable for m in self.mirrors))
+            return MirrorsExhaustedError(f"{self.name}: no mirror reachable: {causes}. Offline, or a proxy is "
+                                         "needed? Pass --mirror URL or --from PATH")
         reasons = "; ".join(f"{m.url}: {m.reason or 'no answer'}" for m in self.mirrors) or "no URL"
         what = f" (chunk {chunk})" if chunk is not None else ""
-        return MirrorsExhaustedError(f"{self.name}: no mirror left{what}: {reasons}. The partial download is kept; "
-                                     "run again later or add --mirror NAME|URL")
+        return MirrorsExhaustedError(f"{self.name}: no mirror left{what}: {reasons}; run again later or add "
+                                     "--mirror NAME|URL")
 
     def report(self) -> dict[str, str]:
         return {m.url: (f"ok ({m.bytes} bytes)" if m.alive else f"unused: {m.reason}" if m.parked else

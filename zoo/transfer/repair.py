@@ -18,6 +18,10 @@ from zoo.transfer.cursor import hash_on_disk
 from zoo.transfer.locate import Span, locate
 from zoo.transfer.options import BLOCK
 from zoo.transfer.strategies import chunk_digest, read_range
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.transfer.context import Context
 
 log = logging.getLogger("zoo")
 
@@ -43,7 +47,7 @@ class _Alternatives:
             path.unlink(missing_ok=True)
 
 
-def _sha_with(t, alt: _Alternatives, swaps) -> str:
+def _sha_with(t: Context, alt: _Alternatives, swaps) -> str:
     sha, pos, size = hashlib.sha256(), 0, t.journal.size
 
     def copy_part(upto: int) -> None:
@@ -61,7 +65,7 @@ def _sha_with(t, alt: _Alternatives, swaps) -> str:
     return sha.hexdigest()
 
 
-def _apply(t, alt: _Alternatives, hyp) -> None:
+def _apply(t: Context, alt: _Alternatives, hyp) -> None:
     journal = t.journal
     touched = set()
     for start, end, url in hyp.swaps:
@@ -75,7 +79,7 @@ def _apply(t, alt: _Alternatives, hyp) -> None:
     journal.commit()
 
 
-def repair(t, digest: str) -> str:
+def repair(t: Context, digest: str) -> str:
     """The manifest's sha256 after repairing the partial file, or HashMismatchError (the caller deletes the partial
     file, unless another size is still to be tried), or MirrorsExhaustedError (partial kept: a mirror not asked
     yet may still repair it)."""
@@ -131,11 +135,11 @@ def repair(t, digest: str) -> str:
                             "deleted, run the fetch again (add a --mirror to help)")
 
 
-def _tried(t) -> str:
+def _tried(t: Context) -> str:
     return f" ({'; '.join(t.pool.files.tried)} failed it too)" if t.pool.files.tried else ""
 
 
-def _ask(t, span: Span, seen: dict, others: list, alt: _Alternatives) -> None:
+def _ask(t: Context, span: Span, seen: dict, others: list, alt: _Alternatives) -> None:
     """Readings of one span from other mirrors: until one agrees with the disk, or two opinions are in."""
     disk = seen[span.url]
     opinions = 0

@@ -1,8 +1,8 @@
 """How a chunk is fetched: by range (the normal path), as one sequential stream (a mirror that ignores Range), by
 racing a slow chunk on a faster mirror, or by splitting off the upper half of a chunk for an idle connection.
 
-Each function takes the engine (`t`: board, pool, journal, fd, opts) and records every byte's mirror in the
-chunk's spans. A race or a split is only handed to a mirror with measured progress above --min-rate.
+Each function takes the engine as `t` (typed by zoo/transfer/context.py: what a part may read and call) and
+records every byte's mirror in the chunk's spans. A race or a split is only handed to a mirror with measured progress above --min-rate.
 """
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ import time
 
 import xxhash
 
-from zoo import http
-from zoo.mirrors import ATTEMPT_PROGRESS, PROGRESS, Mirror
+from zoo.transfer import http
+from zoo.transfer.mirror import ATTEMPT_PROGRESS, PROGRESS, Mirror
 from zoo.transfer import partials
 from zoo.transfer.board import Partial, Tail
 from zoo.transfer.options import BLOCK, PARTIAL_EVERY, PARTIAL_MIN
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zoo.transfer.context import Context
 
 log = logging.getLogger("zoo")
 SPLIT_MIN = 2 << 20  # an in-flight chunk with at least this much still to come may be split
@@ -31,7 +35,7 @@ class Lost(Exception):
     """Another connection (an end-game race) finished this chunk first."""
 
 
-def fetch_chunk(t, i: int) -> None:
+def fetch_chunk(t: Context, i: int) -> None:
     """Fetch chunk i by range from the best mirror, continuing after resets (elsewhere if need be)."""
     board, pool = t.board, t.pool
     start, end = t.journal.chunk_range(i)
@@ -71,7 +75,7 @@ def fetch_chunk(t, i: int) -> None:
             return
 
 
-def _partial_for(t, i: int, start: int, m: Mirror) -> Partial:
+def _partial_for(t: Context, i: int, start: int, m: Mirror) -> Partial:
     """What chunk i has so far, as `m` may go on from it (kept across resets, retries and runs)."""
     board = t.board
     partial = board.partial(i, start)
@@ -85,7 +89,7 @@ def _partial_for(t, i: int, start: int, m: Mirror) -> Partial:
     return partial
 
 
-def _attempt(t, i: int, partial: Partial, m: Mirror, start: int, end: int) -> bool:
+def _attempt(t: Context, i: int, partial: Partial, m: Mirror, start: int, end: int) -> bool:
     """One ranged request from `m` for the rest of chunk i (its `active` count is lowered here). True when it
     ended at the chunk's end or its limit; False to try again (the mirror's failure accounted). Raises Lost."""
     pool = t.pool
@@ -118,7 +122,7 @@ def _attempt(t, i: int, partial: Partial, m: Mirror, start: int, end: int) -> bo
     return True
 
 
-def copy(t, stream, pos: int, end: int, partial: Partial, i: int, m: Mirror) -> None:
+def copy(t: Context, stream, pos: int, end: int, partial: Partial, i: int, m: Mirror) -> None:
     """Write the stream at pos.. into the file, recording the mirror; enforce --min-rate while others could serve."""
     board, lock = t.board, t.board.lock_for(i)
     window, win_t, win_n = t.opts.stall_timeout, time.monotonic(), 0
@@ -164,7 +168,7 @@ def copy(t, stream, pos: int, end: int, partial: Partial, i: int, m: Mirror) -> 
             win_t, win_n = now, 0
 
 
-def read_range(t, m: Mirror, start: int, end: int, tries: int = 1, extra: bool = False,
+def read_range(t: Context, m: Mirror, start: int, end: int, tries: int = 1, extra: bool = False,
                deadline: float | None = None) -> bytes | None:
     """Bytes start..end from m into memory, or None when it failed `tries` times (no mirror state changed).
     `extra`: a cross-check or repair read, counted apart from the file's own bytes; `deadline`: seconds one
@@ -201,7 +205,7 @@ def read_range(t, m: Mirror, start: int, end: int, tries: int = 1, extra: bool =
 
 
 # ---- end game: idle connections help with the last chunks --------------------------------------------------
-def steal_candidate(t):
+def steal_candidate(t: Context):
     """("split" | "race", chunk, mirror) worth doing now, or None. Called with the board's lock held."""
     board = t.board
     if not board.inflight:
@@ -209,7 +213,7 @@ def steal_candidate(t):
     return _split_candidate(t) or _race_candidate(t)
 
 
-def _helpers(t, i: int, holder: str) -> list[Mirror]:
+def _helpers(t: Context, i: int, holder: str) -> list[Mirror]:
     """Mirrors that may take over part of chunk i: measured progress (PROGRESS bytes delivered, a rate above
     --min-rate), ready, range-capable. A tarpit's first burst earns it nothing."""
     now = time.monotonic()
@@ -217,14 +221,14 @@ def _helpers(t, i: int, holder: str) -> list[Mirror]:
             and max(m.delivered, m.bytes) >= PROGRESS and m.backoff_until <= now and m.url != holder]
 
 
-def _stalled(t, p: Partial, now: float) -> bool:
+def _stalled(t: Context, p: Partial, now: float) -> bool:
     """The holder's current attempt has run over a second below --min-rate: its chunk is raced, never split (the
     split's owner would still have to crawl to the cut)."""
     elapsed = now - p.since
     return elapsed > 1.0 and (p.done - p.done_at_start) < t.opts.min_rate * elapsed
 
 
-def _split_candidate(t):
+def _split_candidate(t: Context):
     board, best, now = t.board, None, time.monotonic()
     for i in board.inflight - board.racing - board.done - board.whole:
         p = board.partials.get(i)
@@ -242,7 +246,7 @@ def _split_candidate(t):
     return "split", best[1], max(helpers, key=lambda m: m.score())
 
 
-def _race_candidate(t):
+def _race_candidate(t: Context):
     """A chunk is raced when a measured mirror would finish it in under half the holder's remaining time, and
     raced bytes stay under RACE_SHARE of the file; a stalled holder (no progress above --min-rate) always loses
     its chunk to a race."""
@@ -272,7 +276,7 @@ def _race_candidate(t):
     return "race", best[1], best[2]
 
 
-def split(t, i: int, m: Mirror) -> None:
+def split(t: Context, i: int, m: Mirror) -> None:
     """Fetch the upper half of what chunk i still lacks into memory; its owner appends it in order."""
     board = t.board
     p = board.partials.get(i)
@@ -301,7 +305,7 @@ def split(t, i: int, m: Mirror) -> None:
         tail.event.set()
 
 
-def join_tail(t, i: int, partial: Partial) -> bool:
+def join_tail(t: Context, i: int, partial: Partial) -> bool:
     """Append the tail another connection fetched; False (and no limit) when it failed: fetch it yourself."""
     board, tail = t.board, partial.tail
     if tail is None:
@@ -326,7 +330,7 @@ def join_tail(t, i: int, partial: Partial) -> bool:
     return True
 
 
-def race(t, i: int, m: Mirror) -> None:
+def race(t: Context, i: int, m: Mirror) -> None:
     """Fetch chunk i whole into memory from m; if it verifies and nobody finished first, it wins."""
     start, end = t.journal.chunk_range(i)
     t0 = time.monotonic()
@@ -340,7 +344,7 @@ def race(t, i: int, m: Mirror) -> None:
         log.info("%s: chunk %d finished by a faster mirror (%s)", t.name, i, m.host)
 
 
-def sequential(t, m: Mirror) -> None:
+def sequential(t: Context, m: Mirror) -> None:
     """A mirror that ignores Range: one stream from byte 0, keeping only chunks not yet on disk."""
     board, journal = t.board, t.journal
     with board.cond:  # this worker owns every chunk now; the others go idle

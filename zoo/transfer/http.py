@@ -12,19 +12,22 @@ read timeout) and lets the engine cut the connections of its workers when it sto
 from __future__ import annotations
 
 import email.utils
+import errno
 import os
 import re
 import socket
 import threading
 import time
 from contextlib import contextmanager
+from urllib.parse import urlparse
 
 import requests
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from zoo.manifest import MAX_NUMBER
-from zoo.mirrors import Mirror, is_local, local_slice
+from zoo.mirrors import is_local, local_slice
+from zoo.transfer.mirror import Mirror
 
 USER_AGENT = "mmf-zoo/0.1 (+https://github.com/facebookresearch/mmf compatible)"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -39,6 +42,16 @@ class Transient(Exception):
 
 class Permanent(Exception):
     pass
+
+
+class Unreachable(Transient):
+    """The host was never reached: its name does not resolve, it refused the connection, there is no route to it,
+    or it did not accept one within --connect-timeout. On a mirror that has never answered in this process a retry
+    does not help (the pool drops it at once); on one that has, it is an ordinary transient failure."""
+
+    def __init__(self, msg: str, host: str):
+        super().__init__(msg)
+        self.host = host
 
 
 class Changed(Permanent):
@@ -170,9 +183,13 @@ def _validator(resp, m: Mirror) -> str | None:
 
 
 def _get(m: Mirror, headers: dict, opts):
+    host = _netloc(m.url)
+    known = unreachable_cause(host)
+    if known:  # another resource's mirror on this host was just found unreachable: do not wait for it again
+        raise Unreachable(known, host)
     _local.header_timeout = opts.stall_timeout  # status line + headers, in total (see _watch)
     try:
-        return session().get(m.url, headers=headers, stream=True, allow_redirects=True,
+        resp = session().get(m.url, headers=headers, stream=True, allow_redirects=True,
                              timeout=(opts.connect_timeout, opts.stall_timeout))
     except requests.exceptions.InvalidURL as exc:
         _release()
@@ -182,10 +199,82 @@ def _get(m: Mirror, headers: dict, opts):
         _release()
         if fired:
             raise Slow(f"headers not complete after {opts.stall_timeout:g}s (a tarpit?)") from None
-        raise Transient(_short(exc)) from None
+        cause = _unreachable(exc, m.url, opts)
+        if cause and host not in _answered:
+            _unreachable_hosts[host] = (cause, time.monotonic())
+            raise Unreachable(cause, host) from None
+        raise Transient(cause or _short(exc)) from None  # a host that answered before: worth retrying
+    _answered.add(host)
+    _unreachable_hosts.pop(host, None)
+    return resp
+
+
+# ---- classified network failures ---------------------------------------------------------------------------
+UNREACHABLE_TTL = 60.0  # seconds a host found unreachable is not tried again by other resources of the fetch
+_unreachable_hosts: dict[str, tuple[str, float]] = {}  # netloc -> (cause, when)
+_answered: set[str] = set()  # netlocs that answered in this process: a failure there is transient
+_said: set[str] = set()  # netlocs whose unreachability was reported
+
+
+def _netloc(url: str) -> str:
+    return urlparse(url).netloc.lower()
+
+
+def first_report(host: str) -> bool:
+    """True the first time a host's unreachability is reported in this process (it is said once, not per file)."""
+    with _reg:
+        if host in _said:
+            return False
+        _said.add(host)
+        return True
+
+
+def unreachable_cause(host: str) -> str | None:
+    """Why `host` (a netloc) was found unreachable within the last UNREACHABLE_TTL seconds, or None."""
+    found = _unreachable_hosts.get(host)
+    if found is None or time.monotonic() - found[1] > UNREACHABLE_TTL or host in _answered:
+        return None
+    return found[0]
+
+
+def _chain(exc: BaseException):
+    """The exception and everything it wraps (requests -> urllib3 -> socket), each once."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+
+
+def _unreachable(exc: BaseException, url: str, opts) -> str | None:
+    """The cause in words when the host was never reached (see `Unreachable`), else None."""
+    parsed = urlparse(url)
+    host, where = parsed.hostname or "?", parsed.netloc
+    chain = list(_chain(exc))
+    for e in chain:  # the socket's own error first: urllib3's NewConnectionError is also a ConnectTimeoutError
+        if isinstance(e, socket.gaierror):
+            return f"cannot resolve {host} ({e.strerror or e})"
+        if isinstance(e, ConnectionRefusedError):
+            return f"{where} refused the connection (nothing listens there)"
+        if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"no route to {host} ({e.strerror})"
+    if any(isinstance(e, urllib3.exceptions.NameResolutionError) for e in chain):
+        return f"cannot resolve {host}"
+    if any(isinstance(e, (urllib3.exceptions.ConnectTimeoutError, requests.exceptions.ConnectTimeout))
+           and "timed out" in str(e).lower() for e in chain):
+        return f"{where} did not accept a connection within {opts.connect_timeout:g}s"
+    return None
+
+
+_PRIVATE = re.compile(r"\b_?S?(?:Pool|Conn)\(host='?([^',)]*)'?, port=(\d+)\):? ?")
 
 
 def _short(exc: BaseException) -> str:
+    """One clause for a failure: no library class names, no URL cut in the middle."""
     text = str(exc)
     if "timed out" in text.lower():
         return "stalled (no data within --stall-timeout)"
@@ -193,7 +282,11 @@ def _short(exc: BaseException) -> str:
         return "connection reset"
     if "refused" in text.lower():
         return "connection refused"
-    return f"{type(exc).__name__}: {text[:120]}"
+    inner = [e for e in _chain(exc) if isinstance(e, OSError) and e.strerror]
+    if inner:
+        return inner[-1].strerror
+    text = _PRIVATE.sub(lambda mo: f"{mo.group(1)}:{mo.group(2)}: ", text)
+    return text if len(text) <= 200 else text[:200].rsplit(" ", 1)[0] + " ..."
 
 
 SAMPLE = 4096  # first bytes read by a probe: enough to tell an archive from an HTML page by content
