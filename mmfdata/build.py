@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 
 from .concat import ConcatDataset
 from .errors import DataConfigError
@@ -47,13 +48,20 @@ def check_splits(name: str, dataset_config: dict, splits, data_dir: str) -> dict
     return entries
 
 
+def pack_command(name: str, split: str, data_dir: str, pack_args=None) -> str:
+    """The `mmf data pack` command that builds the store `build_dataset` looks for; `pack_args` are the
+    `--config FILE key=value ...` that reproduce the caller's dataset_config (None: the project config of `name`)."""
+    return "mmf data pack " + shlex.join([name, "--splits", split, "--data-dir", data_dir, *(pack_args or [])])
+
+
 def build_dataset(name: str, dataset_config: dict, split: str, data_dir: str, *, trust_pickle: bool = False,
-                  prefer_packed: bool = True, seed: int = 0):
+                  prefer_packed: bool = True, seed: int = 0, pack_args=None):
     """The dataset of `split` for MMF's `dataset_config.<name>` node, reading files under `data_dir`.
 
     Each annotation entry uses its packed store when present and fresh (and `prefer_packed`), else the LMDB path
-    (logged, with the reason). Several entries (joint TextVQA + ST-VQA training) are concatenated. `seed` fixes
-    the teacher-forcing sequence drawn per question and epoch (`ds.set_epoch(e)`).
+    (logged, with the reason and `pack_command(..., pack_args)`, the command that builds it). Several entries
+    (joint TextVQA + ST-VQA training) are concatenated. `seed` fixes the teacher-forcing sequence drawn per
+    question and epoch (`ds.set_epoch(e)`).
     """
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     root = datasets_root(dataset_config, data_dir)
@@ -69,8 +77,8 @@ def build_dataset(name: str, dataset_config: dict, split: str, data_dir: str, *,
         else:
             if prefer_packed:
                 log.warning("%s/%s: packed store not used (%s); falling back to the LMDB path, which is much "
-                            "slower. Build it with `mmf data pack %s --splits %s --config <this run's config=> "
-                            "<its key=value overrides>`", name, split, why, name, split)
+                            "slower. Build it with `%s`", name, split, why,
+                            pack_command(name, split, data_dir, pack_args))
             log.info("%s/%s: LMDB path: imdb %s, features %s", name, split, annotation, ", ".join(stores))
             parts.append(LmdbDataset(name, split, annotation, stores, procs, trust_pickle=trust_pickle,
                                      seed=seed, stream=stream))

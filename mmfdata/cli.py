@@ -1,8 +1,6 @@
 """`mmf data ...` commands. No torch/numpy at import time: `mmf --help` must stay fast and torch-free."""
 from __future__ import annotations
 
-import logging
-import sys
 
 import typer
 
@@ -15,8 +13,19 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(1)
 
 
+def _need_extra(command: str) -> None:
+    from zoo.extras import MissingExtra, require
+
+    try:
+        require(command)
+    except MissingExtra as e:
+        _fail(e)
+
+
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from zoo.logfmt import to_console
+
+    to_console("mmfdata", "zoo")  # pack reads zoo install records (trust): their warnings too
 
 
 @app.command()
@@ -31,6 +40,7 @@ def synth(
     archive: bool = typer.Option(False, "--archive", help="Write zoo archives + manifest.yaml instead."),
 ) -> None:
     """Write a synthetic dataset in MMF's on-disk layout (learnable; real feature shapes)."""
+    _need_extra("mmf data synth")
     from .errors import DataError
     from .synth import write_synthetic
 
@@ -69,6 +79,7 @@ def pack(
     The dataset_config is resolved exactly as `mmf train config=... datasets=NAME model=m4c key=value ...` resolves
     it (same files, same overrides), so the store packed here is the one training finds fresh.
     """
+    _need_extra("mmf data pack")
     _logging()
     wanted = [s.strip() for s in splits.split(",") if s.strip()]
     bad = [s for s in wanted if s not in ("train", "val", "test")]

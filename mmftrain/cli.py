@@ -28,6 +28,14 @@ def run_from_argv(argv: list[str]) -> int:
         print(USAGE)
         return 0
     from mmfconfig.errors import ConfigError
+
+    from zoo.extras import MissingExtra, require
+
+    try:
+        require("mmf train")
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     from mmftrain.errors import TrainError
 
     try:
@@ -40,7 +48,7 @@ def run_from_argv(argv: list[str]) -> int:
         cfg = build_config(argv, say=notes.append)
         from mmftrain.run import run
 
-        summary = run(cfg, notes)
+        summary = run(cfg, notes, pack_args(cfg, argv))
     except (TrainError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -53,6 +61,16 @@ def run_from_argv(argv: list[str]) -> int:
     return 0
 
 
+def pack_args(cfg: dict, argv: list[str]) -> list[str]:
+    """What `mmf data pack NAME` needs besides the data dir to resolve this run's dataset_config as the run does:
+    its config file and its dataset_config overrides (the other keys do not change the packed store)."""
+    from mmftrain.config import mmf_flags, split_argv
+
+    overrides = split_argv(mmf_flags(argv)[1])[1]
+    config = ["--config", str(cfg["config"])] if cfg.get("config") else []
+    return config + [f"{key}={value}" for key, value in overrides if key.startswith("dataset_config.")]
+
+
 def register_extra_commands(app) -> None:
     """Add `mmf plot SAVE_DIR` to the main typer app."""
     import typer
@@ -63,10 +81,12 @@ def register_extra_commands(app) -> None:
         """Plot training loss and val metrics over updates from SAVE_DIR/metrics.jsonl into a PNG."""
         from mmftrain.errors import TrainError
         from mmftrain.plot import plot_run
+        from zoo.extras import MissingExtra, require
 
         try:
+            require("mmf plot")
             path = plot_run(save_dir, out)
-        except TrainError as e:
+        except (TrainError, MissingExtra) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1)
         typer.echo(str(path))

@@ -27,10 +27,11 @@ TENSOR_KEYS = ("question_id", "text", "text_len", "obj_feat", "obj_bbox", "obj_n
                "target_first_scores", "target_seq")
 
 
-def build_datasets(cfg: dict, split: str, seed: int = 0) -> dict:
+def build_datasets(cfg: dict, split: str, seed: int = 0, pack_args=None) -> dict:
     """{dataset name: dataset} for `split`, each built by `mmfdata.build_dataset` from `dataset_config.<name>`.
 
-    `seed` fixes the teacher-forcing sequence mmfdata draws per (question, epoch).
+    `seed` fixes the teacher-forcing sequence mmfdata draws per (question, epoch); `pack_args` is what
+    `mmf data pack` needs to resolve this run's dataset_config (mmftrain.cli.pack_args), for its hint.
     """
     try:
         import mmfdata
@@ -44,7 +45,8 @@ def build_datasets(cfg: dict, split: str, seed: int = 0) -> dict:
         try:
             out[name] = mmfdata.build_dataset(name, dc, split, str(cfg["env"]["data_dir"]),
                                               trust_pickle=bool(cfg["training"]["trust_pickle"]),
-                                              prefer_packed=bool(cfg["training"]["prefer_packed"]), seed=seed)
+                                              prefer_packed=bool(cfg["training"]["prefer_packed"]), seed=seed,
+                                              pack_args=pack_args)
         except (mmfdata.DataError, FileNotFoundError, KeyError, ValueError, OSError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"cannot build dataset {name} split {split} from {cfg['env']['data_dir']}: {msg}") \

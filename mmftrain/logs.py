@@ -7,37 +7,23 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
+
+from zoo.logfmt import ConsoleHandler, formatter
 
 log = logging.getLogger("mmftrain")
 # Loggers whose lines belong in a run's log: the trainer, the data package (data path, packed store), the zoo
 # (fetching missing data), and Python warnings.
 RUN_LOGGERS = ("mmftrain", "mmfdata", "zoo", "py.warnings")
-_FORMAT = "%(asctime)s | %(levelname)s | %(name)s : %(message)s"
-_DATE = "%Y-%m-%dT%H:%M:%S"
-
-
-class _NoTraceback(logging.Formatter):
-    """Console format: the error line only; its traceback goes to train.log."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        saved = record.exc_info, record.exc_text
-        record.exc_info, record.exc_text = None, None
-        try:
-            return super().format(record)
-        finally:
-            record.exc_info, record.exc_text = saved
 
 
 def setup_logging(log_dir: Path | None, is_main: bool, rank: int, level: str = "info") -> Path | None:
-    """Log to stdout (rank 0) and to `<log_dir>/train.log` (`train.log.rank<N>` for other ranks); returns the
-    log file's path."""
+    """Log to the console (rank 0; zoo.logfmt's format and stream) and to `<log_dir>/train.log`
+    (`train.log.rank<N>` for other ranks); returns the log file's path."""
     logging.captureWarnings(True)
     handlers: list[logging.Handler] = []
     if is_main:
-        console = logging.StreamHandler(sys.stdout)
-        console.setFormatter(_NoTraceback(_FORMAT, _DATE))
+        console = ConsoleHandler()
         console.addFilter(lambda record: not getattr(record, "file_only", False))  # the CLI prints fatal errors
         handlers.append(console)
     path = None
@@ -45,7 +31,7 @@ def setup_logging(log_dir: Path | None, is_main: bool, rank: int, level: str = "
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         path = Path(log_dir) / ("train.log" if is_main else f"train.log.rank{rank}")
         file_handler = logging.FileHandler(path)
-        file_handler.setFormatter(logging.Formatter(_FORMAT, _DATE))
+        file_handler.setFormatter(formatter())
         handlers.append(file_handler)
     close_logging()  # a previous run in this process
     for name in RUN_LOGGERS:
@@ -94,6 +80,27 @@ def format_line(values: dict) -> str:
     return ", ".join(f"{k}: {format_number(v) if isinstance(v, float) else v}" for k, v in values.items())
 
 
+# metrics.jsonl keys that are bookkeeping, not curves a researcher reads: the step itself, the run's length, the
+# batch fingerprint a resume is checked against, the ETA. TensorBoard gets every other number (losses, lr, val
+# metrics, throughput, memory).
+NOT_FOR_TENSORBOARD = frozenset({"num_updates", "max_updates", "epoch", "eta_s", "batch_qid_sum", "batch_first_qid",
+                                 "best_update"})
+TENSORBOARD_MISSING = ("training.tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\" "
+                       "(or set training.tensorboard=false)")
+
+
+def require_tensorboard():
+    """TensorBoard's SummaryWriter, or a ConfigError saying which extra to install. A start-up check: `mmf train`
+    asks before it writes anything to the save dir, so a failed start never blocks the corrected rerun."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from mmftrain.errors import ConfigError
+
+        raise ConfigError(TENSORBOARD_MISSING) from None
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Append-only `metrics.jsonl` (one JSON object per log/eval event) and TensorBoard scalars when asked."""
 
@@ -105,14 +112,11 @@ class MetricsWriter:
         self.tb = None
         if tensorboard_dir is not None:
             try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from mmftrain.errors import ConfigError
-
+                summary_writer = require_tensorboard()
+            except BaseException:
                 self.file.close()
-                raise ConfigError("training.tensorboard=true needs the tensorboard package; "
-                                  "pip install -e .[tensorboard] (or set training.tensorboard=false)") from None
-            self.tb = SummaryWriter(str(tensorboard_dir), purge_step=resume_update or None)
+                raise
+            self.tb = summary_writer(str(tensorboard_dir), purge_step=resume_update or None)
             log.info("TensorBoard scalars in %s", tensorboard_dir)
 
     def _truncate_after(self, update: int) -> None:
@@ -136,7 +140,7 @@ class MetricsWriter:
         if self.tb is not None:
             step = record.get("num_updates", 0)
             for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num_updates":
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_FOR_TENSORBOARD:
                     self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:

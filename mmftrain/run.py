@@ -32,6 +32,8 @@ from zoo.fsutil import folder_problem
 SAVE_DIR_LOCK = ".mmf-train.lock"  # (and its .holder: who holds it) never a run file, never deleted
 RUN_FILES = ("config.yaml", checkpoint.CURRENT, checkpoint.BEST, "metrics.jsonl", "summary.json",
              checkpoint.PERIODIC_DIR, "reports", "tensorboard")
+# What a run that failed before its first update may have left (read by run_started)
+UNSTARTED_LEFTOVERS = ("config.yaml", "metrics.jsonl", "tensorboard")
 # Config sections that fix the model's shape and meaning: a resume must not change them.
 RESUME_MUST_MATCH = ("model", "datasets", "model_config")
 # model_config keys that change how the model computes, not what it computes (the same parameters, the same
@@ -68,9 +70,10 @@ class Splits(NamedTuple):
     answer_vocab_size: int
 
 
-def run(cfg: dict, notes=()) -> dict:
+def run(cfg: dict, notes=(), pack_args: list[str] | None = None) -> dict:
     """Execute `cfg` (from `mmfconfig.resolve.build_config`) on this process; returns the run summary. `notes`: the
-    config's warnings (old MMF keys, ignored ones), logged first."""
+    config's warnings (old MMF keys, ignored ones), logged first. `pack_args`: what `mmf data pack` needs to resolve
+    this run's dataset_config (mmftrain.cli.pack_args), for its hint."""
     dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
     stack = contextlib.ExitStack()
     try:
@@ -85,7 +88,7 @@ def run(cfg: dict, notes=()) -> dict:
         for note in notes:
             log.warning("%s", note)
         try:
-            return _run(cfg, dist, save_dir)
+            return _run(cfg, dist, save_dir, pack_args)
         except (TrainError, ConfigError) as e:  # ConfigError: mmfconfig's, raised by the resume check
             log.error("error: %s", e, exc_info=True, extra={"file_only": True})
             raise
@@ -102,10 +105,11 @@ def run(cfg: dict, notes=()) -> dict:
         distributed.cleanup()
 
 
-def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
+def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path, pack_args: list[str] | None = None) -> dict:
     from mmftrain.trainer import Trainer
 
     stages = Stages.of(cfg["run_type"])
+    startup_checks(cfg, stages)
     start = resolve_start(cfg, save_dir, dist, stages)
     seed = choose_seed(cfg, start)
     cfg["training"]["seed"] = seed
@@ -115,7 +119,7 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path) -> dict:
     if cfg["training"]["log_detailed_config"]:
         log.info("config:\n%s", dump_yaml(cfg))
 
-    splits = build_splits(cfg, stages, seed)
+    splits = build_splits(cfg, stages, seed, pack_args)
     trainer = Trainer(cfg, dist, splits.answer_vocab_size, seed)
     if start.path is not None:
         trainer.load(start.path, model_only=start.model_only, obj=start.contents)
@@ -141,6 +145,22 @@ def previous_run_files(save_dir: Path) -> list[str]:
         return []
     found = [name for name in RUN_FILES if (save_dir / name).exists()]
     return found + sorted(p.name for p in save_dir.glob("*_final.pth"))
+
+
+def run_started(save_dir: Path) -> bool:
+    """Whether `save_dir` holds a run that got anywhere: a checkpoint, a summary, reports, a logged update. A run
+    that wrote its config.yaml (and an empty metrics.jsonl / TensorBoard folder) and failed before its first logged
+    update did not (without a checkpoint there is nothing to continue either): the identical rerun, or a
+    corrected one, may start there without env.overwrite_save_dir."""
+    found = previous_run_files(save_dir)
+    if set(found) - set(UNSTARTED_LEFTOVERS):
+        return True
+    metrics = save_dir / "metrics.jsonl"
+    if not (metrics.exists() or metrics.is_symlink()):
+        return False
+    # a run writes its first record at its first logged update: an empty regular file is all a run that stopped
+    # before it leaves (anything else, a link included, counts as a run and is left alone)
+    return metrics.is_symlink() or not metrics.is_file() or metrics.stat().st_size > 0
 
 
 def check_output_dirs(cfg: dict, save_dir: Path) -> None:
@@ -180,10 +200,18 @@ def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
         yield
 
 
+def startup_checks(cfg: dict, stages: Stages) -> None:
+    """What can refuse the run without reading data: asked before anything of the run is written to its save dir."""
+    if stages.train and cfg["training"]["tensorboard"]:
+        from mmftrain.logs import require_tensorboard
+
+        require_tensorboard()
+
+
 def refuse_other_run(cfg: dict, save_dir: Path) -> None:
     """A save dir holding another run is used only to continue it or, when asked explicitly, to replace it."""
     found = previous_run_files(save_dir)
-    if not found or cfg["checkpoint"]["resume"] or cfg["env"]["overwrite_save_dir"]:
+    if not run_started(save_dir) or cfg["checkpoint"]["resume"] or cfg["env"]["overwrite_save_dir"]:
         return
     raise TrainError(f"env.save_dir={save_dir} holds another run ({', '.join(found[:4])}); continue it with "
                      "checkpoint.resume=true, or start this run elsewhere with env.save_dir=<new folder> "
@@ -193,7 +221,11 @@ def refuse_other_run(cfg: dict, save_dir: Path) -> None:
 def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: StartPoint) -> None:
     """The data and model are built and the config is accepted: only now does the run change its save dir."""
     if dist.is_main:
-        if cfg["env"]["overwrite_save_dir"] and not start.own_run:
+        if not run_started(save_dir) and previous_run_files(save_dir):
+            log.info("env.save_dir=%s holds a run that stopped before its first update (%s): starting over there",
+                     save_dir, ", ".join(previous_run_files(save_dir)))
+            (save_dir / "metrics.jsonl").unlink(missing_ok=True)  # its own empty file; config.yaml is replaced below
+        elif cfg["env"]["overwrite_save_dir"] and not start.own_run:
             for name in previous_run_files(save_dir):
                 path = save_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -343,21 +375,21 @@ def choose_seed(cfg: dict, start: StartPoint) -> int:
 
 
 # ---- data
-def build_splits(cfg: dict, stages: Stages, seed: int) -> Splits:
+def build_splits(cfg: dict, stages: Stages, seed: int, pack_args: list[str] | None = None) -> Splits:
     """The datasets run_type needs (missing zoo data fetched first); val is optional when only training."""
     from mmftrain.data import build_datasets, concat
 
     _fetch_requirements(cfg)
-    train = concat(build_datasets(cfg, "train", seed)) if stages.train else None
+    train = concat(build_datasets(cfg, "train", seed, pack_args)) if stages.train else None
     val: dict = {}
     if stages.val or stages.train:
         try:
-            val = build_datasets(cfg, "val", seed)
+            val = build_datasets(cfg, "val", seed, pack_args)
         except DataError as e:
             if stages.val:
                 raise
             log.warning("no val split (%s): training without periodic evaluation", e)
-    test = build_datasets(cfg, "test", seed) if stages.test else {}
+    test = build_datasets(cfg, "test", seed, pack_args) if stages.test else {}
     first = train if train is not None else next(iter({**val, **test}.values()), None)
     if first is None:
         raise TrainError(f"run_type={cfg['run_type']} needs at least one split to read")

@@ -207,7 +207,9 @@ class Trainer:
                                 device=self.device if self.cuda else None)
             stack.callback(loader.close)
             bar = None
-            show_bar = training["progress_bar"] is True or (training["progress_bar"] == "auto" and sys.stderr.isatty())
+            # the key's default is the string "auto", so an override arrives as the string "True"/"False"
+            wanted = str(training["progress_bar"]).lower()
+            show_bar = wanted == "true" or (wanted == "auto" and sys.stderr.isatty())
             if self.dist.is_main and show_bar:
                 from tqdm import tqdm
 

@@ -7,8 +7,8 @@ EvalAI prediction files -> a training-curve PNG -> a summary with the next comma
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -41,10 +41,19 @@ def majority_baseline(data_dir: Path) -> tuple[float, str]:
 def run_demo(out: Path, questions: int = 1200, updates: int = 300, extra: list[str] | None = None) -> int:
     from mmftrain.cli import run_from_argv
 
-    out = Path(out).resolve()
+    from mmfzoo_cli.demo_out import DemoOutError, claim, disk_estimate
+    from zoo.fsutil import human
+
+    out = Path(out).absolute()
     source, data_dir, save_dir = out / "source", out / "data", out / "save"
-    for p in (source, data_dir, save_dir):
-        shutil.rmtree(p, ignore_errors=True)
+    try:
+        removed = claim(out, questions)
+    except (DemoOutError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"mmf demo writes about {human(disk_estimate(questions))} under {out} (synthetic archives, the installed "
+          f"data, its packed store, checkpoints)" + (f"; replaced the previous demo's {', '.join(removed)}"
+                                                     if removed else ""), flush=True)
     total, t_start = 6, time.monotonic()
     manifest, fetched = _fetch_and_pack(source, data_dir, questions, total)
 
@@ -84,6 +93,7 @@ def _fetch_and_pack(source: Path, data_dir: Path, questions: int, total: int) ->
     from mmfdata.synth import write_synthetic
     from zoo.fsutil import human
     from zoo.install import FetchOptions, fetch
+    from zoo.logfmt import say_to, to_console
     from zoo.manifest import load_zoo
     from zoo.progress import Progress
     from zoo.serve import FolderMirror
@@ -94,6 +104,7 @@ def _fetch_and_pack(source: Path, data_dir: Path, questions: int, total: int) ->
     manifest = Path(synth["manifest"])
     print(f"  archives under {synth['archive_root']}, manifest {manifest} ({time.monotonic() - t:.1f}s)")
 
+    to_console("zoo", "mmfdata")  # their lines in the one format, above the fetch's bars
     with FolderMirror(synth["archive_root"]) as mirror:
         t = _step(2, total, f"mmf zoo fetch textvqa textvqa.ocr_en --zoo {manifest.name} --mirror {mirror.url} "
                             f"--mirror-only --data-dir {data_dir}")
@@ -101,7 +112,7 @@ def _fetch_and_pack(source: Path, data_dir: Path, questions: int, total: int) ->
         try:
             reports = fetch(load_zoo([manifest], defaults=False), ["textvqa", "textvqa.ocr_en"],
                             FetchOptions(data_dir=data_dir, mirrors=[mirror.url], mirror_only=True,
-                                         progress=bars, say=lambda m: print(f"  {m}")))
+                                         progress=bars, say=say_to(logging.getLogger("zoo"))))
         finally:
             bars.close()
     fetched = sum(r.fetched for r in reports)
@@ -152,9 +163,17 @@ def _print_next(args: list[str], out: Path, save_dir: Path, updates: int) -> Non
     other = [a if not a.startswith("env.save_dir=") else f"env.save_dir={out / 'save-mmt4'}" for a in args]
     print(f"  mmf train {' '.join(other)} model_config.m4c.mmt.num_hidden_layers=4   # another override, new save dir")
     print(f"  mmf plot {save_dir}   # the training curve again")
-    print("  mmf zoo fetch textvqa textvqa.ocr_en   # the real ~40 GB of TextVQA features (resumable)")
+    print("  mmf zoo list --probe   # the real data's sizes, asked of the mirrors")
+    print("  mmf zoo fetch textvqa textvqa.ocr_en   # the real TextVQA features (tens of GB; resumable)")
 
 
 def demo_command(out: str, questions: int, updates: int) -> int:
+    from zoo.extras import MissingExtra, require
+
+    try:
+        require("mmf demo")
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(4, os.cpu_count() or 1))))
     return run_demo(Path(out), questions=questions, updates=updates)

@@ -20,6 +20,12 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
     # learned: far above always answering the most common train answer (computed from the data by the demo)
     assert report["val_accuracy"] > report["majority_baseline"] + 0.25, report
     assert "LEARNED" in r.stdout and "next:" in r.stdout
+    # the disk use it stated before starting is not exceeded
+    from mmfzoo_cli.demo_out import disk_estimate
+    from zoo.fsutil import human
+
+    assert f"mmf demo writes about {human(disk_estimate(QUESTIONS))} under {out}" in r.stdout.splitlines()[0]
+    assert sum(f.lstat().st_size for f in out.rglob("*") if f.is_file()) <= disk_estimate(QUESTIONS)
     # fetched through the transfer engine into MMF's layout, with MMF's markers
     data = Path(report["data_dir"])
     assert report["fetched_bytes"] > 0

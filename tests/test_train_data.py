@@ -287,8 +287,8 @@ def test_mmf_train_on_the_lmdb_path_with_four_loader_workers(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    # the data logger's warning reaches the console (stdout, as every run log line) and train.log
-    assert "falling back to the LMDB path" in r.stdout and not (data / "packed").exists(), r.stdout[-3000:]
+    # the data logger's warning reaches the console (stderr, as every log line: zoo.logfmt) and train.log
+    assert "falling back to the LMDB path" in r.stderr and not (data / "packed").exists(), r.stderr[-3000:]
     assert "falling back to the LMDB path" in (tmp_path / "save" / "train.log").read_text()
     records = [json.loads(line) for line in (tmp_path / "save" / "metrics.jsonl").read_text().splitlines()]
     assert [rec["num_updates"] for rec in records if "train/total_loss" in rec] == [1, 2, 3, 4, 5, 6]

@@ -87,7 +87,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
     assert max(train_records(tmp_path / "cut")) < 24  # really cut short
     resumed = run(train_cmd(data_dir, tmp_path / "cut", *steps, "checkpoint.resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout and "at update 8" in resumed.stdout
+    assert "resumed from" in resumed.stderr and "at update 8" in resumed.stderr
     got = train_records(tmp_path / "cut")
     assert sorted(got) == list(range(1, 25))  # lines after the checkpoint were replaced, not duplicated
     for u in range(1, 25):
@@ -107,7 +107,7 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(data_dir, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
-    assert "Traceback" not in err and "SIGTERM received" in out
+    assert "Traceback" not in err and "SIGTERM received" in err
     ckpt = torch.load(tmp_path / "current.ckpt", weights_only=True)
     assert 3 <= ckpt["num_updates"] < 500
     assert ckpt["num_updates"] == max(train_records(tmp_path))
@@ -136,10 +136,9 @@ def test_checkpoint_write_failing_mid_run_stops_it_promptly_and_resume_works(dat
     resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (size // 2, size // 2))  # the "disk" fills up now
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err[-2000:]
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "writing checkpoint" in lines[0] and "File too large" in lines[0], err  # fired
-    assert "checkpoint.resume=true" in lines[0]
+    line = one_line(err)
+    assert "writing checkpoint" in line and "File too large" in line, err  # fired
+    assert "checkpoint.resume=true" in line
     # noticed at once: the next save (update 24) or the end (400) would have been far later
     assert 16 <= max(train_records(tmp_path)) < 24
     saved = torch.load(tmp_path / "current.ckpt", weights_only=True)
@@ -150,7 +149,7 @@ def test_checkpoint_write_failing_mid_run_stops_it_promptly_and_resume_works(dat
     resumed = run(train_cmd(data_dir, tmp_path, "training.max_updates=24", "training.checkpoint_interval=8",
                             "checkpoint.resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "at update 8" in resumed.stdout
+    assert "at update 8" in resumed.stderr
     assert sorted(train_records(tmp_path)) == list(range(1, 25))
 
 
@@ -174,7 +173,7 @@ def test_resume_accepts_compute_only_model_keys_and_older_checkpoints_but_not_an
     resumed = run(train_cmd(data_dir, tmp_path, "training.max_updates=12", "checkpoint.resume=true",
                             "model_config.m4c.incremental_decoding=false"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "at update 8" in resumed.stdout and "model_config.m4c.trim_last_layer" in resumed.stdout
+    assert "at update 8" in resumed.stderr and "model_config.m4c.trim_last_layer" in resumed.stderr
     assert max(train_records(tmp_path)) == 12
 
 
@@ -202,7 +201,7 @@ def test_a_second_run_in_a_save_dir_in_use_is_refused_and_the_first_goes_on(data
     resumed = run(train_cmd(data_dir, tmp_path, "training.max_updates=12", "training.checkpoint_interval=4",
                             "checkpoint.resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stderr
 
 
 def test_a_save_dir_that_cannot_be_locked_trains_with_a_warning(data_dir, tmp_path):
@@ -350,9 +349,12 @@ def files_of(folder) -> dict:
 
 
 def one_line(stderr: str) -> str:
+    """The failure's one error line: the only `error:` line, the last on stderr, no traceback (the log lines the run
+    wrote before it failed share stderr, zoo.logfmt)."""
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in stderr, stderr[-3000:]
+    return errors[0]
 
 
 def test_reused_save_dir_is_refused_and_the_old_run_stays_intact(data_dir, tmp_path):
@@ -411,7 +413,7 @@ def test_damaged_current_checkpoint_is_detected_and_an_intact_one_resumed(data_d
     resumed = run(train_cmd(data_dir, tmp_path, "training.max_updates=9", "training.checkpoint_interval=3",
                             "checkpoint.resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    out = resumed.stdout
+    out = resumed.stderr
     warning = next(line for line in out.splitlines() if "is damaged" in line)
     assert "current.ckpt" in warning and "best.ckpt" in warning and "kept as" in warning
     assert "resumed from" in out and "at update 6" in out and "trust_pickle" not in out + resumed.stderr
@@ -453,7 +455,7 @@ def test_fallback_resumes_the_newest_intact_checkpoint_and_never_overwrites_late
                             "checkpoint.max_to_keep=-1",
                             "checkpoint.resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    out = resumed.stdout
+    out = resumed.stderr
     warning = next(line for line in out.splitlines() if "is damaged" in line)
     assert "current.ckpt" in warning and "model_8.ckpt" in warning and "kept as" in warning, warning
     assert re.search(r"resumed from \S*model_8\.ckpt at update 8", out), out[-3000:]
@@ -469,7 +471,7 @@ def test_fallback_resumes_the_newest_intact_checkpoint_and_never_overwrites_late
     resumed = run(train_cmd(data_dir, chosen, "training.max_updates=6", "training.checkpoint_interval=2",
                             "checkpoint.resume=true", "checkpoint.resume_best=true", "checkpoint.max_to_keep=-1"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    out = resumed.stdout
+    out = resumed.stderr
     assert re.search(r"resumed from \S*best\.ckpt at update 2", out), out[-3000:]
     warning = next(line for line in out.splitlines() if "would be overwritten" in line)
     assert all(name in warning for name in ("current.ckpt", "model_4.ckpt", "model_6.ckpt", "model_8.ckpt"))
@@ -509,7 +511,7 @@ def test_evaluation_without_weights_is_refused(data_dir, tmp_path):
     ok = run(train_cmd(data_dir, tmp_path, "checkpoint.allow_random_init=true", "training.logger_level=warning",
                        run_type="inference"))
     assert ok.returncode == 0, ok.stderr[-3000:]
-    assert "predictions written" not in ok.stdout  # logger_level=warning hides info lines
+    assert "predictions written" not in ok.stderr  # logger_level=warning hides info lines
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(json.loads(Path(summary["reports"]["test/textvqa"]).read_text())) == 21
 
@@ -526,7 +528,7 @@ def test_logging_and_output_keys_act(data_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     log_text = (logs / "train.log").read_text()
     assert not (save / "train.log").exists()
-    assert r.stdout.strip().splitlines()[-1] in log_text  # the console's lines are in train.log
+    assert r.stderr.strip().splitlines()[-1] in log_text  # the console's lines are in train.log
     assert "Anomaly Detection has been enabled" in log_text  # detect_anomaly, and Python warnings reach train.log
     assert "config:\n" in log_text and f"data_dir={data_dir}" in log_text
     assert re.search(r"lr: \d\.\d{3}e-0\d", log_text)  # warm-up learning rate readable, not 0.0000

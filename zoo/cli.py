@@ -7,7 +7,6 @@ what a command exists to show (list's table, info, hash's YAML) still prints.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,22 +33,17 @@ ProbeOpt = typer.Option(False, "--probe", help="Ask the mirrors (one HEAD per re
 
 
 def _setup_logging(quiet: bool) -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("mmf zoo: %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
+    from zoo.logfmt import to_console
+
+    to_console("zoo", level=logging.WARNING if quiet else logging.INFO)
 
 
 def _note(quiet: bool):
-    """The `say` of library calls: a line on stderr; under -q/--json only warnings (stdout stays the JSON's)."""
-    def say(message: str) -> None:
-        if not quiet or message.startswith("warning"):
-            typer.echo(f"mmf zoo: {message}", err=True)
-    return say
+    """The `say` of library calls: a log line on stderr (zoo.logfmt); under -q/--json only warnings (stdout stays
+    the JSON's)."""
+    from zoo.logfmt import say_to
 
-
+    return say_to(log, quiet)
 
 
 class Terminated(KeyboardInterrupt):
