@@ -68,3 +68,20 @@ def test_train_automatic_fetch_honours_mmf_zoo_offline(tmp_path):
         r = _train_fetch(tmp_path, toy, srv.url, env_extra='os.environ["MMF_ZOO_OFFLINE"] = "1"')
         assert sum(srv.stats.requests.values()) == 0
     assert r.returncode == 7 and "offline" in r.stderr, r.stderr
+
+
+def test_train_automatic_fetch_lines_reach_train_log_in_the_one_format(tmp_path):
+    """In a run, the fetch's plan, notes and progress lines go through the `zoo` logger: one console format
+    (zoo.logfmt) and the run's train.log keeps them."""
+    toy = make_zoo(tmp_path, feature_bytes=1 << 20)
+    logs = tmp_path / "logs"
+    setup = (f"from mmftrain.logs import setup_logging; from pathlib import Path; "
+             f"setup_logging(Path({str(logs)!r}), True, 0)")
+    with FaultServer(toy.mirror) as srv:
+        r = _train_fetch(tmp_path, toy, srv.url, env_extra=setup)
+    assert r.returncode == 0, r.stderr
+    kept = (logs / "train.log").read_text()
+    for text in ("resource(s) to fetch", "features.tar.gz: 1.0 MiB in"):
+        assert re.search(r"\| INFO \| zoo : .*" + re.escape(text), r.stderr), r.stderr
+        assert text in kept, kept
+    assert "zoo: " not in r.stderr.replace("| zoo : ", "")  # no line in a second, bare format

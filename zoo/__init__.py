@@ -25,7 +25,10 @@ def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, f
     """
     from pathlib import Path
 
+    import logging
+
     from zoo.install import FetchOptions, fetch as _fetch
+    from zoo.logfmt import say_to
     from zoo.datadir import default_data_dir
     from zoo.manifest import load_zoo
     from zoo.pack import merge_packs
@@ -40,7 +43,7 @@ def fetch(keys, data_dir=None, *, mirrors=None, zoo_paths=None, offline=False, f
     bars = Progress.auto() if progress else None
     opts = FetchOptions(data_dir=Path(data_dir) if data_dir else default_data_dir(), mirrors=list(mirrors or []),
                         transfer=TransferOptions(offline=offline, **transfer), progress=bars,
-                        from_path=paths or None, say=lambda m: None)
+                        from_path=paths or None, say=say_to(logging.getLogger("zoo")))
     try:
         return _fetch(z, keys, opts)
     finally:

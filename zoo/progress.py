@@ -3,6 +3,7 @@ or, where stderr is not a terminal (a training job's log), one line per resource
 it is done, so hours of download are visible without filling a log with redraws (`Progress.auto`)."""
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -85,13 +86,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _say(text: str) -> None:
+    """A progress line: through the `zoo` logger where a command or a run set it up (zoo.logfmt's one console format,
+    and a run's train.log), else plainly on stderr (a library caller that configured no logging)."""
+    log = logging.getLogger("zoo")
+    if log.handlers:
+        log.info(text)
+    else:
+        print(f"zoo: {text}", file=sys.stderr, flush=True)
+
+
 class Progress:
     """Bars for one `mmf zoo fetch`; disabled with --quiet / --json. `lines=True`: periodic lines instead."""
 
     def __init__(self, enabled: bool = True, lines: bool = False, period: float | None = None, write=None):
         self.enabled, self.bars, self.overall = enabled, [], None
         self.lines, self.period = lines, PERIOD if period is None else period
-        self.write = write or (lambda text: print(f"zoo: {text}", file=sys.stderr, flush=True))
+        self.write = write or _say
 
     @classmethod
     def auto(cls, stream=None) -> "Progress":
@@ -115,7 +126,7 @@ class Progress:
             from zoo.fsutil import human
 
             weight = human(total) if total is not None else "size unknown for some (the manifest has none)"
-            sys.stderr.write(f"mmf zoo: {resources} resource(s) to fetch: {weight}\n")
+            _say(f"{resources} resource(s) to fetch: {weight}")
         if self.enabled and resources > 1 and not self.lines:
             self.overall = self._tqdm(total=total, desc=f"all {resources} resources", position=0)
 
