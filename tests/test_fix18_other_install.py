@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.zoo_helpers import make_zoo, run_mmf
+from tests.zoo_helpers import custom_install, run_mmf
 
 KEY = "toyset"
 FEATURE = f"datasets/{KEY}/defaults/features/open_images/detectron.lmdb/data.mdb"
@@ -24,16 +24,7 @@ FEATURE = f"datasets/{KEY}/defaults/features/open_images/detectron.lmdb/data.mdb
 
 @pytest.fixture()
 def lab(tmp_path):
-    builtin = make_zoo(tmp_path / "builtin", feature_bytes=60_000, seed=0)
-    custom = make_zoo(tmp_path / "custom", feature_bytes=50_000, seed=7, version="2.0_lab")
-    manifest = tmp_path / "custom.yaml"
-    manifest.write_text(custom.manifest.read_text())
-    env = {"MMF_DATASET_ZOO": str(builtin.manifest), "MMF_ZOO_TRUST_DIR": str(tmp_path / "trust")}
-    data = tmp_path / "data"
-    r = run_mmf("zoo", "fetch", KEY, "--zoo", str(manifest), "--mirror", str(custom.mirror), "--data-dir", str(data),
-                "-q", env=env)
-    assert r.returncode == 0, r.stderr
-    return builtin, custom, manifest, data, env
+    return custom_install(tmp_path, KEY)
 
 
 def _snapshot(data: Path) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.zoo_helpers import make_zoo, run_mmf
+from tests.zoo_helpers import custom_install, make_zoo, run_mmf
 
 KEY = "toyset"
 
@@ -21,15 +21,7 @@ KEY = "toyset"
 @pytest.fixture()
 def lab(tmp_path):
     """A built-in zoo (env) and a custom.yaml redefining the same key, installed from the custom one."""
-    builtin = make_zoo(tmp_path / "builtin", feature_bytes=60_000, seed=0)
-    custom = make_zoo(tmp_path / "custom", feature_bytes=50_000, seed=7, version="2.0_lab")
-    manifest = tmp_path / "custom.yaml"
-    manifest.write_text(custom.manifest.read_text())
-    env = {"MMF_DATASET_ZOO": str(builtin.manifest), "MMF_ZOO_TRUST_DIR": str(tmp_path / "trust")}
-    data = tmp_path / "data"
-    r = run_mmf("zoo", "fetch", KEY, "--zoo", str(manifest), "--mirror", str(custom.mirror), "--data-dir", str(data),
-                "-q", env=env)
-    assert r.returncode == 0, r.stderr
+    builtin, custom, manifest, data, env = custom_install(tmp_path, KEY)
 
     def mmf(*args):
         return run_mmf("zoo", *args, "--data-dir", str(data), env=env)

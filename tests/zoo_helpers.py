@@ -85,3 +85,18 @@ def assert_tree(data_dir: Path, zoo: ToyZoo, cats=("features", "annotations", "e
             p = data_dir / rel
             assert p.is_file(), f"missing {p}"
             assert p.read_bytes() == data, f"content differs: {p}"
+
+
+def custom_install(tmp_path, key: str = "toyset"):
+    """A lab's setup: a built-in zoo (MMF_DATASET_ZOO) and a custom.yaml redefining `key` (another version and
+    data), installed from the custom one. Returns (builtin, custom, custom.yaml, data dir, env)."""
+    builtin = make_zoo(tmp_path / "builtin", feature_bytes=60_000, seed=0)
+    custom = make_zoo(tmp_path / "custom", feature_bytes=50_000, seed=7, version="2.0_lab")
+    manifest = tmp_path / "custom.yaml"
+    manifest.write_text(custom.manifest.read_text())
+    env = {"MMF_DATASET_ZOO": str(builtin.manifest), "MMF_ZOO_TRUST_DIR": str(tmp_path / "trust")}
+    data = tmp_path / "data"
+    r = run_mmf("zoo", "fetch", key, "--zoo", str(manifest), "--mirror", str(custom.mirror), "--data-dir", str(data),
+                "-q", env=env)
+    assert r.returncode == 0, r.stderr
+    return builtin, custom, manifest, data, env
