@@ -109,6 +109,8 @@ def list_(zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDir
     and manifest conflicts."""
     from zoo import origin, sizes
 
+    _setup_logging(quiet)  # the probe's notes are log lines (stderr), kept beside --json's stdout
+
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
         table = _size_table(z, dd, z.entries.values(), probe, quiet)
@@ -177,6 +179,8 @@ def info(key: str, zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] 
     from zoo import origin
     from zoo.mirrors import mirror_roots, resource_urls
     from zoo.sizes import entry_total
+
+    _setup_logging(quiet)  # the probe's notes are log lines (stderr), kept beside --json's stdout
 
     def go():
         z, dd = _zoo(zoo), _data_dir(data_dir)
