@@ -2,8 +2,9 @@
 
 Build order (as MMF): `configs/defaults.yaml` -> `configs/models/<model>/defaults.yaml` -> each
 `configs/datasets/<name>/defaults.yaml` -> the user's `config=` file (with its includes) -> `key=value` overrides.
-The result is a plain nested dict. Overrides may only name keys that exist: a typo is an error naming the key and
-its nearest neighbours, never a silently ignored setting.
+The result is a read-only nested dict (mmfconfig.frozen): what was validated cannot change afterwards. Overrides
+may only name keys that exist: a typo is an error naming the key and its nearest neighbours, never a silently
+ignored setting.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import yaml
 from mmfconfig import compat, paths
 from mmfconfig.compat import NOT_SUPPORTED
 from mmfconfig.errors import ConfigError
+from mmfconfig.frozen import freeze, thaw
 from zoo import safeyaml
 from zoo.safeyaml import show
 from zoo.datadir import default_cache_dir, default_data_dir
@@ -37,6 +39,8 @@ STRICT_SECTIONS = ("training", "evaluation", "checkpoint", "env", "distributed")
 # MMF's env vars of the run's own folders (the data and cache dirs are zoo.datadir's: one rule for every command)
 _ENV_DIRS = {"save_dir": "MMF_SAVE_DIR", "log_dir": "MMF_LOG_DIR", "report_dir": "MMF_REPORT_DIR",
              "tensorboard_logdir": "MMF_TENSORBOARD_LOGDIR"}
+# where a run folder left "" goes, under env.save_dir (MMF's defaults): filled in once, by _expand_paths
+RUN_FOLDER_DEFAULTS = {"log_dir": ".", "report_dir": "reports", "tensorboard_logdir": "tensorboard"}
 LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
 # training.compile_mode: torch.compile's modes, plus auto = CUDA graphs where they are safe (see kernels.compile_mode)
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -414,7 +418,7 @@ def build_config(argv: list[str], environ: dict | None = None, say=None) -> dict
         raise problems_error(seen.problems)
     for line in seen.warnings():
         (say or logging.getLogger("mmfconfig").warning)(line)
-    return cfg
+    return freeze(cfg)  # validated: read-only from here on (mmfconfig.frozen)
 
 
 def _merged(argv: list[str], environ: dict, seen: Seen) -> tuple[dict, dict]:
@@ -529,6 +533,9 @@ def _expand_paths(cfg: dict, problems: list[str]) -> None:
         name = key.split(".")[1]
         if isinstance(env.get(name), str) and env[name]:
             env[name] = str(paths.expand(env[name]))
+    for name, under_save_dir in RUN_FOLDER_DEFAULTS.items():
+        if not env.get(name) and isinstance(env.get("save_dir"), str) and env["save_dir"]:
+            env[name] = str(paths.expand(env["save_dir"]) / under_save_dir)
     if isinstance(options.get("resume_file"), str) and options["resume_file"]:
         options["resume_file"] = str(paths.expand(options["resume_file"]))
 
@@ -775,4 +782,12 @@ def zoo_key_problem(key: Any, manifests: list[str] = ()) -> str | None:
 
 def dump_yaml(cfg: dict) -> str:
     """The resolved config as YAML text (saved with every run and in every checkpoint)."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+    return yaml.safe_dump(thaw(cfg), sort_keys=False, default_flow_style=False)
+
+
+def run_record(cfg: dict, seed: int) -> dict:
+    """What a run records as its config (config.yaml, checkpoints): a plain copy with training.seed the seed it
+    actually uses (drawn for -1, or the resumed run's), so the record reproduces the run."""
+    record = thaw(cfg)
+    record["training"]["seed"] = seed
+    return record
