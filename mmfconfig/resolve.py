@@ -533,11 +533,15 @@ def _expand_paths(cfg: dict, problems: list[str]) -> None:
         name = key.split(".")[1]
         if isinstance(env.get(name), str) and env[name]:
             env[name] = str(paths.expand(env[name]))
-    for name, under_save_dir in RUN_FOLDER_DEFAULTS.items():
+    for name in RUN_FOLDER_DEFAULTS:
         if not env.get(name) and isinstance(env.get("save_dir"), str) and env["save_dir"]:
-            env[name] = str(paths.expand(env["save_dir"]) / under_save_dir)
+            env[name] = _default_folder(env, name)
     if isinstance(options.get("resume_file"), str) and options["resume_file"]:
         options["resume_file"] = str(paths.expand(options["resume_file"]))
+
+
+def _default_folder(env: dict, name: str) -> str:
+    return str(paths.expand(env["save_dir"]) / RUN_FOLDER_DEFAULTS[name])
 
 
 def effective_batch(cfg: dict, environ: dict) -> None:
@@ -787,7 +791,11 @@ def dump_yaml(cfg: dict) -> str:
 
 def run_record(cfg: dict, seed: int) -> dict:
     """What a run records as its config (config.yaml, checkpoints): a plain copy with training.seed the seed it
-    actually uses (drawn for -1, or the resumed run's), so the record reproduces the run."""
+    actually uses (drawn for -1, or the resumed run's), so the record reproduces the run, and the run folders that
+    were left to their defaults "" again (config=<save_dir>/config.yaml with another env.save_dir moves them too)."""
     record = thaw(cfg)
     record["training"]["seed"] = seed
+    for name in RUN_FOLDER_DEFAULTS:  # a folder left to its default follows env.save_dir when the record is reused
+        if record["env"].get(name) == _default_folder(record["env"], name):
+            record["env"][name] = ""
     return record

@@ -72,7 +72,11 @@ def test_drawn_seed_is_recorded_though_the_config_stays_as_resolved(data_dir, tm
     assert r.returncode == 0, r.stderr[-3000:]
     seed = json.loads((save / "summary.json").read_text())["seed"]
     assert isinstance(seed, int) and seed != -1
-    assert yaml.safe_load((save / "config.yaml").read_text())["training"]["seed"] == seed
+    recorded = yaml.safe_load((save / "config.yaml").read_text())
+    assert recorded["training"]["seed"] == seed
+    # the folders left to their defaults are recorded as such: reused with another env.save_dir, they follow it
+    assert (recorded["env"]["log_dir"], recorded["env"]["report_dir"], recorded["env"]["tensorboard_logdir"]) == \
+        ("", "", "")
     state = torch.load(save / "current.ckpt", map_location="cpu", weights_only=True)  # plain types only
     assert state["config"]["training"]["seed"] == seed and state["seed"] == seed
     assert (save / "train.log").is_file()  # env.log_dir "" = the save dir, filled in by mmfconfig
