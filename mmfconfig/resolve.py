@@ -2,8 +2,9 @@
 
 Build order (as MMF): `configs/defaults.yaml` -> `configs/models/<model>/defaults.yaml` -> each
 `configs/datasets/<name>/defaults.yaml` -> the user's `config=` file (with its includes) -> `key=value` overrides.
-The result is a plain nested dict. Overrides may only name keys that exist: a typo is an error naming the key and
-its nearest neighbours, never a silently ignored setting.
+The result is a read-only nested dict (mmfconfig.frozen): what was validated cannot change afterwards. Overrides
+may only name keys that exist: a typo is an error naming the key and its nearest neighbours, never a silently
+ignored setting.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import yaml
 from mmfconfig import compat, paths
 from mmfconfig.compat import NOT_SUPPORTED
 from mmfconfig.errors import ConfigError
+from mmfconfig.frozen import freeze, thaw
 from zoo import safeyaml
 from zoo.safeyaml import show
 from zoo.datadir import default_cache_dir, default_data_dir
@@ -37,6 +39,8 @@ STRICT_SECTIONS = ("training", "evaluation", "checkpoint", "env", "distributed")
 # MMF's env vars of the run's own folders (the data and cache dirs are zoo.datadir's: one rule for every command)
 _ENV_DIRS = {"save_dir": "MMF_SAVE_DIR", "log_dir": "MMF_LOG_DIR", "report_dir": "MMF_REPORT_DIR",
              "tensorboard_logdir": "MMF_TENSORBOARD_LOGDIR"}
+# where a run folder left "" goes, under env.save_dir (MMF's defaults): filled in once, by _expand_paths
+RUN_FOLDER_DEFAULTS = {"log_dir": ".", "report_dir": "reports", "tensorboard_logdir": "tensorboard"}
 LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
 # training.compile_mode: torch.compile's modes, plus auto = CUDA graphs where they are safe (see kernels.compile_mode)
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -85,8 +89,20 @@ def load_yaml(path: str | Path, _stack: tuple = (), seen: "Seen | None" = None) 
 
     Included files are merged in order and the including file wins. A cycle is an error. Each file is brought to
     today's MMF spelling first (`compat.upgrade`), what that noticed going into `seen`.
+
+    With `seen`, a file that cannot be read, a missing include and a cycle are problems collected into
+    `seen.problems` (that file contributes nothing, the rest is still read and checked); without it, errors.
     """
-    path = Path(path).resolve()
+    try:
+        return _load_yaml(Path(path).resolve(), _stack, seen)
+    except ConfigError as e:
+        if seen is None:
+            raise
+        seen.problems.append(str(e))
+        return {}
+
+
+def _load_yaml(path: Path, _stack: tuple, seen: "Seen | None") -> dict:
     if path in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"config includes form a cycle: {chain}; remove one of the includes")
@@ -101,8 +117,14 @@ def load_yaml(path: str | Path, _stack: tuple = (), seen: "Seen | None" = None) 
                           f"{show(includes)}")
     merged: dict = {}
     for inc in includes:
-        merged = merge(merged, load_yaml(find_config_file(inc, path.parent, f"{path}: includes: "),
-                                         (*_stack, path), seen))
+        try:
+            found = find_config_file(inc, path.parent, f"{path}: includes: ")
+        except ConfigError as e:
+            if seen is None:
+                raise
+            seen.problems.append(str(e))
+            continue
+        merged = merge(merged, load_yaml(found, (*_stack, path), seen))
     return merge(merged, data)
 
 
@@ -396,7 +418,7 @@ def build_config(argv: list[str], environ: dict | None = None, say=None) -> dict
         raise problems_error(seen.problems)
     for line in seen.warnings():
         (say or logging.getLogger("mmfconfig").warning)(line)
-    return cfg
+    return freeze(cfg)  # validated: read-only from here on (mmfconfig.frozen)
 
 
 def _merged(argv: list[str], environ: dict, seen: Seen) -> tuple[dict, dict]:
@@ -414,13 +436,17 @@ def _merged(argv: list[str], environ: dict, seen: Seen) -> tuple[dict, dict]:
             cfg["env"][key] = environ[var]
     user: dict = {}
     if special.get("config"):
-        path = find_config_file(special["config"])
-        user = load_yaml(path, seen=seen)
-        _check_sections(user, defaults, str(path), seen.problems)
-        cfg["config"] = str(path)
+        try:
+            path = find_config_file(special["config"])
+        except ConfigError as e:  # the model, datasets and overrides are still checked (against the defaults)
+            seen.problems.append(str(e))
+        else:
+            user = load_yaml(path, seen=seen)
+            _check_sections(user, defaults, str(path), seen.problems)
+            cfg["config"] = str(path)
     model = special.get("model") or user.get("model") or cfg.get("model")
     datasets = special.get("datasets") or user.get("datasets") or cfg.get("datasets")
-    cfg = _with_model_and_datasets(cfg, model, datasets)
+    cfg = _with_model_and_datasets(cfg, model, datasets, seen.problems)
     typed = cfg  # the defaults, before the user's values: validate() checks numbers and booleans keep their kind
     cfg = merge(cfg, user)
     if "config_override" in flags:  # MMF: over the config file, under the key=value overrides
@@ -445,28 +471,42 @@ def _merged(argv: list[str], environ: dict, seen: Seen) -> tuple[dict, dict]:
     return cfg, typed
 
 
-def _with_model_and_datasets(cfg: dict, model: Any, datasets: Any) -> dict:
+def _with_model_and_datasets(cfg: dict, model: Any, datasets: Any, problems: list[str]) -> dict:
+    """The model's and each dataset's defaults merged over `cfg`; each missing or unknown name is a problem in
+    `problems` (it contributes no defaults; the others are still merged so the rest of the config can be checked)."""
     if isinstance(datasets, str):
         datasets = [d.strip() for d in datasets.split(",") if d.strip()]
     if not model:
-        raise ConfigError("no model given; pass model=m4c")
+        problems.append("no model given; pass model=m4c")
     if not datasets:
-        raise ConfigError("no dataset given; pass datasets=textvqa (or stvqa, or textvqa,stvqa)")
-    _check_names("model", [model], "model=m4c")
-    _check_names("datasets", datasets, "datasets=textvqa,stvqa")
-    model_file = CONFIGS_DIR / "models" / model / "defaults.yaml"
-    if not model_file.is_file():
-        known = sorted(p.name for p in (CONFIGS_DIR / "models").iterdir() if p.is_dir())
-        raise ConfigError(f"unknown model {model!r}; known models: {', '.join(known)}")
-    cfg = merge(cfg, load_yaml(model_file))
-    for ds in datasets:
-        ds_file = CONFIGS_DIR / "datasets" / ds / "defaults.yaml"
-        if not ds_file.is_file():
-            known = sorted(p.name for p in (CONFIGS_DIR / "datasets").iterdir() if p.is_dir())
-            raise ConfigError(f"unknown dataset {ds!r}; known datasets: {', '.join(known)}")
-        cfg = merge(cfg, load_yaml(ds_file))
-    cfg["model"], cfg["datasets"] = model, list(datasets)
+        problems.append("no dataset given; pass datasets=textvqa (or stvqa, or textvqa,stvqa)")
+    model_ok = bool(model) and _names_problem("model", [model], "model=m4c", problems)
+    datasets_ok = bool(datasets) and _names_problem("datasets", datasets, "datasets=textvqa,stvqa", problems)
+    if model_ok:
+        cfg, model_ok = _merge_named(cfg, "models", "model", model, problems)
+    for ds in datasets if datasets_ok else []:
+        cfg, _ = _merge_named(cfg, "datasets", "dataset", ds, problems)
+    cfg["model"] = model if model_ok else None  # None: already a problem, validate() does not name it again
+    cfg["datasets"] = list(datasets) if datasets_ok else []
     return cfg
+
+
+def _names_problem(key: str, names: Any, example: str, problems: list[str]) -> bool:
+    try:
+        _check_names(key, names, example)
+    except ConfigError as e:
+        problems.append(str(e))
+        return False
+    return True
+
+
+def _merge_named(cfg: dict, folder: str, what: str, name: str, problems: list[str]) -> tuple[dict, bool]:
+    path = CONFIGS_DIR / folder / name / "defaults.yaml"
+    if not path.is_file():
+        known = sorted(p.name for p in (CONFIGS_DIR / folder).iterdir() if p.is_dir())
+        problems.append(f"unknown {what} {name!r}; known {folder}: {', '.join(known)}")
+        return cfg, False
+    return merge(cfg, load_yaml(path)), True
 
 
 def problems_error(problems: list[str]) -> ConfigError:
@@ -493,8 +533,15 @@ def _expand_paths(cfg: dict, problems: list[str]) -> None:
         name = key.split(".")[1]
         if isinstance(env.get(name), str) and env[name]:
             env[name] = str(paths.expand(env[name]))
+    for name in RUN_FOLDER_DEFAULTS:
+        if not env.get(name) and isinstance(env.get("save_dir"), str) and env["save_dir"]:
+            env[name] = _default_folder(env, name)
     if isinstance(options.get("resume_file"), str) and options["resume_file"]:
         options["resume_file"] = str(paths.expand(options["resume_file"]))
+
+
+def _default_folder(env: dict, name: str) -> str:
+    return str(paths.expand(env["save_dir"]) / RUN_FOLDER_DEFAULTS[name])
 
 
 def effective_batch(cfg: dict, environ: dict) -> None:
@@ -552,7 +599,7 @@ def validate(cfg: dict, typed: dict | None = None, problems: list[str] | None = 
     for section in ("training", "evaluation", "checkpoint", "env", "optimizer"):
         if not isinstance(cfg.get(section), dict):
             found[section] = f"{section} must be a mapping of keys, got {show(cfg.get(section))}"
-    if cfg["model"] not in (cfg.get("model_config") or {}):
+    if cfg["model"] is not None and cfg["model"] not in (cfg.get("model_config") or {}):
         found["model_config"] = f"model_config.{cfg['model']} is missing; the model defaults file must define it"
     if not found:  # the checks below read these sections
         _number_problems(cfg, "", found)
@@ -739,4 +786,16 @@ def zoo_key_problem(key: Any, manifests: list[str] = ()) -> str | None:
 
 def dump_yaml(cfg: dict) -> str:
     """The resolved config as YAML text (saved with every run and in every checkpoint)."""
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+    return yaml.safe_dump(thaw(cfg), sort_keys=False, default_flow_style=False)
+
+
+def run_record(cfg: dict, seed: int) -> dict:
+    """What a run records as its config (config.yaml, checkpoints): a plain copy with training.seed the seed it
+    actually uses (drawn for -1, or the resumed run's), so the record reproduces the run, and the run folders that
+    were left to their defaults "" again (config=<save_dir>/config.yaml with another env.save_dir moves them too)."""
+    record = thaw(cfg)
+    record["training"]["seed"] = seed
+    for name in RUN_FOLDER_DEFAULTS:  # a folder left to its default follows env.save_dir when the record is reused
+        if record["env"].get(name) == _default_folder(record["env"], name):
+            record["env"][name] = ""
+    return record

@@ -54,6 +54,8 @@ def run_config(name: str, *, config: str | None = None, variant: str | None = No
 def default_dataset_config(name: str, variant: str | None = None) -> dict:
     """`dataset_config.<name>` of the M4C project config, for use with any data dir (`build_dataset(...,
     data_dir)`): its `data_dir` is None, so paths resolve under `<data_dir>/datasets` of that data dir."""
-    node = run_config(name, variant=variant, environ={})["dataset_config"][name]
+    from mmfconfig.frozen import thaw
+
+    node = thaw(run_config(name, variant=variant, environ={})["dataset_config"][name])  # the caller's own copy
     node["data_dir"] = None
     return node

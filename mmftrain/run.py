@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mmftrain import checkpoint, distributed
-from mmftrain.config import dump_yaml
+from mmftrain.config import dump_yaml, run_record
 from mmftrain.errors import CheckpointError, ConfigError, DataError, TrainError
 from mmftrain.evaluate import evaluate_all, write_predictions
 from mmftrain.logs import close_logging, log, setup_logging
@@ -83,7 +83,7 @@ def run(cfg: dict, notes=(), pack_args: list[str] | None = None) -> dict:
         stack.enter_context(hold_save_dir(save_dir, dist))
         refuse_other_run(cfg, save_dir)  # again under the lock: a run that started beside this one
         distributed.barrier()
-        log_dir = Path(str(cfg["env"]["log_dir"])).expanduser() if cfg["env"]["log_dir"] else save_dir
+        log_dir = Path(cfg["env"]["log_dir"])  # mmfconfig filled in "" (= save_dir) and expanded it
         setup_logging(log_dir, dist.is_main, dist.rank, cfg["training"]["logger_level"])
         for note in notes:
             log.warning("%s", note)
@@ -111,13 +111,12 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path, pack_args: list[
     stages = Stages.of(cfg["run_type"])
     startup_checks(cfg, stages)
     start = resolve_start(cfg, save_dir, dist, stages)
-    seed = choose_seed(cfg, start)
-    cfg["training"]["seed"] = seed
+    seed = choose_seed(cfg, start)  # the run's own: the config stays as resolved (run_record records it)
     log.info("run_type=%s datasets=%s model=%s seed=%d world=%d device=%s data_dir=%s save_dir=%s",
              cfg["run_type"], ",".join(cfg["datasets"]), cfg["model"], seed, dist.world, dist.device,
              cfg["env"]["data_dir"], save_dir)
     if cfg["training"]["log_detailed_config"]:
-        log.info("config:\n%s", dump_yaml(cfg))
+        log.info("config:\n%s", dump_yaml(run_record(cfg, seed)))
 
     splits = build_splits(cfg, stages, seed, pack_args)
     trainer = Trainer(cfg, dist, splits.answer_vocab_size, seed)
@@ -125,7 +124,7 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path, pack_args: list[
         trainer.load(start.path, model_only=start.model_only, obj=start.contents)
     start = start._replace(contents=None)  # free the loaded copy
     trainer.wrap()
-    accept_run(cfg, save_dir, dist, start)
+    accept_run(cfg, save_dir, dist, start, seed)
 
     summary: dict = {"run_type": cfg["run_type"], "save_dir": str(save_dir), "seed": trainer.seed,
                      "world_size": dist.world, "answer_vocab_size": splits.answer_vocab_size, "reports": {},
@@ -167,7 +166,7 @@ def check_output_dirs(cfg: dict, save_dir: Path) -> None:
     """Every folder the run writes to must be able to be one: refused up front, not after hours of training."""
     env = cfg["env"]
     for key in ("save_dir", "log_dir", "report_dir", "tensorboard_logdir"):
-        path = save_dir if key == "save_dir" else (Path(str(env[key])).expanduser() if env[key] else None)
+        path = save_dir if key == "save_dir" else Path(env[key])  # mmfconfig filled in the defaults
         if key == "tensorboard_logdir" and not cfg["training"]["tensorboard"]:
             continue
         problem = folder_problem(path) if path is not None else None
@@ -218,7 +217,7 @@ def refuse_other_run(cfg: dict, save_dir: Path) -> None:
                      "(env.overwrite_save_dir=true deletes the old run)")
 
 
-def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: StartPoint) -> None:
+def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: StartPoint, seed: int) -> None:
     """The data and model are built and the config is accepted: only now does the run change its save dir."""
     if dist.is_main:
         if not run_started(save_dir) and previous_run_files(save_dir):
@@ -234,7 +233,7 @@ def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: Sta
             stale.unlink(missing_ok=True)  # a write cut by a kill (the files it would have replaced are intact)
         if start.ahead:
             _set_later_checkpoints_aside(save_dir, start)
-        text = dump_yaml(cfg).encode()
+        text = dump_yaml(run_record(cfg, seed)).encode()
         checkpoint.atomic_write_bytes(save_dir / "config.yaml", lambda f: f.write(text))
     distributed.barrier()
 
@@ -321,7 +320,7 @@ def _check_resume_config(cfg: dict, contents: dict, path: Path) -> None:
     saved = contents.get("config")
     if not isinstance(saved, dict):
         return
-    changed = [key for key in _differences(saved, cfg) if not key.endswith(("_dir", "_weights"))]
+    changed = [key for key in _differences(saved, cfg) if not key.endswith(("_dir", "_logdir", "_weights"))]
     fixed = [key for key in changed if key.split(".")[0] in RESUME_MUST_MATCH and key not in RESUME_MAY_DIFFER]
     if fixed:
         raise ConfigError(f"checkpoint.resume=true would continue the run of {path} with a different model or "
@@ -442,7 +441,7 @@ def train_stage(cfg: dict, trainer, splits: Splits, save_dir: Path, summary: dic
 
 def final_passes(cfg: dict, trainer, splits: Splits, stages: Stages, summary: dict) -> None:
     """The val and test passes run_type asks for; EvalAI prediction files under env.report_dir."""
-    report_dir = Path(str(cfg["env"]["report_dir"] or Path(str(cfg["env"]["save_dir"])) / "reports")).expanduser()
+    report_dir = Path(cfg["env"]["report_dir"])  # mmfconfig's default: <save_dir>/reports
     passes = ([("val", splits.val)] if stages.val else []) + ([("test", splits.test)] if stages.test else [])
     for split, datasets in passes:
         metrics, records = evaluate_all(trainer.model, datasets, split=split, cfg=cfg, dist=trainer.dist,

@@ -26,6 +26,7 @@ import torch
 
 from mmfdata.batch import expand_targets
 from mmftrain import checkpoint, distributed, kernels
+from mmftrain.config import run_record
 from mmftrain.data import Prefetcher, TrainSampler, loader_workers, to_device
 from mmftrain.errors import CheckpointError, ConfigError, TrainError
 from mmftrain.evaluate import evaluate_all
@@ -96,7 +97,7 @@ class Trainer:
                  "lr_scheduler": self.scheduler.state_dict(), "fp16_scaler": self.scaler.state_dict(),
                  "num_updates": self.num_updates, "current_iteration": self.iteration,
                  "current_epoch": self.epoch, "best_update": self.best_update, "best_iteration": self.best_update,
-                 "best_metric_value": self.best_metric, "config": self.cfg, "seed": self.seed,
+                 "best_metric_value": self.best_metric, "config": run_record(self.cfg, self.seed), "seed": self.seed,
                  "sampler": {"epoch": self.epoch, "index": self.batch_in_epoch, "seed": self.seed},
                  "world_size": self.dist.world, "rng": rngs}
         if self.git:
@@ -220,8 +221,7 @@ class Trainer:
     def _tensorboard_dir(self) -> Path | None:
         if not self.training["tensorboard"]:
             return None
-        configured = str(self.cfg["env"]["tensorboard_logdir"] or "")
-        return Path(configured).expanduser() if configured else self.save_dir / "tensorboard"
+        return Path(self.cfg["env"]["tensorboard_logdir"])  # mmfconfig's default: <save_dir>/tensorboard
 
     # ---- the loop
     def train(self, train_ds, val_sets: dict) -> dict:
