@@ -4,8 +4,6 @@ and is still what config.yaml and the checkpoints record."""
 import copy
 import json
 import pickle
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
