@@ -102,7 +102,10 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None
         origin.refuse_other([(t, r) for t, r in todo if (t.entry.key, r.file_name) not in redo], opts.data_dir,
                             "fetching", "to keep using it, or --force to replace it")
     with ExitStack() as locks:
-        held = _lock_all(todo, opts, locks)  # before any probe: --lock-timeout bounds the wait, not probes + wait
+        # every resource of the keys, not only those to install: installing a key checks its installed ones under
+        # their locks too, and a lock taken later, out of the one order, deadlocks with a fetch that holds it
+        # and waits in order for ours. Before any probe: --lock-timeout bounds the wait, not probes + wait.
+        held = _lock_all([(t, r) for t in targets for r in t.entry.resources], opts, locks)
         sizes = preflight(todo, opts, lambda res: _urls(res, roots, source))
         if opts.progress is not None:
             known = [sizes.get(id(r)) for _, r in todo]
@@ -142,10 +145,10 @@ def _lock_path(target: layout.Target, res: Resource, opts: FetchOptions) -> Path
     return layout.state_dir(target.folder(opts.data_dir, res)) / f"{res.file_name}.lock"
 
 
-def _lock_all(todo, opts: FetchOptions, locks: ExitStack) -> set[Path]:
-    """Take the lock of every resource to install, in path order (two fetches of overlapping keys never deadlock),
+def _lock_all(pairs, opts: FetchOptions, locks: ExitStack) -> set[Path]:
+    """Take the lock of every resource of `pairs`, in path order (two fetches of overlapping keys never deadlock),
     and hold them for the whole fetch; returns their paths."""
-    paths = {_lock_path(t, r, opts): f"{t.entry.key}:{r.file_name}" for t, r in todo}
+    paths = {_lock_path(t, r, opts): f"{t.entry.key}:{r.file_name}" for t, r in pairs}
     for path in sorted(paths):
         _make_state_dir(path.parent)
         locks.enter_context(resource_lock(path, paths[path], opts.lock_timeout))
