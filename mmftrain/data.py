@@ -63,9 +63,23 @@ def concat(datasets: dict):
     return ConcatDataset(list(datasets.values()))
 
 
+def check_global_batch(global_batch: int, world: int) -> None:
+    """training.batch_size is the global batch (MMF): each of the `world` processes takes an equal slice of it."""
+    if global_batch % world:
+        raise ConfigError(f"training.batch_size={global_batch} (the global batch, split evenly across processes) "
+                          f"is not divisible by the {world} processes of this launch; launch a number of "
+                          f"processes that divides {global_batch}, or set training.batch_size to a multiple of "
+                          f"{world}")
+
+
 @dataclass
 class TrainSampler:
-    """Deterministic per-epoch permutation, global batches of `global_batch`, this rank's slice of each."""
+    """Deterministic per-epoch permutation, global batches of `global_batch`, this rank's slice of each.
+
+    A position in the order is a sample offset within the epoch, not a batch number: it means the same for any
+    number of processes and any global batch, so a run resumed on another world size (or, with
+    training.batch_size_per_device, another global batch) continues with the next unseen question.
+    """
 
     num_samples: int
     global_batch: int
@@ -74,9 +88,7 @@ class TrainSampler:
     seed: int = 0
 
     def __post_init__(self):
-        if self.global_batch % self.world:
-            raise ConfigError(f"training.batch_size={self.global_batch} must be divisible by the number of "
-                              f"processes ({self.world})")
+        check_global_batch(self.global_batch, self.world)
         if self.num_samples < self.global_batch:
             raise ConfigError(f"training.batch_size={self.global_batch} is larger than the training set "
                               f"({self.num_samples} questions); lower training.batch_size")
@@ -91,15 +103,34 @@ class TrainSampler:
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         return torch.randperm(self.num_samples, generator=g).numpy()
 
-    def iterate(self, epoch: int, start: int = 0):
-        """Yield (epoch, index, indices) from batch `start` of `epoch` onwards, forever across epochs."""
+    def iterate(self, epoch: int, position: int = 0):
+        """Yield (epoch, position, indices) for the global batches from sample `position` of `epoch`'s order on,
+        forever across epochs; a global batch that would run past the end of the epoch is dropped."""
+        per_rank = self.global_batch // self.world
         while True:
             perm = self.permutation(epoch)
-            per_rank = self.global_batch // self.world
-            for index in range(start, self.batches_per_epoch):
-                s = index * self.global_batch + self.rank * per_rank
-                yield epoch, index, perm[s:s + per_rank].astype(np.int64)
-            epoch, start = epoch + 1, 0
+            for start in range(position, self.num_samples - self.global_batch + 1, self.global_batch):
+                s = start + self.rank * per_rank
+                yield epoch, start, perm[s:s + per_rank].astype(np.int64)
+            epoch, position = epoch + 1, 0
+
+    def after(self, epoch: int, position: int) -> tuple[int, int]:
+        """(epoch, position) of the global batch after the one at `position`."""
+        position += self.global_batch
+        return (epoch, position) if position + self.global_batch <= self.num_samples else (epoch + 1, 0)
+
+
+def sampler_state(epoch: int, position: int, global_batch: int, seed: int) -> dict:
+    """A checkpoint's `sampler` entry: the next global batch starts at sample `position` of `epoch`'s order."""
+    return {"epoch": epoch, "position": position, "global_batch": global_batch, "seed": seed}
+
+
+def resume_position(saved: dict, saved_global_batch: int) -> tuple[int, int]:
+    """(epoch, sample position) where the run of a checkpoint's `sampler` entry continues. Checkpoints written
+    before positions were saved count global batches (`index`) of `saved_global_batch` questions."""
+    if "position" in saved:
+        return int(saved["epoch"]), int(saved["position"])
+    return int(saved["epoch"]), int(saved["index"]) * saved_global_batch
 
 
 def eval_shard(num_samples: int, rank: int, world: int) -> np.ndarray:

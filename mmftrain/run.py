@@ -77,6 +77,10 @@ def run(cfg: dict, notes=(), pack_args: list[str] | None = None) -> dict:
     dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
     stack = contextlib.ExitStack()
     try:
+        if Stages.of(cfg["run_type"]).train:  # before the save dir is touched: a resume may be on another world size
+            from mmftrain.data import check_global_batch
+
+            check_global_batch(int(cfg["training"]["batch_size"]), dist.world)
         save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
         check_output_dirs(cfg, save_dir)
         refuse_other_run(cfg, save_dir)  # before anything is written there

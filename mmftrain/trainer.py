@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from mmfdata.batch import expand_targets
-from mmftrain import checkpoint, distributed, kernels
+from mmftrain import checkpoint, distributed, kernels, trace
 from mmftrain.config import run_record
-from mmftrain.data import Prefetcher, TrainSampler, loader_workers, to_device
+from mmftrain.data import Prefetcher, TrainSampler, loader_workers, resume_position, sampler_state, to_device
 from mmftrain.errors import CheckpointError, ConfigError, TrainError
 from mmftrain.evaluate import evaluate_all
 from mmftrain.logs import MetricsWriter, format_line, log
@@ -71,11 +71,13 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, fused=self.cuda)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=bool(self.training["fp16"]))
-        self.num_updates = self.iteration = self.epoch = self.batch_in_epoch = 0
+        # sample_in_epoch: where in the epoch's order the next global batch starts
+        self.num_updates = self.iteration = self.epoch = self.sample_in_epoch = 0
         self.best_update, self.best_metric = 0, None
         self.forward = kernels.TrainForward(self.model, dict(self.training, compile=False), self.device, 1)
         self.features = None  # DeviceFeatures while training with training.features_on_device
         self.stop_signal = None
+        self.trace = trace.from_env(dist.rank, dist.world)  # None unless MMF_TRAIN_SAMPLE_TRACE is set
         options = cfg["checkpoint"]
         self.checkpointer = checkpoint.Checkpointer(self.save_dir, int(options["max_to_keep"]),
                                                     background=bool(options["background_write"]))
@@ -98,7 +100,8 @@ class Trainer:
                  "num_updates": self.num_updates, "current_iteration": self.iteration,
                  "current_epoch": self.epoch, "best_update": self.best_update, "best_iteration": self.best_update,
                  "best_metric_value": self.best_metric, "config": run_record(self.cfg, self.seed), "seed": self.seed,
-                 "sampler": {"epoch": self.epoch, "index": self.batch_in_epoch, "seed": self.seed},
+                 "sampler": sampler_state(self.epoch, self.sample_in_epoch, int(self.training["batch_size"]),
+                                          self.seed),
                  "world_size": self.dist.world, "rng": rngs}
         if self.git:
             state["git/commit"], state["git/branch"] = self.git
@@ -153,8 +156,8 @@ class Trainer:
             self.scaler.load_state_dict(obj["fp16_scaler"])
         if not reset["counts"]:
             self._restore_counts(obj)
-        log.info("resumed from %s at update %d (epoch %d, batch %d)", path, self.num_updates, self.epoch,
-                 self.batch_in_epoch)
+        log.info("resumed from %s at update %d (epoch %d, sample %d)", path, self.num_updates, self.epoch,
+                 self.sample_in_epoch)
 
     def _restore_counts(self, obj: dict) -> None:
         self.seed = int(obj.get("seed", self.seed))  # the sampler order depends on it
@@ -167,13 +170,26 @@ class Trainer:
         if obj.get("lr_scheduler"):
             self.scheduler.load_state_dict(obj["lr_scheduler"])
         if "sampler" in obj:
-            self.epoch, self.batch_in_epoch = obj["sampler"]["epoch"], obj["sampler"]["index"]
+            self._restore_position(obj)
         rngs = obj.get("rng") or []
         if rngs and len(rngs) != self.dist.world:
-            log.warning("checkpoint saved with %d ranks, resuming with %d: RNG streams restart", len(rngs),
-                        self.dist.world)
+            log.warning("checkpoint saved at world size %d, resuming at world size %d: the sample order, counters, "
+                        "optimizer, LR schedule and scaler continue, but each process's random streams (dropout) "
+                        "restart from the run's seed, so the run will not repeat an uninterrupted one bit for bit",
+                        len(rngs), self.dist.world)
         elif rngs:
             checkpoint.set_rng_state(rngs[self.dist.rank])
+
+    def _restore_position(self, obj: dict) -> None:
+        """The sampler position, kept in samples: another world size or global batch continues the same order."""
+        global_batch, saved = int(self.training["batch_size"]), obj["sampler"]
+        recorded = (obj.get("config") or {}).get("training", {}).get("batch_size")
+        saved_batch = int(saved.get("global_batch") or recorded or global_batch)
+        self.epoch, self.sample_in_epoch = resume_position(saved, saved_batch)
+        if saved_batch != global_batch:
+            log.warning("training.batch_size (the global batch) is %d, the checkpoint's was %d: the order continues "
+                        "at sample %d of epoch %d in batches of %d", global_batch, saved_batch, self.sample_in_epoch,
+                        self.epoch, global_batch)
 
     # ---- setup and teardown of a training session
     def _on_signal(self, signum, _frame):
@@ -195,7 +211,7 @@ class Trainer:
             stack.callback(lambda: [signal.signal(s, h) for s, h in old_handlers.items()])
             if training["detect_anomaly"]:
                 stack.enter_context(torch.autograd.detect_anomaly(check_nan=True))
-            keyed = (((epoch, index), idx) for epoch, index, idx in sampler.iterate(self.epoch, self.batch_in_epoch))
+            keyed = (((epoch, at), idx) for epoch, at, idx in sampler.iterate(self.epoch, self.sample_in_epoch))
             if training["features_on_device"]:  # the train features live on the device; the loader moves row numbers
                 from mmftrain.resident import DeviceFeatures
 
@@ -241,7 +257,7 @@ class Trainer:
         with self._session(train_ds, sampler, max_updates) as (batches, writer, bar):
             window = LogWindow()
             while self.num_updates < max_updates:
-                cpu_batch = self._update(batches, window, accumulate, sampler.batches_per_epoch)
+                cpu_batch = self._update(batches, window, accumulate, sampler)
                 if self.dist.world == 1 or self.num_updates % STOP_CHECK_EVERY == 0:
                     self._check_writes(block=False)
                 if bar is not None:
@@ -296,13 +312,17 @@ class Trainer:
                                       (max_updates - self.num_updates) // int(self.training["checkpoint_interval"]),
                                       int(self.cfg["checkpoint"]["max_to_keep"]))
 
-    def _update(self, batches, window: LogWindow, accumulate: int, batches_per_epoch: int) -> dict:
+    def _update(self, batches, window: LogWindow, accumulate: int, sampler: TrainSampler) -> dict:
         """One optimizer update over `accumulate` micro-batches; returns the last (CPU) batch."""
         self.optimizer.zero_grad(set_to_none=True)
         update_loss = 0.0
+        traced = ([], []) if self.trace is not None else None
         for micro in range(accumulate):
-            (epoch, index), cpu_batch, wait = next(batches)
+            (epoch, position), cpu_batch, wait = next(batches)
             window.data_wait += wait
+            if traced is not None:
+                traced[0].append([epoch, position])
+                traced[1].extend(cpu_batch["question_id"].tolist())
             batch = to_device(cpu_batch, self.device)
             if self.features is not None:
                 batch = self.features.materialize(batch)
@@ -315,7 +335,7 @@ class Trainer:
                 self.scaler.scale(loss / accumulate).backward()
             update_loss = update_loss + loss.detach().float() / accumulate
             self.iteration += 1
-            self.epoch, self.batch_in_epoch = (epoch, index + 1) if index + 1 < batches_per_epoch else (epoch + 1, 0)
+            self.epoch, self.sample_in_epoch = sampler.after(epoch, position)
         if self.training["clip_gradients"] and self.training["max_grad_l2_norm"]:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.training["max_grad_l2_norm"]))
@@ -323,6 +343,8 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.num_updates += 1
+        if traced is not None:
+            self.trace.record(self.num_updates, *traced)
         window.updates += 1
         window.loss_sum = window.loss_sum + update_loss
         window.last_loss = update_loss

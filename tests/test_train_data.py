@@ -62,9 +62,10 @@ class GatherDataset:
 
 
 def sampler_keyed(n, seed, epoch=0, start=0, count=20):
+    """`count` sampler keys and batches from global batch `start` of `epoch` (the sampler counts samples)."""
     sampler = TrainSampler(n, BATCH, seed=seed)
-    it = sampler.iterate(epoch, start)
-    return [((e, i), idx) for (e, i, idx), _ in zip(it, range(count))]
+    it = sampler.iterate(epoch, start * BATCH)
+    return [((e, at), idx) for (e, at, idx), _ in zip(it, range(count))]
 
 
 def reference(ds, keyed):
