@@ -199,3 +199,59 @@ def test_a_bad_lease_is_refused(tmp_path):
                 str(zoo.mirror), env={"MMF_ZOO_LOCK_LEASE": "soon"})
     assert r.returncode == 1, r.stderr
     assert "MMF_ZOO_LOCK_LEASE='soon' is not a number of seconds" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("shared", ["fuse", "preload"], indirect=True)
+def test_a_frozen_holder_learns_its_lock_was_taken_over(shared):
+    """A holder stopped (SIGSTOP: a node frozen, a process paused) for over the lease loses its lock to a waiter on
+    another host; resumed, it says so at its next heartbeat instead of believing it still holds it."""
+    data, extra_env, _ = shared
+    data.mkdir(parents=True, exist_ok=True)
+    lock = data / "resource.lock"
+    env = {**os.environ, **extra_env, "MMF_ZOO_LOCK_LEASE": "2"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock), "holder", "6"], cwd=ROOT, text=True,
+                              env={**env, "MMF_ZOO_HOSTNAME": "nodeA"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert "acquired" in holder.stdout.readline()
+    holder.send_signal(signal.SIGSTOP)
+    try:
+        waiter = subprocess.run([sys.executable, "-c", HOLD, str(lock), "waiter", "0"], cwd=ROOT, text=True,
+                                env={**env, "MMF_ZOO_HOSTNAME": "nodeB"}, capture_output=True, timeout=120)
+    finally:
+        holder.send_signal(signal.SIGCONT)
+    _, h_err = holder.communicate(timeout=60)
+    assert waiter.returncode == 0 and "acquired; the holder had released: False" in waiter.stdout, waiter.stderr
+    assert f"took over the lock on the shared resource from pid {holder.pid} on nodeA" in waiter.stderr
+    assert f"the lock {lock}.soft held by this process was taken over by " in h_err, h_err  # (the waiter is done)
+
+
+SAVE_DIR = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from mmftrain import distributed
+    from mmftrain.run import hold_save_dir
+    with hold_save_dir(Path(sys.argv[1]), distributed.DistInfo()):
+        print("training", flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+@pytest.mark.parametrize("shared", ["fuse", "preload"], indirect=True)
+def test_a_save_dir_where_flock_fails_is_still_protected(shared):
+    """mmf train's save-dir lock (mmftrain.run.hold_save_dir) where flock fails: a second run there is refused,
+    naming the first, instead of both training unprotected with a warning."""
+    data, extra_env, _ = shared
+    save_dir = data / "save"
+    env = {**os.environ, **extra_env}
+    first = subprocess.Popen([sys.executable, "-c", SAVE_DIR, str(save_dir), "30"], cwd=ROOT, text=True,
+                             env={**env, "MMF_ZOO_HOSTNAME": "nodeA"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert "training" in first.stdout.readline()
+        second = subprocess.run([sys.executable, "-c", SAVE_DIR, str(save_dir), "0"], cwd=ROOT, text=True,
+                                env={**env, "MMF_ZOO_HOSTNAME": "nodeB"}, capture_output=True, timeout=120)
+    finally:
+        first.kill()
+        _, first_err = first.communicate()
+    assert second.returncode != 0 and "training" not in second.stdout
+    assert f"env.save_dir={save_dir} is locked by pid {first.pid} on nodeA" in second.stderr, second.stderr
+    assert "could not lock" not in first_err + second.stderr

@@ -135,7 +135,9 @@ def resource_lock(path: Path, what: str, timeout: float | None = None, say=None,
             if timeout is not None and waited > timeout:
                 after = f"still locked by {_describe(info)} after {timeout:.0f}s" if timeout else \
                     f"locked by {_describe(info)}"
-                raise LockTimeoutError(f"{what} is {after}; wait for it to finish (or stop it) and run again") \
+                gone = f" (if that process is gone, its lock is taken over {lock.lease:g} s after its last " \
+                    f"heartbeat: {LEASE_ENV})" if isinstance(lock, SoftLock) else ""
+                raise LockTimeoutError(f"{what} is {after}; wait for it to finish (or stop it) and run again{gone}") \
                     from None
         except PermissionError:
             raise DiskError(f"cannot create lock {path}: permission denied; choose a writable --data-dir") from None
