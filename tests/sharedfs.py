@@ -1,4 +1,4 @@
-"""Filesystems where flock does not work, for the shared-data-dir tests.
+"""Filesystems where flock does not work, and `mmf zoo fetch` on a "node", for the shared-data-dir tests.
 
 - `fuse`: tests/noflock/flocklessfs.c, a pass-through FUSE filesystem whose flock() fails with ENOLCK (what an NFS
   mount without a lock daemon answers), mounted over a folder: a real filesystem that the kernel asks about flock.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,10 @@ from pathlib import Path
 import pytest
 
 SOURCES = Path(__file__).resolve().parent / "noflock"
+ROOT = SOURCES.parent.parent
+# `mmf zoo fetch` with the waiters' note period (30 s) shortened to fit a test, as tests/test_xfer_library.py does
+MMF = ("import sys, zoo.progress; zoo.progress.PERIOD = float(sys.argv.pop(1)); sys.argv[0] = 'mmf'; "
+       "from mmfzoo_cli.main import main; main()")
 
 
 def build(out: Path) -> dict[str, Path | str]:
@@ -81,3 +86,30 @@ def preload_env(so: Path, under: Path, hang: bool = False) -> dict[str, str]:
     if hang:
         env["NOFLOCK_HANG"] = "1"
     return env
+
+
+@contextmanager
+def shared_dir(kind: str, built: dict, tmp_path: Path):
+    """(data dir, extra env, the mount point a fallback warning names) on a filesystem of `kind`: "flock" (this
+    machine's own), "fuse", "preload", or "noflock" (the FUSE one where it can be mounted, else the preload one)."""
+    if kind == "noflock":
+        kind = "fuse" if isinstance(built["fuse"], Path) else "preload"
+    if kind == "flock":
+        yield tmp_path / "shared", {}, None
+    elif kind == "fuse":
+        if not isinstance(built["fuse"], Path):
+            pytest.skip(built["fuse"])
+        with fuse_mount(built["fuse"], tmp_path / "backing", tmp_path / "mnt") as mnt:
+            yield mnt / "shared", {}, mnt
+    else:
+        if not isinstance(built["preload"], Path):
+            pytest.skip(built["preload"])
+        yield tmp_path / "shared", preload_env(built["preload"], tmp_path / "shared"), None
+
+
+def node_fetch(zoo, data: Path, url: str, node: str, extra_env: dict, *args: str, period: str = "0.5"):
+    """`mmf zoo fetch toyset` as a process of host `node` (MMF_ZOO_HOSTNAME), waiters' notes every `period` s."""
+    env = {**os.environ, **extra_env, "MMF_ZOO_HOSTNAME": node}
+    return subprocess.Popen([sys.executable, "-c", MMF, period, "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest),
+                             "--data-dir", str(data), "--mirror", url, "--chunk-size", "0.5", "--connections", "2",
+                             *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -50,7 +50,7 @@ def _describe(info: dict) -> str:
 
 def _try_flock(directory: Path) -> str | None:
     """Why flock does not work in `directory` (None: it does, or no file can be made there to tell)."""
-    probe = directory / f".flock-probe-{hostid.host()}-{os.getpid()}-{secrets.token_hex(4)}"
+    probe = directory / f".flock-probe-{os.getpid()}-{secrets.token_hex(8)}"
     try:
         fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:
@@ -68,9 +68,12 @@ def _try_flock(directory: Path) -> str | None:
 
 def _mount_point(path: Path) -> Path:
     path = path.resolve()
-    dev = path.stat().st_dev
-    while path.parent != path and path.parent.stat().st_dev == dev:
-        path = path.parent
+    try:
+        dev = path.stat().st_dev
+        while path.parent != path and path.parent.stat().st_dev == dev:
+            path = path.parent
+    except OSError:
+        pass  # a parent we may not look into: name the folder as far as we got
     return path
 
 
