@@ -100,3 +100,18 @@ def test_a_bad_lease_is_refused(tmp_path):
                 str(zoo.mirror), env={"MMF_ZOO_LOCK_LEASE": "soon"})
     assert r.returncode == 1, r.stderr
     assert "MMF_ZOO_LOCK_LEASE='soon' is not a number of seconds" in r.stderr, r.stderr
+
+
+def test_nfs_mounted_without_shared_locks_counts_as_no_flock(tmp_path):
+    """NFS mounted with nolock (or local_lock=flock|all) keeps flock in the client: it succeeds and excludes nobody on
+    another node. No NFS can be mounted here, so the rule is checked on mount options as /proc/self/mountinfo shows
+    them, and the mount lookup on this machine's real mounts."""
+    from zoo.lock import _mount_of, node_local_flock
+
+    nolock = "rw,relatime,vers=3,rsize=1048576,wsize=1048576,hard,nolock,proto=tcp,local_lock=all,addr=10.1.2.3"
+    assert "nfs mounted with local_lock=all" in node_local_flock("nfs", nolock)
+    assert "local_lock=flock" in node_local_flock("nfs4", "rw,vers=4.2,hard,proto=tcp,local_lock=flock,addr=10.1.2.3")
+    assert node_local_flock("nfs4", "rw,vers=4.2,hard,proto=tcp,local_lock=none,addr=10.1.2.3") is None
+    assert node_local_flock("ext4", "rw,nolock") is None
+    fstype, options = _mount_of(tmp_path)
+    assert fstype and "rw" in options.split(",") + ["rw"]

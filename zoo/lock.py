@@ -3,9 +3,10 @@
 Where flock works the lock is an flock (filelock.FileLock): it dies with its process, so a SIGKILLed fetch never
 blocks the next one. Lock files are never deleted (deleting them races with waiters). Where flock does not work
 (NFS without a lock daemon, Lustre without -o flock, FUSE filesystems that refuse it: flock fails, or does not
-answer) the lock is a heartbeat lock file (zoo/softlock.py), said once per process and filesystem in a warning;
-MMF_ZOO_SOFT_LOCK=1 chooses it everywhere. Every process sharing a data dir must use the same kind: they do, as the
-kind follows the filesystem, unless MMF_ZOO_SOFT_LOCK differs between them.
+answer; NFS mounted with nolock / local_lock=flock|all: flock works, for this machine only) the lock is a heartbeat
+lock file (zoo/softlock.py), said once per process and filesystem in a warning; MMF_ZOO_SOFT_LOCK=1 chooses it
+everywhere. Every process sharing a data dir must use the same kind: they do, as the kind follows the filesystem,
+unless MMF_ZOO_SOFT_LOCK (or the NFS mount options) differ between them.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -77,6 +79,37 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
+def node_local_flock(fstype: str, options: str) -> str | None:
+    """Why flock on a mount of `fstype` with these options locks only this machine (None: it does not): NFS mounted
+    with nolock / local_lock=flock|all keeps flock locks in the client, so flock succeeds and excludes nobody on
+    another node."""
+    if not fstype.startswith("nfs"):
+        return None
+    opts = set(options.split(","))
+    local = next((o for o in ("local_lock=all", "local_lock=flock", "nolock") if o in opts), None)
+    return f"flock there locks this machine only ({fstype} mounted with {local})" if local else None
+
+
+def _mount_of(directory: Path) -> tuple[str, str] | None:
+    """(fstype, options) of the mount holding `directory`, from /proc/self/mountinfo (Linux)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        path = str(directory.resolve())
+    except OSError:
+        return None
+    best, found = -1, None
+    for line in lines:
+        head, _, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if len(fields) < 5 or len(rest) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])  # \040 is a space
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:
+            best, found = len(point), (rest[0], f"{fields[5]},{rest[2]}")
+    return found
+
+
 def flock_problem(directory: Path) -> str | None:
     """Why flock cannot lock files in `directory` (None: it can), found once per process and filesystem; the first
     time it cannot, a warning names the filesystem and the fallback."""
@@ -92,6 +125,8 @@ def flock_problem(directory: Path) -> str | None:
         probe.start()
         probe.join(PROBE_SECONDS)
         why = answer[0] if answer else f"flock did not answer within {PROBE_SECONDS:g} s"
+        mount = None if why else _mount_of(directory)
+        why = why or (node_local_flock(*mount) if mount else None)
         _flock_checked[dev] = why
     if why:
         log.warning("locks on %s: %s; using heartbeat lock files instead (a holder on another machine silent for "
