@@ -10,7 +10,6 @@ unless MMF_ZOO_SOFT_LOCK (or the NFS mount options) differ between them.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -23,6 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import filelock
+
+try:
+    import fcntl
+except ImportError:  # Windows: filelock's own locks, no flock to probe
+    fcntl = None
 
 from zoo import hostid
 from zoo.errors import DiskError, LockTimeoutError
@@ -52,6 +56,8 @@ def _describe(info: dict) -> str:
 
 def _try_flock(directory: Path) -> str | None:
     """Why flock does not work in `directory` (None: it does, or no file can be made there to tell)."""
+    if fcntl is None:
+        return None
     probe = directory / f".flock-probe-{os.getpid()}-{secrets.token_hex(8)}"
     try:
         fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
