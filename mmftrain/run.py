@@ -181,7 +181,8 @@ def check_output_dirs(cfg: dict, save_dir: Path) -> None:
 @contextlib.contextmanager
 def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
     """One `mmf train` per save dir at a time: two (a job requeued while it still runs, a command started twice)
-    would interleave their checkpoints and logs. The lock is an flock, released when its process dies."""
+    would interleave their checkpoints and logs. The lock is zoo.lock's: an flock, released when its process dies
+    (where flock does not work, a heartbeat lock file, taken over once its holder is gone)."""
     from zoo.errors import LockTimeoutError, ZooError
     from zoo.lock import resource_lock
 
@@ -194,7 +195,7 @@ def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
                                                  say=lambda _: None))
             except LockTimeoutError as e:
                 error = e
-            except (ZooError, OSError) as e:  # a filesystem without locks (some NFS): train unprotected
+            except (ZooError, OSError) as e:  # no lock file can be made there at all: train unprotected
                 log.warning("could not lock env.save_dir=%s (%s): a second mmf train there would not be refused",
                             save_dir, e)
         if distributed.any_flag(error is not None, dist.device):

@@ -19,6 +19,8 @@ def _zoo_isolation(tmp_path, monkeypatch):
     monkeypatch.setenv("MMF_ZOO_MIRROR_ONLY", "1")
     monkeypatch.delenv("MMF_ZOO_MIRRORS", raising=False)
     monkeypatch.delenv("MMF_ZOO_OFFLINE", raising=False)
+    for lock_setting in ("MMF_ZOO_HOSTNAME", "MMF_ZOO_SOFT_LOCK", "MMF_ZOO_LOCK_LEASE"):  # zoo.lock's: tests set them
+        monkeypatch.delenv(lock_setting, raising=False)
     monkeypatch.delenv("MMF_DATASET_ZOO", raising=False)
     monkeypatch.delenv("MMF_MODEL_ZOO", raising=False)
     monkeypatch.setenv("MMF_DATA_DIR", str(tmp_path / "default_data_dir"))

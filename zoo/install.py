@@ -18,11 +18,12 @@ from pathlib import Path
 
 from zoo import layout, origin, publish, records, trust
 from zoo.errors import DiskError, ManifestError, OfflineError, UnknownKeyError, ZooError, with_result
+from zoo.journal import Journal
 from zoo.lock import resource_lock
 from zoo.manifest import Entry, Resource, Zoo
 from zoo.content import check_for
 from zoo.mirrors import Source, mirror_roots, resource_sources
-from zoo.fsutil import folder_problem, is_inside, sha256_file
+from zoo.fsutil import folder_problem, human, is_inside, sha256_file
 from zoo.sources import LocalSource
 from zoo.space import preflight
 from zoo.transfer import Transfer, TransferOptions
@@ -106,6 +107,8 @@ def fetch(zoo: Zoo, keys: list[str], opts: FetchOptions, redo: set | None = None
         # their locks too, and a lock taken later, out of the one order, deadlocks with a fetch that holds it
         # and waits in order for ours. Before any probe: --lock-timeout bounds the wait, not probes + wait.
         held = _lock_all([(t, r) for t in targets for r in t.entry.resources], opts, locks)
+        # what another process installed while we waited for its locks is neither planned nor probed again
+        todo = [(t, r) for t, r in todo if (t.entry.key, r.file_name) in redo or not _installed(t, r, opts)[0]]
         sizes = preflight(todo, opts, lambda res: _urls(res, roots, source))
         if opts.progress is not None:
             known = [sizes.get(id(r)) for _, r in todo]
@@ -151,8 +154,28 @@ def _lock_all(pairs, opts: FetchOptions, locks: ExitStack) -> set[Path]:
     paths = {_lock_path(t, r, opts): f"{t.entry.key}:{r.file_name}" for t, r in pairs}
     for path in sorted(paths):
         _make_state_dir(path.parent)
-        locks.enter_context(resource_lock(path, paths[path], opts.lock_timeout))
+        locks.enter_context(resource_lock(path, paths[path], opts.lock_timeout,
+                                          progress=lambda: _holder_progress(pairs, opts)))
     return set(paths)
+
+
+def _journal_path(target: layout.Target, res: Resource, opts: FetchOptions) -> Path:
+    return layout.state_dir(target.folder(opts.data_dir, res)) / f"{res.file_name}.journal.json"
+
+
+def _holder_progress(pairs, opts: FetchOptions) -> str | None:
+    """How far whoever holds these resources' locks got, as the shared data dir shows it (for a waiter's note):
+    the journaled bytes of the downloads in progress and how many of the resources are installed."""
+    moving, installed = [], 0
+    for t, r in pairs:
+        journal = Journal.load(_journal_path(t, r, opts))
+        if journal is not None and journal.size:
+            kept = journal.kept_bytes()
+            moving.append(f"{r.file_name} {human(kept)} of {human(journal.size)} ({100 * kept // journal.size}%)")
+        elif (layout.read_record(t.folder(opts.data_dir, r), r) or {}).get("version") == t.entry.version:
+            installed += 1
+    said = [f"downloaded so far: {', '.join(moving)}"] if moving else []
+    return "; ".join(said + ([f"{installed} of {len(pairs)} resources installed"] if installed else [])) or None
 
 
 def _make_state_dir(state: Path) -> None:
@@ -205,7 +228,8 @@ def _install_one(target: layout.Target, res: Resource, opts: FetchOptions, urls:
     _make_state_dir(state)
     t0 = time.monotonic()
     lock = _lock_path(target, res, opts)
-    with nullcontext() if lock in held else resource_lock(lock, label, opts.lock_timeout), \
+    with nullcontext() if lock in held else resource_lock(
+            lock, label, opts.lock_timeout, progress=lambda: _holder_progress([(target, res)], opts)), \
             ExitStack() as publishing:
         done, why = (False, "") if redo else _installed(target, res, opts)
         if done:  # maybe another process finished it while we waited
@@ -279,7 +303,7 @@ def _obtain(target, res, opts, urls, size, archive: Path, report: ResourceReport
     streamer = _Streamer(res, state, opts, archive) if opts.stream_extract and opts.extract and res.compressed else None
     advance = opts.progress.bar(f"{target.entry.key}:{res.file_name}", size) if opts.progress else None
     tr = Transfer(f"{target.entry.key}:{res.file_name}", urls, state / f"{res.file_name}.part",
-                  state / f"{res.file_name}.journal.json", size=res.size, sha256=res.hashcode,
+                  _journal_path(target, res, opts), size=res.size, sha256=res.hashcode,
                   chunk_hashes=chunk_hashes, chunk_size=(res.chunk_hashes or {}).get("chunk_size"),
                   opts=opts.transfer, progress=advance, sink=streamer.feed if streamer else None,
                   sink_restart=streamer.restart if streamer else None, content_check=check_for(res.file_name))
