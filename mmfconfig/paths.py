@@ -55,3 +55,26 @@ def zoo_manifests(cfg: dict) -> list[tuple[str, str]]:
     named = [(kind, Path(str(cfg["env"].get(key) or ""))) for kind, key in (("datasets", "dataset_zoo"),
                                                                             ("models", "model_zoo"))]
     return [(kind, str(p)) for kind, p in named if p.is_absolute() and p.is_file() and p.resolve() not in read_anyway]
+
+
+def model_files(cfg: dict) -> dict[str, Path]:
+    """The pretrained files the model config turns on, as the model builder reads them: {option: file}, a relative
+    option under model_config.<model>.model_data_dir (else env.data_dir). `fc7_weights_dir` maps to the folder's
+    `fc7_w.pkl` (its presence turns the fc7 initialisation on). An option left empty or off is absent."""
+    model = cfg.get("model")
+    mc = ((cfg.get("model_config") or {}).get(model) or {}) if model else {}
+    base = Path(str(mc.get("model_data_dir") or cfg["env"]["data_dir"])).expanduser()
+
+    def under(value) -> Path:
+        p = Path(str(value)).expanduser()
+        return p if p.is_absolute() else base / p
+
+    out = {}
+    if mc.get("text_bert_init_from_bert_base") and mc.get("text_bert_weights"):
+        out["text_bert_weights"] = under(mc["text_bert_weights"])
+    if mc.get("fc7_weights_dir"):
+        out["fc7_weights_dir"] = under(mc["fc7_weights_dir"]) / FC7_WEIGHTS
+    return out
+
+
+FC7_WEIGHTS = "fc7_w.pkl"  # with fc7_b.pkl beside it: detectron's fc7 layer (MMF's models/detectron.vmb_weights)

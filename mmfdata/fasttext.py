@@ -17,10 +17,10 @@ import struct
 import numpy as np
 
 from .errors import DataFileError, repair_advice
+from .lookup import FASTTEXT_ZOO_KEY
 
 log = logging.getLogger(__name__)
 FASTTEXT_MAGIC = 793712314  # first int32 of every fastText .bin model
-FASTTEXT_ZOO_KEY = "fasttext.wiki_en"  # configs/zoo/models.yaml: MMF's wiki.en.bin
 FASTTEXT_EXTRA = "the fasttext package: pip install 'mmf-zoo[fasttext]'"  # pyproject's extra for .bin models
 
 

@@ -3,7 +3,8 @@
 A relative file option is looked for as MMF's `get_absolute_path` does, in the working directory first, then
 relative to `<data_dir>/datasets` (MMF's data root); absolute ones as written. Two files MMF fetches from elsewhere
 get a search list (first hit wins; the error lists what was tried). Where the zoo installs a key, and MMF's cache
-dir, are asked of `zoo` (`zoo.layout`, `zoo.datadir`), never re-derived here:
+dir, are asked of `zoo` (`zoo.layout`, `zoo.datadir`), never re-derived here; the lists live in `lookup.py` (no
+numpy), which `mmf zoo pack --for` asks too:
 
 BERT vocab (`text_processor.params.vocab_file`, ours; MMF downloads it from the HF hub):
     the option, `vocab.txt` of the zoo's `bert-base-uncased` install,
@@ -21,21 +22,11 @@ from dataclasses import dataclass, field
 
 from .answers import M4CAnswerProcessor
 from .errors import DataConfigError, DataFileError
-from .fasttext import FASTTEXT_EXTRA, FASTTEXT_ZOO_KEY, load_fasttext
+from .fasttext import FASTTEXT_EXTRA, load_fasttext
+from .lookup import (FASTTEXT_DEFAULT, FASTTEXT_ZOO_KEY, bert_vocab_candidates, datasets_root,  # noqa: F401
+                     fasttext_candidates)
+from .lookup import first_existing as _first_existing, params as _params
 from .text import BertTokenizer
-
-
-def datasets_root(dataset_config: dict, data_dir: str) -> str:
-    """`dataset_config.data_dir` when set and absolute, else `<data_dir>/datasets` (MMF's default)."""
-    root = dataset_config.get("data_dir")
-    if root and os.path.isabs(str(root)) and "${" not in str(root):
-        return str(root)
-    return os.path.join(data_dir, "datasets")
-
-
-def _params(dataset_config: dict, proc: str) -> dict:
-    node = (dataset_config.get("processors") or {}).get(proc) or {}
-    return dict(node.get("params") or {})
 
 
 # dataset_config values this implementation supports (M4C's): anything else would be silently ignored, so it is
@@ -86,63 +77,6 @@ def answer_vocab_path(name: str, dataset_config: dict, data_dir: str) -> str:
     return option if os.path.isabs(option) else os.path.join(datasets_root(dataset_config, data_dir), option)
 
 
-def _first_existing(candidates: list[str]) -> str | None:
-    return next((c for c in candidates if os.path.isfile(c)), None)
-
-
-def _option_candidates(option: str, root: str) -> list[str]:
-    """A file option: absolute as written, else the working directory first, then the datasets root (MMF)."""
-    option = os.path.expanduser(option)
-    return [option] if os.path.isabs(option) else [os.path.abspath(option), os.path.join(root, option)]
-
-
-def zoo_folders(data_dir: str, keys: tuple[str, ...]) -> list[str]:
-    """Where `mmf zoo fetch KEY` installs each of `keys` in `data_dir` (the zoo's layout answers: `fasttext` lands
-    in models/fasttext.defaults); a key the active manifests lack has no place."""
-    from pathlib import Path
-
-    from zoo.errors import ZooError
-    from zoo.layout import target_for
-    from zoo.manifest import load_zoo
-
-    try:
-        zoo = load_zoo()
-    except ZooError:
-        return []  # a broken MMF_MODEL_ZOO: the search goes on without the zoo's folders (fetch names the problem)
-    found = []
-    for key in keys:
-        try:
-            found.append(str(target_for(zoo, key).root(Path(data_dir))))
-        except ZooError:
-            continue
-    return found
-
-
-def bert_vocab_candidates(option: str | None, root: str, data_dir: str, name: str) -> list[str]:
-    if option:
-        return _option_candidates(option, root)
-    return [
-        *(os.path.join(folder, "vocab.txt") for folder in zoo_folders(data_dir, ("bert-base-uncased",))),
-        os.path.join(root, name, "defaults", "extras", "vocabs", "bert-base-uncased-vocab.txt"),
-    ]
-
-
-def fasttext_candidates(option: str, root: str, data_dir: str, name: str) -> list[str]:
-    option = os.path.expanduser(option)
-    if os.path.isabs(option):
-        folders, base = [os.path.dirname(option)], os.path.basename(option)
-    else:
-        from zoo.datadir import default_cache_dir
-
-        zoo = zoo_folders(data_dir, ("fasttext", FASTTEXT_ZOO_KEY))
-        folders = [os.getcwd(), root, data_dir, str(default_cache_dir()), *zoo,
-                   os.path.join(root, name, "defaults", "extras", "fasttext")]
-        base = option
-    stem = base[:-4] if base.endswith((".bin", ".vec", ".npy")) else base
-    names = [base] + [stem + ext for ext in (".bin", ".vec", ".npy") if stem + ext != base]
-    return [os.path.join(f, n) for f in folders for n in names]
-
-
 @dataclass
 class Processors:
     """Everything needed to turn one imdb entry + its features into a sample (see `sample.py`)."""
@@ -188,7 +122,7 @@ def build_processors(name: str, dataset_config: dict, data_dir: str) -> Processo
                             f"bert-base-uncased` or set dataset_config.{name}.processors.text_processor.params."
                             "vocab_file to a local vocab.txt")
     ans_vocab = answer_vocab_path(name, dataset_config, data_dir)
-    ft_cands = fasttext_candidates(str(ctx.get("model_file", "wiki.en.bin")), root, data_dir, name)
+    ft_cands = fasttext_candidates(str(ctx.get("model_file", FASTTEXT_DEFAULT)), root, data_dir, name)
     ft_path = _first_existing(ft_cands)
     if ft_path is None:
         raise DataFileError(f"no fastText model/vectors for {name} (tried {', '.join(ft_cands[:6])}, ...): run "

@@ -48,7 +48,7 @@ def run_from_argv(argv: list[str]) -> int:
         cfg = build_config(argv, say=notes.append)
         from mmftrain.run import run
 
-        summary = run(cfg, notes, pack_args(cfg, argv))
+        summary = run(cfg, notes, pack_args(cfg, argv), argv)
     except (TrainError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

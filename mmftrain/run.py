@@ -70,10 +70,11 @@ class Splits(NamedTuple):
     answer_vocab_size: int
 
 
-def run(cfg: dict, notes=(), pack_args: list[str] | None = None) -> dict:
+def run(cfg: dict, notes=(), pack_args: list[str] | None = None, argv: list[str] | None = None) -> dict:
     """Execute `cfg` (from `mmfconfig.resolve.build_config`) on this process; returns the run summary. `notes`: the
     config's warnings (old MMF keys, ignored ones), logged first. `pack_args`: what `mmf data pack` needs to resolve
-    this run's dataset_config (mmftrain.cli.pack_args), for its hint."""
+    this run's dataset_config (mmftrain.cli.pack_args), for its hint. `argv`: the run's options, for the
+    `mmf zoo pack --for` command an offline run that lacks data prints."""
     dist = distributed.setup(cfg["training"]["device"], cfg["distributed"]["backend"])
     stack = contextlib.ExitStack()
     try:
@@ -92,7 +93,7 @@ def run(cfg: dict, notes=(), pack_args: list[str] | None = None) -> dict:
         for note in notes:
             log.warning("%s", note)
         try:
-            return _run(cfg, dist, save_dir, pack_args)
+            return _run(cfg, dist, save_dir, pack_args, argv)
         except (TrainError, ConfigError) as e:  # ConfigError: mmfconfig's, raised by the resume check
             log.error("error: %s", e, exc_info=True, extra={"file_only": True})
             raise
@@ -109,11 +110,13 @@ def run(cfg: dict, notes=(), pack_args: list[str] | None = None) -> dict:
         distributed.cleanup()
 
 
-def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path, pack_args: list[str] | None = None) -> dict:
+def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path, pack_args: list[str] | None = None,
+         argv: list[str] | None = None) -> dict:
     from mmftrain.trainer import Trainer
 
     stages = Stages.of(cfg["run_type"])
     startup_checks(cfg, stages)
+    refuse_offline_gaps(cfg, save_dir, argv)
     start = resolve_start(cfg, save_dir, dist, stages)
     seed = choose_seed(cfg, start)  # the run's own: the config stays as resolved (run_record records it)
     log.info("run_type=%s datasets=%s model=%s seed=%d world=%d device=%s data_dir=%s save_dir=%s",
@@ -353,6 +356,10 @@ def _zoo_checkpoint(key: str, cfg: dict, dist: distributed.DistInfo) -> Path:
     data_dir, manifests = Path(str(cfg["env"]["data_dir"])), zoo_manifests(cfg)
     try:
         place = zoo.place(key, data_dir, manifests)
+        if not place.current:
+            from mmftrain.zoodata import refuse_offline_fetch
+
+            refuse_offline_fetch(cfg, key)
         if dist.is_main and not place.current:
             was = f"version {place.installed} is" if place.installed else "it is not"
             log.info("zoo model %s: %s installed in %s, the manifest's is %s: fetching it", key, was, place.folder,
@@ -401,27 +408,23 @@ def build_splits(cfg: dict, stages: Stages, seed: int, pack_args: list[str] | No
 
 
 def _fetch_requirements(cfg: dict) -> None:
-    """Install the datasets' missing zoo_requirements (MMF's builder does this); the zoo's locks make one process
-    download while the other ranks and jobs wait, so no barrier can time out during a 34 GB download."""
-    if not cfg["env"].get("fetch_missing_data", True):
-        return
-    import zoo
-    from mmfconfig.paths import zoo_manifests
-    from zoo.errors import ZooError
+    """Install the zoo keys the run reads that are missing (mmftrain.zoodata; MMF's builder does this for the
+    datasets' zoo_requirements)."""
+    from mmftrain.zoodata import fetch_missing
 
-    data_dir = Path(str(cfg["env"]["data_dir"]))
-    manifests = zoo_manifests(cfg)  # env.dataset_zoo / env.model_zoo (MMF's keys) when they name other manifests
-    for name in cfg["datasets"]:
-        for key in cfg["dataset_config"].get(name, {}).get("zoo_requirements") or []:
-            try:
-                if zoo.is_installed(key, data_dir, manifests):
-                    continue
-                log.info("%s: zoo data %s is not installed in %s: fetching it (env.fetch_missing_data=false "
-                         "to turn this off)", name, key, data_dir)
-                zoo.fetch(key, data_dir=data_dir, zoo_paths=manifests)
-            except ZooError as e:
-                raise DataError(f"{name} needs zoo data {key} in {data_dir}: {e} (for data not installed by the "
-                                "zoo, set env.fetch_missing_data=false)") from None
+    fetch_missing(cfg)
+
+
+def refuse_offline_gaps(cfg: dict, save_dir: Path, argv: list[str] | None = None) -> None:
+    """Offline (env.offline=true, MMF_ZOO_OFFLINE), a run that would fetch stops before reading anything, naming
+    what is missing and the commands that bring it (mmftrain.zoodata)."""
+    from mmftrain.zoodata import offline_reason, refuse_gaps
+
+    if offline_reason(cfg) is None:
+        return
+    options = cfg["checkpoint"]  # a run continuing its own checkpoint does not read checkpoint.resume_zoo
+    continuing = bool(options["resume"]) and bool(checkpoint.resume_candidates(save_dir, bool(options["resume_best"])))
+    refuse_gaps(cfg, continuing, argv)
 
 
 # ---- training and the final passes

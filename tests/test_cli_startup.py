@@ -8,7 +8,9 @@ from tests.zoo_helpers import ROOT
 
 
 @pytest.mark.parametrize("args", [["--help"], ["zoo", "--help"], ["zoo", "list"], ["zoo", "info", "textvqa"],
-                                  ["zoo", "fetch", "--help"]])
+                                  ["zoo", "fetch", "--help"],
+                                  ["zoo", "pack", "--dry-run", "--for", "datasets=textvqa", "model=m4c",
+                                   "config=projects/m4c/configs/textvqa/defaults.yaml"]])  # a run's config: no torch
 def test_no_torch_import(args):
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "mmfzoo_cli", *args], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)

@@ -3,6 +3,9 @@
 How a command ends (exit code, the stderr line, --json's one document) is zoo.outcome's; the exit-code table is
 zoo.errors.EXIT_CODES. -q/--quiet on every command keeps stderr to errors and warnings and drops success summaries;
 what a command exists to show (list's table, info, hash's YAML) still prints.
+
+`pack --for <mmf train options>` is the one place the zoo's CLI asks above the zoo: mmfconfig resolves the run's
+config as `mmf train` does and mmfdata.needs lists the keys it reads (both without numpy or torch).
 """
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from zoo.errors import EXIT_CODES, TERMINATED, MirrorsExhaustedError, UsageError, VerificationError, with_result
-from zoo.outcome import ZooGroup, finish
+from zoo.outcome import ClickUsageError, ZooGroup, finish
 from zoo.serve_conns import Limits
 from zoo.transfer.options import DEFAULT_MIN_RATE
 
@@ -243,7 +247,9 @@ def _print_info(doc: dict) -> None:
 
 @app.command()
 def fetch(
-    keys: List[str] = typer.Argument(..., help="Zoo keys, e.g. textvqa textvqa.ocr_en m4c.textvqa.defaults"),
+    ctx: typer.Context,
+    keys: Optional[List[str]] = typer.Argument(None, help="Zoo keys, e.g. textvqa textvqa.ocr_en m4c.textvqa.defaults; "
+                                               "none with --from PACK: every key the pack was made for"),
     mirror: Optional[List[str]] = typer.Option(None, "--mirror", help="Mirror NAME (configs/zoo/mirrors.yaml) or root URL/folder; first in line. Repeatable."),
     mirror_only: bool = typer.Option(False, "--mirror-only", help="Use only --mirror and MMF_ZOO_MIRRORS roots (never the origin)."),
     data_dir: Optional[Path] = DataDirOpt,
@@ -265,16 +271,22 @@ def fetch(
     quiet: bool = QuietOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Fetch, verify and install KEYS (with their zoo_requirements) into MMF's layout."""
+    """Fetch, verify and install KEYS (with their zoo_requirements) into MMF's layout; `--from PACK` without KEYS
+    installs every key the pack was made for."""
     from zoo.install import FetchOptions, fetch as do_fetch
     from zoo.transfer import TransferOptions
 
+    if not keys and not from_path:
+        raise ClickUsageError("fetch needs KEYS (e.g. `mmf zoo fetch textvqa`), or --from PACK to install every key "
+                              "a pack written by `mmf zoo pack` holds", ctx)
     _setup_logging(quiet or as_json)
     _stop_on_sigterm()
 
     def go():
         z = _zoo(zoo, from_path, trust_pack)
         from zoo.progress import Progress
+
+        wanted = list(keys) if keys else _pack_keys(from_path)
 
         # bars on a terminal; in a log (stderr redirected), a line per resource every 30 s instead of bar redraws
         bars = Progress(enabled=False) if quiet or as_json else Progress.auto()
@@ -286,7 +298,7 @@ def fetch(
             stream_extract=not no_stream, lock_timeout=lock_timeout, progress=bars, trust=not no_trust,
             say=_note(quiet or as_json))
         try:
-            reports = do_fetch(z, keys, opts)
+            reports = do_fetch(z, wanted, opts)
         finally:
             bars.close()
         if not (quiet or as_json):
@@ -296,6 +308,23 @@ def fetch(
                 typer.echo(f"{r.key}: {r.file_name}: {r.status}{extra} -> {r.path}")
         return [r.__dict__ for r in reports]
     finish(go, as_json)
+
+
+def _pack_keys(from_path) -> list[str]:
+    """The keys of every pack among --from (a fetch without KEYS installs what its packs were made for)."""
+    from zoo.errors import OfflineError
+    from zoo.pack import pack_keys
+    from zoo.sources import from_paths, is_pack
+
+    paths = from_paths(from_path)
+    for path in paths:
+        if not path.exists():
+            raise OfflineError(f"--from {path}: no such file or folder")
+    packs = [p for p in paths if p.is_file() and is_pack(p)]
+    if not packs:
+        raise UsageError(f"--from {', '.join(map(str, paths))} holds no pack written by `mmf zoo pack`: name the "
+                         "KEYS to install from it")
+    return list(dict.fromkeys(k for p in packs for k in pack_keys(p)))
 
 
 @app.command()
@@ -378,23 +407,133 @@ def adopt(keys: List[str], zoo: Optional[List[Path]] = ZooOpt, data_dir: Optiona
     finish(go)
 
 
-@app.command("pack")
-def pack_cmd(keys: List[str], out: Path = typer.Option(..., "-o", "--output", help="Pack file to write."),
+RUN_ARGV = "zoo.pack.for"  # ctx.meta: the words after `pack --for`, the run's options as `mmf train` takes them
+
+
+class ForCommand(TyperCommand):
+    """A command whose `--for` takes the rest of the line: `mmf train`'s options (config=..., key=value,
+    -co '{...}'), kept verbatim in ctx.meta[RUN_ARGV]. The command's own options may stand among or after them
+    (`--for config=X datasets=Y -o X.pack`): a run option is never spelt like one of those."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        if "--for" in args:
+            at = args.index("--for")
+            own, run = self._own_options(args[at + 1:])
+            ctx.meta[RUN_ARGV] = run
+            args = [*args[:at], "--for", *own]
+        return super().parse_args(ctx, args)
+
+    def _own_options(self, words: list[str]) -> tuple[list[str], list[str]]:
+        takes_value = {}
+        for param in self.params:
+            for name in (*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())):
+                if name.startswith("-"):
+                    takes_value[name] = not (getattr(param, "is_flag", False) or getattr(param, "count", False))
+        own, run, i = [], [], 0
+        while i < len(words):
+            name = words[i].split("=", 1)[0] if words[i].startswith("--") else words[i]
+            if name in takes_value and name != "--for":
+                width = 2 if takes_value[name] and "=" not in words[i] else 1
+                own += words[i:i + width]
+                i += width
+            else:
+                run.append(words[i])
+                i += 1
+        return own, run
+
+
+FOR_HELP = ("Pack what `mmf train` with the options after --for reads (config=..., datasets=..., model=..., key=value, "
+            "-co '{...}'; resolved as mmf train resolves them): the datasets' zoo_requirements, the BERT vocab and "
+            "fastText vectors its processors would fetch, the model's pretrained weights, checkpoint.resume_zoo's "
+            "model, each with its zoo_requirements. The run's env.data_dir is where they are read from (--data-dir "
+            "overrides it); env.dataset_zoo / env.model_zoo are honoured.")
+
+
+@app.command("pack", cls=ForCommand)
+def pack_cmd(ctx: typer.Context,
+             keys: Optional[List[str]] = typer.Argument(None, help="Zoo keys to pack, with their zoo_requirements."),
+             out: Optional[Path] = typer.Option(None, "-o", "--output", help="Pack file to write."),
+             run_for: bool = typer.Option(False, "--for", help=FOR_HELP),
+             dry_run: bool = typer.Option(False, "--dry-run", help="List the keys, their archives and sizes ('?' "
+                                          "where unknown) and whether each can be packed now; write nothing."),
              zoo: Optional[List[Path]] = ZooOpt, data_dir: Optional[Path] = DataDirOpt,
              quiet: bool = QuietOpt, as_json: bool = JsonOpt) -> None:
-    """Bundle the verified archives of KEYS and their manifest entries into one file for an offline machine."""
-    from zoo.pack import pack
+    """Bundle the verified archives of KEYS (or of everything a run reads: --for) and their manifest entries into
+    one file for an offline machine, where `mmf zoo fetch --from PACK` installs them."""
+    from zoo.pack import contents, pack
 
+    if bool(keys) == run_for:  # click's usage errors: one line naming --help, exit USAGE (zoo.outcome)
+        raise ClickUsageError("pack needs KEYS or --for <mmf train options>, not both: e.g. `mmf zoo pack textvqa "
+                              "-o X.pack` or `mmf zoo pack --for config=C datasets=textvqa model=m4c -o X.pack`", ctx)
+    if run_for and not ctx.meta.get(RUN_ARGV):
+        raise ClickUsageError("--for needs the run's options after it, as `mmf train` takes them: e.g. --for "
+                              "config=projects/m4c/configs/textvqa/defaults.yaml datasets=textvqa model=m4c", ctx)
+    if out is None and not dry_run:
+        raise ClickUsageError("pack needs -o FILE (the pack to write), or --dry-run to only list what it would hold",
+                              ctx)
     _setup_logging(quiet or as_json)
 
     def go():
+        if run_for:
+            z, dd, wanted, manifests, whys = _run_keys(ctx.meta.get(RUN_ARGV) or [], zoo, data_dir)
+        else:
+            z, dd, wanted, manifests, whys = _zoo(zoo), _data_dir(data_dir), list(keys), [], {}
+        if dry_run:
+            return _pack_listing(contents(z, wanted, dd), whys, dd, quiet, as_json)
         say = (lambda m: None) if quiet or as_json else (lambda m: typer.echo(m, err=True))
-        index = pack(_zoo(zoo), keys, _data_dir(data_dir), out, say=say)
-        install = f"mmf zoo fetch {' '.join(keys)} --from {out}"
+        index = pack(z, wanted, dd, out, say=say)
+        install = _install_hint(out, None if run_for else wanted, manifests)
         if not (quiet or as_json):
-            typer.echo(f"wrote {out} ({len(index['resources'])} archives); install with `{install}`")
-        return {"pack": str(out), "resources": index["resources"], "install": install}
+            total = sum(r["size"] for r in index["resources"])
+            typer.echo(f"wrote {out} ({len(index['resources'])} archives, {_human(total)}); install with "
+                       f"`{install}`")
+        return {"pack": str(out), "keys": wanted, "resources": index["resources"], "install": install}
     finish(go, as_json)
+
+
+def _run_keys(argv: list[str], zoo_paths, data_dir: Optional[Path]):
+    """(zoo, data dir, keys, the run's extra manifests, {key: why}) for `pack --for ARGV`, as mmf train resolves
+    ARGV (mmfconfig) and lists what it reads (mmfdata.needs); --data-dir stands for env.data_dir."""
+    from mmfconfig.errors import ConfigError
+    from mmfconfig.paths import zoo_manifests
+    from mmfconfig.resolve import build_config
+    from mmfdata.needs import run_needs
+    from zoo.manifest import load_zoo
+
+    if data_dir is not None:
+        argv = [*argv, f"env.data_dir={Path(data_dir).expanduser().absolute()}"]
+    try:
+        cfg = build_config(argv, say=lambda _: None)
+    except ConfigError as exc:
+        raise UsageError(f"--for: {'; '.join(line.strip() for line in str(exc).splitlines())}") from None
+    manifests = [*zoo_manifests(cfg), *(zoo_paths or [])]  # a --zoo file wins, as on every other command
+    z = load_zoo(manifests)
+    needs = run_needs(cfg, manifests=manifests)
+    return z, Path(str(cfg["env"]["data_dir"])), [n.key for n in needs], manifests, {n.key: n.why for n in needs}
+
+
+def _install_hint(out: Path, keys: Optional[List[str]], manifests) -> str:
+    if keys is None:  # a run's pack: everything it holds, judged against the manifests the run reads
+        from mmfdata.needs import install_command
+
+        return install_command(str(out), None, manifests)
+    return f"mmf zoo fetch {' '.join(keys)} --from {out}"
+
+
+def _pack_listing(rows: list, whys: dict, dd: Path, quiet: bool, as_json: bool) -> dict:
+    from zoo.sizes import total
+
+    for row in rows:
+        row["why"] = whys.get(row["key"]) or whys.get(row["entry"]) or ""
+    size = total(r["size"] for r in rows)
+    if not as_json:
+        typer.echo(f"{'key':34} {'archives':>8} {'download':>9}  {'state':30} why")
+        for r in rows:
+            typer.echo(f"{r['key']:34} {r['archives']:>8} {_human(r['size']):>9}  {r['state']:30} {r['why']}")
+        if not quiet:
+            typer.echo(f"dry run: {len(rows)} keys, {_human(size)} in all, read from {dd}; nothing written", err=True)
+    return {"keys": rows, "size": size, "data_dir": str(dd)}
 
 
 @app.command("hash")

@@ -1,7 +1,9 @@
 """`mmf zoo pack`: one file with the verified archives of some keys and their manifest entries.
 
 An uncompressed tar (archives are already compressed): `mmfzoo-pack.json` first, then each archive under
-`archives/<kind>/<name>/<file_name>`. `mmf zoo fetch KEY --from PACK` installs from it without a network.
+`archives/<kind>/<name>/<file_name>`. `mmf zoo fetch KEY --from PACK` installs from it without a network, and
+`mmf zoo fetch --from PACK` every key it was packed for (the index lists them as typed). `mmf zoo pack --for
+<mmf train options>` packs the keys a run reads (mmfdata.needs lists them).
 The pack's own manifest entries are someone else's word: they never shadow the user's manifests, and what they
 install is not trusted with pickles unless the user passes --trust-pack (`merge_pack_entries`, `zoo.trust`).
 """
@@ -23,17 +25,17 @@ from zoo.sources import PACK_INDEX
 
 
 def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dict:
+    """Write the pack of `keys` (with their zoo_requirements) from their kept archives in `data_dir` to `out`; its
+    index lists `keys` as typed, so `mmf zoo fetch --from PACK` alone installs what was packed, where it was."""
+    targets = plan(zoo, keys)
+    _refuse_missing(targets, data_dir)
     items, entries = [], []
-    for target in plan(zoo, keys):
+    for target in targets:
         aliases = sorted(a for a, t in zoo.aliases.items() if t == target.entry.key)
         entries.append({"key": target.entry.key, "kind": target.entry.kind, "node": origin.entry_node(target.entry),
                         "aliases": aliases})  # `mmf zoo fetch ALIAS --from PACK` works as it did with the manifest
         for res in target.entry.resources:
             archive = target.folder(data_dir, res) / res.file_name
-            if not archive.is_file():
-                raise ManifestError(f"cannot pack {target.entry.key}: {archive} is not there (deleted after extraction "
-                                    f"or never fetched); run `mmf zoo fetch {target.name.replace('/', '.')} --force` "
-                                    "without --delete-archives first")
             digest = sha256_file(archive)
             if res.hashcode and digest != res.hashcode:
                 raise HashMismatchError(f"cannot pack {archive}: sha256 {digest[:12]}… does not match the manifest "
@@ -41,7 +43,7 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
             items.append({"member": f"archives/{target.entry.kind}/{target.name}/{res.category or ''}/{res.file_name}"
                           .replace("//", "/"), "file_name": res.file_name, "url": res.url, "sha256": digest,
                           "size": archive.stat().st_size, "key": target.entry.key, "path": str(archive)})
-    index = {"format": FORMAT, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    index = {"format": FORMAT, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "keys": list(keys),
              "entries": entries, "resources": [{k: v for k, v in i.items() if k != "path"} for i in items]}
     def write(f) -> None:
         with tarfile.open(fileobj=f, mode="w:", format=tarfile.PAX_FORMAT) as tf:
@@ -58,6 +60,47 @@ def pack(zoo: Zoo, keys: list[str], data_dir: Path, out: Path, say=print) -> dic
     except OSError as exc:
         raise DiskError(f"cannot write pack {out}: {exc.strerror or exc}") from None
     return index
+
+
+def _key_of(target) -> str:
+    return target.name.replace("/", ".")  # the key as typed (a model's folder), datasets' name.variation
+
+
+def _refuse_missing(targets, data_dir: Path) -> None:
+    """Every key whose archives are not kept in the data dir, in one error (a pack holds archives, not trees)."""
+    gone = [(t, t.folder(data_dir, r) / r.file_name) for t in targets for r in t.entry.resources
+            if not (t.folder(data_dir, r) / r.file_name).is_file()]
+    if len(gone) == 1:
+        target, archive = gone[0]
+        raise ManifestError(f"cannot pack {target.entry.key}: {archive} is not there (deleted after extraction "
+                            f"or never fetched); run `mmf zoo fetch {_key_of(target)} --force` without "
+                            "--delete-archives first")
+    if gone:
+        keys = list(dict.fromkeys(_key_of(t) for t, _ in gone))
+        raise ManifestError(f"cannot pack {', '.join(keys)}: {len(gone)} of their archives are not in {data_dir} "
+                            f"(never fetched, or deleted after extraction); run `mmf zoo fetch {' '.join(keys)}` "
+                            "(with --force for a key installed with --delete-archives) first")
+
+
+def contents(zoo: Zoo, keys: list[str], data_dir: Path) -> list[dict]:
+    """What `pack` would hold, written nowhere: per key (zoo_requirements first) its archives, bytes (the kept
+    archive's, else the manifest's or a probed size; None when any is unknown) and whether it can be packed now."""
+    from zoo import sizes
+    from zoo.layout import is_built
+
+    rows = []
+    for target in plan(zoo, keys):
+        table = sizes.table(zoo, data_dir, [target.entry])
+        kept = [(target.folder(data_dir, r) / r.file_name) for r in target.entry.resources]
+        known = [a.stat().st_size if a.is_file() else getattr(table.get((target.entry.key, r.file_name)),
+                                                               "download", None)
+                 for a, r in zip(kept, target.entry.resources)]
+        installed = all(is_built(f, target.entry.version) for f in target.marker_folders(data_dir))
+        state = ("ready" if all(a.is_file() for a in kept) else
+                 "installed, archives deleted: fetch --force" if installed else "not installed: fetch it")
+        rows.append({"key": _key_of(target), "entry": target.entry.key, "archives": len(kept),
+                     "size": sizes.total(known), "state": state})
+    return rows
 
 
 def merge_packs(zoo: Zoo, from_paths, consent: bool = False) -> None:
@@ -199,12 +242,22 @@ def _agrees(a: Entry, b: Entry | None) -> bool:
 
 
 def pack_entries(path: Path) -> list[dict]:
+    return _index(path)["entries"]
+
+
+def pack_keys(path: Path) -> list[str]:
+    """The keys `path` was packed for, as typed (a pack written before packs listed them: its entries' keys)."""
+    index = _index(path)
+    return index["keys"] if index["keys"] is not None else [e["key"] for e in index["entries"]]
+
+
+def _index(path: Path) -> dict:
     try:
         with tarfile.open(path, "r:") as tf:
-            return read_index(tf, path)["entries"]
+            return read_index(tf, path)
     except (tarfile.TarError, OSError) as exc:
         raise ManifestError(f"pack {path}: its index cannot be read ({exc}); the pack is damaged: make it again") \
             from None
 
 
-__all__ = ["pack", "merge_packs", "merge_pack_entries", "pack_entries", "layout"]
+__all__ = ["pack", "contents", "merge_packs", "merge_pack_entries", "pack_entries", "pack_keys", "layout"]

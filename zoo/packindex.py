@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zoo import safeyaml
 from zoo.errors import ManifestError
-from zoo.manifest import MAX_NUMBER
+from zoo.manifest import MAX_NUMBER, bad_component
 
 INDEX_NAME = "mmfzoo-pack.json"
 FORMAT = "mmfzoo-pack/1"
@@ -27,7 +27,8 @@ _RESOURCE = {"member": (str, "the archive's name in the pack"), "file_name": (st
 
 
 def read_index(tf: tarfile.TarFile, path: Path) -> dict:
-    """The checked index of the open pack `tf` (read from `path`): {"entries": [...], "resources": [...]}."""
+    """The checked index of the open pack `tf` (read from `path`): {"entries": [...], "resources": [...], "keys":
+    the keys it was packed for, as typed, or None (a pack written before packs listed them)}."""
     first = tf.next()
     if first is None or first.name != INDEX_NAME or not first.isfile():
         raise _bad(path, f"its first member is not {INDEX_NAME}")
@@ -52,7 +53,11 @@ def read_index(tf: tarfile.TarFile, path: Path) -> dict:
             why = _item_problem(item, fields)
             if why:
                 raise _bad(path, f"{INDEX_NAME}: {name}[{i}] {why}")
-    return {"entries": index.get("entries", []), "resources": index.get("resources", [])}
+    keys = index.get("keys")
+    if keys is not None and (not isinstance(keys, list) or len(keys) > 10000 or any(
+            not isinstance(k, str) or any(bad_component(p) for p in k.split(".")) for k in keys)):
+        raise _bad(path, f"{INDEX_NAME}: keys must be a list of zoo keys")
+    return {"entries": index.get("entries", []), "resources": index.get("resources", []), "keys": keys}
 
 
 def _item_problem(item, fields: dict) -> str | None:

@@ -5,6 +5,7 @@ import logging
 import pickle
 from pathlib import Path
 
+from mmfconfig.paths import FC7_WEIGHTS, model_files
 from mmftrain.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("mmftrain")
@@ -51,7 +52,7 @@ def load_fc7_weights(model, folder: Path, trust_pickle: bool = False) -> None:
     import numpy as np
     import torch
 
-    w_file, b_file = folder / "fc7_w.pkl", folder / "fc7_b.pkl"
+    w_file, b_file = folder / FC7_WEIGHTS, folder / "fc7_b.pkl"
     from zoo.trust import untrusted_reason
 
     reason = None if trust_pickle else untrusted_reason(w_file) or untrusted_reason(b_file)
@@ -105,20 +106,18 @@ def build_model(cfg: dict, answer_vocab_size: int):
         model = M4C(mc, answer_vocab_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    data_dir = Path(str(mc.get("model_data_dir") or cfg["env"]["data_dir"])).expanduser()
-    if mc.get("text_bert_init_from_bert_base") and mc.get("text_bert_weights"):
-        p = Path(str(mc["text_bert_weights"])).expanduser()
-        p = p if p.is_absolute() else data_dir / p
+    files = model_files(cfg)  # mmfconfig owns where the options point (mmf zoo pack --for packs the same files)
+    if "text_bert_weights" in files:
+        p = files["text_bert_weights"]
         if p.is_file():
             load_text_bert_weights(model, p)
             log.info("text BERT initialised from %s", p)
         else:
             log.warning("bert-base-uncased weights not found at %s: text BERT starts from random weights "
                         "(`mmf zoo fetch bert-base-uncased` or set model_config.m4c.text_bert_weights=PATH)", p)
-    if mc.get("fc7_weights_dir"):
-        d = Path(str(mc["fc7_weights_dir"])).expanduser()
-        d = d if d.is_absolute() else data_dir / d
-        if (d / "fc7_w.pkl").is_file():
+    if "fc7_weights_dir" in files:
+        d = files["fc7_weights_dir"].parent
+        if files["fc7_weights_dir"].is_file():
             load_fc7_weights(model, d, bool(cfg["training"].get("trust_pickle")))
             log.info("fc7 layers initialised from %s", d)
         else:

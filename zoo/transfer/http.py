@@ -8,6 +8,9 @@ re-checks first (a mirror whose ETag changes on every request has no usable vali
 
 A watchdog bounds the time to the status line and headers (a tarpit that sends one byte a second never trips a
 read timeout) and lets the engine cut the connections of its workers when it stops (`cancel`).
+
+requests and urllib3 are imported at the first HTTP(S) request, not with this module: urllib3's import opens an
+IPv6 socket (its HAS_IPV6 probe), and an install from local files (`--from`, a pack on an offline node) opens none.
 """
 from __future__ import annotations
 
@@ -20,10 +23,6 @@ import threading
 import time
 from contextlib import contextmanager
 from urllib.parse import urlparse
-
-import requests
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from zoo.manifest import MAX_NUMBER
 from zoo.mirrors import is_local, local_slice
@@ -107,20 +106,29 @@ class _Watched:
                 _deadlines.pop(tid, None)
 
 
-class _Conn(_Watched, HTTPConnection):
-    pass
+_pools: dict | None = None  # scheme -> urllib3 pool class whose connections the watchdog sees (built on first use)
 
 
-class _SConn(_Watched, HTTPSConnection):
-    pass
+def _pool_classes() -> dict:
+    global _pools
+    if _pools is None:
+        import urllib3
+        from urllib3.connection import HTTPConnection, HTTPSConnection
 
+        class _Conn(_Watched, HTTPConnection):
+            pass
 
-class _Pool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _Conn
+        class _SConn(_Watched, HTTPSConnection):
+            pass
 
+        class _Pool(urllib3.HTTPConnectionPool):
+            ConnectionCls = _Conn
 
-class _SPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _SConn
+        class _SPool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = _SConn
+
+        _pools = {"http": _Pool, "https": _SPool}
+    return _pools
 
 
 def _release() -> None:
@@ -137,14 +145,16 @@ def cancel(threads) -> None:
             _shut(_socks.get(tid))
 
 
-def session() -> requests.Session:
-    """One Session per thread (requests' Session is not thread-safe); keep-alive across chunks."""
+def session():
+    """One requests.Session per thread (requests' Session is not thread-safe); keep-alive across chunks."""
     s = getattr(_local, "session", None)
     if s is None:
+        import requests
+
         s = requests.Session()
         s.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
-        adapter.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _SPool}
+        adapter.poolmanager.pool_classes_by_scheme = dict(_pool_classes())
         s.mount("http://", adapter)
         s.mount("https://", adapter)
         _local.session = s
@@ -183,6 +193,8 @@ def _validator(resp, m: Mirror) -> str | None:
 
 
 def _get(m: Mirror, headers: dict, opts):
+    import requests
+
     host = _netloc(m.url)
     known = unreachable_cause(host)
     if known:  # another resource's mirror on this host was just found unreachable: do not wait for it again
@@ -252,6 +264,9 @@ def _chain(exc: BaseException):
 
 def _unreachable(exc: BaseException, url: str, opts) -> str | None:
     """The cause in words when the host was never reached (see `Unreachable`), else None."""
+    import requests
+    import urllib3
+
     parsed = urlparse(url)
     host, where = parsed.hostname or "?", parsed.netloc
     chain = list(_chain(exc))
@@ -343,6 +358,8 @@ def check_validator(m: Mirror, opts) -> None:
     Last-Modified, or none), so no ranged request is sent with an If-Range that can never match."""
     if is_local(m.url) or not m.validator or m.unstable:
         return
+    import requests
+
     try:
         resp = session().head(m.url, allow_redirects=True, timeout=(opts.connect_timeout, opts.stall_timeout))
     except (requests.RequestException, OSError):
@@ -474,6 +491,8 @@ def head(url: str, timeout: float) -> tuple[int | None, str | None]:
     """(size, validator) a server states for `url` in answer to one HEAD, or (None, None): for sizes shown before a
     fetch, never trusted by one. `timeout` bounds the connect, the headers (the watchdog: a tarpit that drips
     them does not hold the caller) and each read; a Content-Length that is not a plain number is no size."""
+    import requests
+
     _local.header_timeout = timeout
     try:
         resp = session().head(url, allow_redirects=True, timeout=(timeout, timeout))
