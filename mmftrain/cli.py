@@ -25,10 +25,12 @@ requeued or restarted identical command continues the run. SIGINT, SIGTERM and S
 (with several processes: the next update all agree on, at most 10 later), write current.ckpt, wait until it is on
 disk and exit. training.requeue=true (needs checkpoint.resume=true): on SIGUSR1 (sbatch --signal=USR1@90) inside a
 SLURM job, rank 0 then runs `scontrol requeue $SLURM_JOB_ID`; SIGTERM (scancel, SLURM's own preemption) never
-requeues.
+requeues. torchrun passes SIGTERM on to its workers (and kills them after --shutdown_timeout, 30 s); SIGUSR1 kills
+the torchrun agent itself unless --signals_to_handle lists it: under SLURM, launch with srun.
 Exit codes: 0 done; 1 error (one line on stderr); 128 + the signal when a signal stopped training after writing its
-checkpoint: 130 SIGINT, 143 SIGTERM, 138 SIGUSR1 (rerun the same command to continue; non-zero so that neither SLURM
-nor torchrun takes the run for finished: torchrun --max-restarts restarts the group, which resumes).
+checkpoint: 130 SIGINT, 143 SIGTERM, 138 SIGUSR1: rerun the same command to continue. Non-zero, so that neither
+SLURM nor a script takes the run for finished (torchrun counts it as a failed worker: --max-restarts restarts the
+group, which resumes).
 Example: mmf train config=projects/m4c/configs/textvqa/defaults.yaml datasets=textvqa model=m4c run_type=train_val
 """
 

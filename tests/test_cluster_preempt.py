@@ -3,7 +3,7 @@ that update on disk and exit 128 + the signal; the identical command (the cluste
 resumes and ends as the uninterrupted run does, batch for batch. training.requeue=true inside a SLURM job
 (SLURM_JOB_ID; `scontrol` is a stand-in script first on PATH) requeues the job on SIGUSR1 once the checkpoint is on
 disk, never on SIGTERM, and says so clearly when scontrol fails. A restarted command waits for the save dir's
-lock its dead predecessor may still hold, and one without checkpoint.resume=true is refused, saying why.
+lock its dying predecessor may still hold; one without checkpoint.resume=true is refused, saying why.
 """
 import json
 import os
@@ -59,6 +59,13 @@ def test_a_signal_checkpoints_the_update_and_the_same_command_resumes_it(data_di
     assert stop == max(train_records(save)) and 3 <= stop < 12  # the checkpoint is of the update it stopped at
     assert f"{sig.name} received: saved {save / 'current.ckpt'} at update {stop}" in err and "Traceback" not in err
     print(f"{sig.name}: exit {got} {took:.2f} s after the signal, at update {stop}")
+
+    # restarted by its launcher without the recipe's checkpoint.resume=true: refused, saying why
+    bare = subprocess.run(train_cmd(data_dir, save, *STEPS), capture_output=True, text=True, timeout=120,
+                          env=clean_env(SLURM_JOB_ID="31337", SLURM_RESTART_COUNT="2"))
+    assert bare.returncode == 1 and f"error: env.save_dir={save} holds another run (" in bare.stderr
+    assert ("(this command was restarted 2 time(s) by its launcher: a command that a cluster may requeue or restart "
+            "must carry checkpoint.resume=true); continue it with checkpoint.resume=true") in bare.stderr
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=clean_env())
     assert again.returncode == 0, again.stderr[-3000:]
@@ -149,16 +156,3 @@ def test_a_restarted_command_waits_for_the_lock_of_its_dying_predecessor(data_di
         holder.kill()
     assert json.loads((save / "summary.json").read_text())["train"]["num_updates"] == 12
     assert "waiting for env.save_dir=" in (tmp_path / "requeued.err").read_text()
-
-
-def test_a_restarted_command_without_resume_is_refused_saying_why(data_dir, tmp_path):
-    save = tmp_path / "save"
-    first = subprocess.run(train_cmd(data_dir, save, "training.max_updates=2"), capture_output=True, text=True,
-                           timeout=240, env=clean_env())
-    assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run(train_cmd(data_dir, save, "training.max_updates=2"), capture_output=True, text=True,
-                           timeout=120, env=clean_env(SLURM_JOB_ID="31337", SLURM_RESTART_COUNT="2"))
-    assert again.returncode == 1
-    assert f"error: env.save_dir={save} holds another run (" in again.stderr
-    assert ("(this command was restarted 2 time(s) by its launcher: a command that a cluster may requeue or restart "
-            "must carry checkpoint.resume=true); continue it with checkpoint.resume=true") in again.stderr
