@@ -350,7 +350,7 @@ class Trainer:
 
     def _stop_at_signal(self, current_saved_at: int | None) -> str:
         """current.ckpt of this update on disk (not only in the writer's hands: the process exits next, and a job
-        requeue must find it), on every rank; returns the signal's name (a rank that got none says SIGTERM)."""
+        requeue must find it), on every rank; returns the name of the signal the ranks agreed on."""
         stopped = signal.Signals(self.stop_signal or signal.SIGTERM).name
         if current_saved_at != self.num_updates:
             self.save(checkpoint.CURRENT)
