@@ -763,6 +763,12 @@ def _choice_problems(cfg: dict, found: dict) -> None:
             found.setdefault(key, f"{key}={show(value)} is not one of {', '.join(allowed)}")
     if t.get("fp16") and t.get("bf16"):
         found.setdefault("training.bf16", "training.fp16 and training.bf16 are both true; pick one")
+    if t.get("requeue") is True and cfg["checkpoint"].get("resume") is not True:
+        # the requeued job reruns this very command: without resume it would be refused (its save dir holds the
+        # run), after waiting in the queue; said now, at submission
+        found.setdefault("training.requeue", "training.requeue=true reruns this same command after SLURM's "
+                                             "time-limit warning; add checkpoint.resume=true so the rerun "
+                                             "continues the run")
 
 
 def zoo_key_problem(key: Any, manifests: list[str] = ()) -> str | None:

@@ -17,7 +17,20 @@ A save dir holds one run: checkpoint.resume=true continues it (from the newest i
 another env.save_dir (or env.overwrite_save_dir=true). val/test/inference need weights: checkpoint.resume_file=,
 checkpoint.resume_zoo= or checkpoint.resume=true.
 Env: MMF_DATA_DIR, MMF_SAVE_DIR, MMF_CACHE_DIR, MMF_LOG_DIR, MMF_REPORT_DIR, MMF_TENSORBOARD_LOGDIR.
-Multi-GPU: torchrun --nproc_per_node=N -m mmftrain.cli ...
+Multi-GPU: torchrun --nproc_per_node=N -m mmftrain.cli ..., or under SLURM `srun mmf train ...` with one task per GPU
+(SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; rendezvous on the first node, MASTER_PORT or 15000 + the job id's last 4
+digits); torchrun's variables win over SLURM's.
+Cluster recipe: always pass checkpoint.resume=true (it starts fresh while the save dir has no checkpoint), so a
+requeued or restarted identical command continues the run. SIGINT, SIGTERM and SIGUSR1 finish the current update
+(with several processes: the next update all agree on, at most 10 later), write current.ckpt, wait until it is on
+disk and exit. training.requeue=true (needs checkpoint.resume=true): on SIGUSR1 (sbatch --signal=USR1@90) inside a
+SLURM job, rank 0 then runs `scontrol requeue $SLURM_JOB_ID`; SIGTERM (scancel, SLURM's own preemption) never
+requeues. torchrun passes SIGTERM on to its workers (and kills them after --shutdown_timeout, 30 s); SIGUSR1 kills
+the torchrun agent itself unless --signals_to_handle lists it: under SLURM, launch with srun.
+Exit codes: 0 done; 1 error (one line on stderr); 128 + the signal when a signal stopped training after writing its
+checkpoint: 130 SIGINT, 143 SIGTERM, 138 SIGUSR1: rerun the same command to continue. Non-zero, so that neither
+SLURM nor a script takes the run for finished (torchrun counts it as a failed worker: --max-restarts restarts the
+group, which resumes).
 Example: mmf train config=projects/m4c/configs/textvqa/defaults.yaml datasets=textvqa model=m4c run_type=train_val
 """
 
@@ -44,8 +57,11 @@ def run_from_argv(argv: list[str]) -> int:
         local_rank = mmf_flags(argv)[0].get("local_rank")
         if local_rank is not None:  # torch.distributed.launch's way; torchrun's env var, if set, says the same
             os.environ.setdefault("LOCAL_RANK", str(local_rank))
+        from mmftrain.distributed import detect_launch
+
+        launch = detect_launch(os.environ)  # srun's processes know their number only from SLURM_* variables
         notes: list[str] = []  # config warnings, logged once the run's log is set up (so train.log keeps them)
-        cfg = build_config(argv, say=notes.append)
+        cfg = build_config(argv, {**os.environ, "WORLD_SIZE": str(launch.world)}, say=notes.append)
         from mmftrain.run import run
 
         summary = run(cfg, notes, pack_args(cfg, argv), argv)
@@ -55,10 +71,20 @@ def run_from_argv(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    interrupted = summary.get("interrupted")
-    if interrupted:
-        return {"SIGINT": 130, "SIGTERM": 143}.get(interrupted, 1)
-    return 0
+    return exit_code(summary.get("interrupted"))
+
+
+def exit_code(stopped_by: str | None) -> int:
+    """0 for a finished run; 128 + the signal's number (a shell's code for a process the signal ended) for a run
+    that a signal stopped, its checkpoint on disk (see USAGE)."""
+    if not stopped_by:
+        return 0
+    import signal
+
+    try:
+        return 128 + signal.Signals[stopped_by].value
+    except KeyError:
+        return 1
 
 
 def pack_args(cfg: dict, argv: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import random
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -39,6 +40,14 @@ RESUME_MUST_MATCH = ("model", "datasets", "model_config")
 # model_config keys that change how the model computes, not what it computes (the same parameters, the same
 # scores): free to differ on resume, and absent from the checkpoints of versions that predate them
 RESUME_MAY_DIFFER = ("model_config.m4c.incremental_decoding", "model_config.m4c.trim_last_layer")
+# A restarted command (torchrun --max-restarts, a requeued SLURM job) waits this long for the save dir's lock: its
+# launcher ended the previous processes first, but a lock on a network filesystem may outlive a dead node's
+# process until the server's lease expires (NFSv4: 90 s by default)
+RESTART_LOCK_WAIT_S = 180
+# training.requeue: the signal after which the job requeues itself. SLURM's time-limit warning (sbatch
+# --signal=USR1@90); never SIGTERM, which is also scancel's (a cancelled job must stay cancelled) and SLURM's own
+# preemption (which requeues the job itself when its PreemptMode says so).
+REQUEUE_SIGNAL = "SIGUSR1"
 
 
 class Stages(NamedTuple):
@@ -84,9 +93,9 @@ def run(cfg: dict, notes=(), pack_args: list[str] | None = None, argv: list[str]
             check_global_batch(int(cfg["training"]["batch_size"]), dist.world)
         save_dir = Path(str(cfg["env"]["save_dir"])).expanduser()
         check_output_dirs(cfg, save_dir)
-        refuse_other_run(cfg, save_dir)  # before anything is written there
+        refuse_other_run(cfg, save_dir, dist.launch)  # before anything is written there
         stack.enter_context(hold_save_dir(save_dir, dist))
-        refuse_other_run(cfg, save_dir)  # again under the lock: a run that started beside this one
+        refuse_other_run(cfg, save_dir, dist.launch)  # again under the lock: a run that started beside this one
         distributed.barrier()
         log_dir = Path(cfg["env"]["log_dir"])  # mmfconfig filled in "" (= save_dir) and expanded it
         setup_logging(log_dir, dist.is_main, dist.rank, cfg["training"]["logger_level"])
@@ -138,6 +147,7 @@ def _run(cfg: dict, dist: distributed.DistInfo, save_dir: Path, pack_args: list[
                      "metrics": {}}
     if stages.train and not train_stage(cfg, trainer, splits, save_dir, summary):
         write_summary(summary, save_dir, dist)  # interrupted by a signal: no final passes
+        requeue_if_asked(cfg, dist, summary["interrupted"], trainer.num_updates)
         return summary
     final_passes(cfg, trainer, splits, stages, summary)
     write_summary(summary, save_dir, dist)
@@ -189,13 +199,15 @@ def hold_save_dir(save_dir: Path, dist: distributed.DistInfo):
     from zoo.errors import LockTimeoutError, ZooError
     from zoo.lock import resource_lock
 
+    restarted = dist.launch.restarts > 0  # its launcher ended the previous processes: a lock still held is theirs
     with contextlib.ExitStack() as held:
         error = None
         if dist.is_main:
             try:
                 save_dir.mkdir(parents=True, exist_ok=True)
-                held.enter_context(resource_lock(save_dir / SAVE_DIR_LOCK, f"env.save_dir={save_dir}", timeout=0,
-                                                 say=lambda _: None))
+                held.enter_context(resource_lock(save_dir / SAVE_DIR_LOCK, f"env.save_dir={save_dir}",
+                                                 timeout=RESTART_LOCK_WAIT_S if restarted else 0,
+                                                 say=log.warning if restarted else lambda _: None))
             except LockTimeoutError as e:
                 error = e
             except (ZooError, OSError) as e:  # no lock file can be made there at all: train unprotected
@@ -215,14 +227,43 @@ def startup_checks(cfg: dict, stages: Stages) -> None:
         require_tensorboard()
 
 
-def refuse_other_run(cfg: dict, save_dir: Path) -> None:
-    """A save dir holding another run is used only to continue it or, when asked explicitly, to replace it."""
+def refuse_other_run(cfg: dict, save_dir: Path, launch: distributed.Launch | None = None) -> None:
+    """A save dir holding another run is used only to continue it or, when asked explicitly, to replace it. A
+    restarted command (`launch.restarts`) is no exception: without checkpoint.resume=true it may equally be a new
+    experiment pointed at an old folder, and continuing it silently would mix two runs; its error says so."""
     found = previous_run_files(save_dir)
     if not run_started(save_dir) or cfg["checkpoint"]["resume"] or cfg["env"]["overwrite_save_dir"]:
         return
-    raise TrainError(f"env.save_dir={save_dir} holds another run ({', '.join(found[:4])}); continue it with "
-                     "checkpoint.resume=true, or start this run elsewhere with env.save_dir=<new folder> "
+    restart = ""
+    if launch is not None and launch.restarts:
+        restart = (f" (this command was restarted {launch.restarts} time(s) by its launcher: a command that a "
+                   "cluster may requeue or restart must carry checkpoint.resume=true)")
+    raise TrainError(f"env.save_dir={save_dir} holds another run ({', '.join(found[:4])}){restart}; continue it "
+                     "with checkpoint.resume=true, or start this run elsewhere with env.save_dir=<new folder> "
                      "(env.overwrite_save_dir=true deletes the old run)")
+
+
+def requeue_if_asked(cfg: dict, dist: distributed.DistInfo, stopped: str, update: int) -> None:
+    """training.requeue=true: after REQUEUE_SIGNAL inside a SLURM job, global rank 0 requeues the job (Lightning's
+    auto-requeue); the caller has the checkpoint on disk. The requeued identical command resumes (mmfconfig refuses
+    training.requeue=true without checkpoint.resume=true)."""
+    if not cfg["training"]["requeue"] or stopped != REQUEUE_SIGNAL or not dist.is_main:
+        return
+    job = dist.launch.job_id
+    if job is None:
+        log.warning("training.requeue=true: %s received outside a SLURM job (SLURM_JOB_ID unset): nothing to "
+                    "requeue; rerun the same command to continue from update %d", stopped, update)
+        return
+    # SLURM ends the job's processes as it requeues it: this one has nothing left to lose, and it exits with its
+    # documented code rather than SIGTERM's
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    problem = distributed.requeue_slurm_job(job)
+    if problem:
+        log.error("training.requeue=true: could not requeue SLURM job %s: %s; the checkpoint of update %d is on "
+                  "disk: submit the same command again to continue", job, problem, update)
+    else:
+        log.info("training.requeue=true: requeued SLURM job %s (scontrol requeue); it continues from update %d",
+                 job, update)
 
 
 def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: StartPoint, seed: int) -> None:

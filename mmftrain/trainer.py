@@ -37,6 +37,10 @@ from mmftrain.optim import build_optimizer, build_scheduler
 
 # With several processes, all ranks agree on a stop signal every this many updates (a collective is a host sync).
 STOP_CHECK_EVERY = 10
+# Signals that end training at the next update all ranks agree on, with current.ckpt on disk at that update: Ctrl-C,
+# SIGTERM (scancel, SLURM's preemption and time limit, torchrun stopping its workers), SIGUSR1 (SLURM's warning
+# before the time limit when asked for with sbatch --signal=USR1@<seconds>)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 def seed_everything(seed: int) -> None:
@@ -207,7 +211,7 @@ class Trainer:
             if self.dist.is_main:
                 writer = MetricsWriter(self.save_dir, self._tensorboard_dir(), self.num_updates)
                 stack.callback(writer.close)
-            old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            old_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
             stack.callback(lambda: [signal.signal(s, h) for s, h in old_handlers.items()])
             if training["detect_anomaly"]:
                 stack.enter_context(torch.autograd.detect_anomaly(check_nan=True))
@@ -283,10 +287,7 @@ class Trainer:
                     stopped = "early_stop"
                     break
                 if self._stop_requested():
-                    stopped = signal.Signals(self.stop_signal or signal.SIGTERM).name
-                    self.save(checkpoint.CURRENT)
-                    log.info("%s received: saved %s at update %d; resume with checkpoint.resume=true",
-                             stopped, self.save_dir / checkpoint.CURRENT, self.num_updates)
+                    stopped = self._stop_at_signal(current_saved_at)
                     break
             if stopped in (None, "early_stop"):
                 names = []
@@ -369,12 +370,28 @@ class Trainer:
                  self.best_update)
         return True
 
+    def _stop_at_signal(self, current_saved_at: int | None) -> str:
+        """current.ckpt of this update on disk (not only in the writer's hands: the process exits next, and a job
+        requeue must find it), on every rank; returns the name of the signal the ranks agreed on."""
+        stopped = signal.Signals(self.stop_signal or signal.SIGTERM).name
+        if current_saved_at != self.num_updates:
+            self.save(checkpoint.CURRENT)
+        self.finish_writes()
+        log.info("%s received: saved %s at update %d; resume with checkpoint.resume=true",
+                 stopped, self.save_dir / checkpoint.CURRENT, self.num_updates)
+        return stopped
+
     def _stop_requested(self) -> bool:
         if self.dist.world == 1:
             return self.stop_signal is not None
         if self.num_updates % STOP_CHECK_EVERY:
             return False
-        return distributed.any_flag(self.stop_signal is not None, self.device)
+        # the signal itself is agreed (the highest number, if ranks got different ones): every rank exits with the
+        # same code, and rank 0 knows to requeue a job whose SIGUSR1 reached another rank only
+        agreed = distributed.max_int(self.stop_signal or 0, self.device)
+        if agreed:
+            self.stop_signal = agreed  # set, never cleared here: a signal arriving during the collective counts next
+        return bool(agreed)
 
     def _log_train(self, window: LogWindow, max_updates: int, start_updates: int, started: float, writer,
                    cpu_batch: dict) -> float:
