@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests.test_cluster_launch import slurm_job_with_free_port  # noqa: E402  (one owner of the port rule's probe)
 
 TINY = "projects/m4c/configs/textvqa/tiny.yaml"
 MICRO = ["model_config.m4c.mmt.num_hidden_layers=1", "training.batch_size=8", "training.evaluation_interval=100000",
@@ -45,18 +46,6 @@ def synthetic(root: Path) -> Path:
     return out
 
 
-def free_job_id() -> str:
-    """A SLURM job id whose derived rendezvous port (15000 + its last 4 digits) is free here."""
-    while True:
-        port = 15000 + int.from_bytes(os.urandom(2), "big") % 10000
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-        return f"88{port - 15000:04d}"
-
-
 def logged_updates(save: Path) -> int:
     path = save / "metrics.jsonl"
     if not path.exists():
@@ -71,7 +60,7 @@ def stop_once(data: Path, save: Path, ranks: int, sig: signal.Signals, after: in
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))
             and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     base.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    job = free_job_id()
+    job = slurm_job_with_free_port()
     procs = []
     for rank in range(ranks):
         env = dict(base)
