@@ -50,6 +50,36 @@ RESTART_LOCK_WAIT_S = 180
 REQUEUE_SIGNAL = "SIGUSR1"
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM/SIGUSR1 outside the training loop (which finishes its update and checkpoints instead): loading data,
+    fetching it, the final passes. A KeyboardInterrupt, so what handles Ctrl-C (a fetch keeping its partial
+    download, the locks) handles it too; nothing of the run's checkpoints changes, so the same command continues."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def stop_signals_raise():
+    """Turn SIGTERM/SIGUSR1 into StopSignal for the block: without it SIGUSR1 (SLURM's time-limit warning) killed a
+    run still loading its data without a word, and training.requeue never requeued it. The training loop installs
+    its own handlers (mmftrain.trainer) and restores these."""
+    def on_signal(signum, _frame):
+        raise StopSignal(signum)
+
+    wanted = (signal.SIGTERM, signal.SIGUSR1)
+    try:
+        old = {s: signal.signal(s, on_signal) for s in wanted}
+    except ValueError:  # not the main thread (embedded use): leave the defaults
+        old = {}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 class Stages(NamedTuple):
     """What run_type asks for."""
     train: bool
@@ -102,7 +132,10 @@ def run(cfg: dict, notes=(), pack_args: list[str] | None = None, argv: list[str]
         for note in notes:
             log.warning("%s", note)
         try:
-            return _run(cfg, dist, save_dir, pack_args, argv)
+            with stop_signals_raise():
+                return _run(cfg, dist, save_dir, pack_args, argv)
+        except StopSignal as stop:
+            return stopped_outside_training(cfg, dist, save_dir, stop.name)
         except (TrainError, ConfigError) as e:  # ConfigError: mmfconfig's, raised by the resume check
             log.error("error: %s", e, exc_info=True, extra={"file_only": True})
             raise
@@ -243,7 +276,16 @@ def refuse_other_run(cfg: dict, save_dir: Path, launch: distributed.Launch | Non
                      "(env.overwrite_save_dir=true deletes the old run)")
 
 
-def requeue_if_asked(cfg: dict, dist: distributed.DistInfo, stopped: str, update: int) -> None:
+def stopped_outside_training(cfg: dict, dist: distributed.DistInfo, save_dir: Path, stopped: str) -> dict:
+    """A stop signal while the run loaded its data or ran its final passes: nothing new to checkpoint (the training
+    loop checkpoints what it trained); exit with the signal's code and requeue as the loop would."""
+    log.warning("%s received outside the training loop: stopped; the checkpoints in %s are as they were, and the "
+                "same command with checkpoint.resume=true continues", stopped, save_dir)
+    requeue_if_asked(cfg, dist, stopped, None)
+    return {"run_type": cfg["run_type"], "save_dir": str(save_dir), "interrupted": stopped}
+
+
+def requeue_if_asked(cfg: dict, dist: distributed.DistInfo, stopped: str, update: int | None) -> None:
     """training.requeue=true: after REQUEUE_SIGNAL inside a SLURM job, global rank 0 requeues the job (Lightning's
     auto-requeue); the caller has the checkpoint on disk. The requeued identical command resumes (mmfconfig refuses
     training.requeue=true without checkpoint.resume=true)."""
@@ -252,18 +294,22 @@ def requeue_if_asked(cfg: dict, dist: distributed.DistInfo, stopped: str, update
     job = dist.launch.job_id
     if job is None:
         log.warning("training.requeue=true: %s received outside a SLURM job (SLURM_JOB_ID unset): nothing to "
-                    "requeue; rerun the same command to continue from update %d", stopped, update)
+                    "requeue; rerun the same command to continue from %s", stopped, _where(update))
         return
     # SLURM ends the job's processes as it requeues it: this one has nothing left to lose, and it exits with its
     # documented code rather than SIGTERM's
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     problem = distributed.requeue_slurm_job(job)
     if problem:
-        log.error("training.requeue=true: could not requeue SLURM job %s: %s; the checkpoint of update %d is on "
-                  "disk: submit the same command again to continue", job, problem, update)
+        log.error("training.requeue=true: could not requeue SLURM job %s: %s; submit the same command again to "
+                  "continue from %s", job, problem, _where(update))
     else:
-        log.info("training.requeue=true: requeued SLURM job %s (scontrol requeue); it continues from update %d",
-                 job, update)
+        log.info("training.requeue=true: requeued SLURM job %s (scontrol requeue); it continues from %s", job,
+                 _where(update))
+
+
+def _where(update: int | None) -> str:
+    return "the run's last checkpoint" if update is None else f"update {update} (its checkpoint is on disk)"
 
 
 def accept_run(cfg: dict, save_dir: Path, dist: distributed.DistInfo, start: StartPoint, seed: int) -> None:

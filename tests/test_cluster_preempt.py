@@ -106,10 +106,48 @@ def test_training_requeue_requeues_the_slurm_job_after_its_checkpoint(data_dir, 
     assert torch.load(f"{record}.ckpt", weights_only=True)["num_updates"] == stop
     if fails:
         assert ("ERROR | mmftrain : training.requeue=true: could not requeue SLURM job 31337: scontrol requeue 31337 "
-                "exited with 1: scontrol: error: Requeue of JobId=31337 not allowed; the checkpoint of update "
-                f"{stop} is on disk: submit the same command again to continue") in err, err[-3000:]
+                "exited with 1: scontrol: error: Requeue of JobId=31337 not allowed; submit the same command again to "
+                f"continue from update {stop} (its checkpoint is on disk)") in err, err[-3000:]
     else:
         assert f"requeued SLURM job 31337 (scontrol requeue); it continues from update {stop}" in err
+
+
+def stop_while_loading(sig, cmd, err_path, env):
+    """Start `cmd` and deliver `sig` while it builds its data and model: the run logs its run_type line just before
+    that; it is frozen there (SIGSTOP), `sig` is queued and delivered on SIGCONT. Returns (exit code, stderr)."""
+    with open(err_path, "w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while "run_type=" not in err_path.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()[-3000:]
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGSTOP)
+            proc.send_signal(sig)
+            proc.send_signal(signal.SIGCONT)
+            code = proc.wait(timeout=120)
+        finally:
+            proc.kill() if proc.poll() is None else None
+        return code, err_path.read_text()
+
+
+def test_sigusr1_while_loading_data_exits_138_and_requeues(data_dir, tmp_path):  # noqa: F811
+    """Before: SIGUSR1 (SLURM's time-limit warning) during start-up killed the run by the signal's default action,
+    without a word and without the requeue training.requeue=true asks for."""
+    save = tmp_path / "save"
+    bin_dir, record = fake_scontrol(tmp_path)
+    env = clean_env(SLURM_JOB_ID="31337", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = train_cmd(data_dir, save, *RECIPE, "training.requeue=true")
+    code, err = stop_while_loading(signal.SIGUSR1, cmd, tmp_path / "err.txt", env)
+    assert code == 138, err[-3000:]
+    assert "SIGUSR1 received outside the training loop: stopped" in err and "Traceback" not in err
+    assert record.read_text() == "requeue 31337\n"
+    assert "requeued SLURM job 31337 (scontrol requeue); it continues from the run's last checkpoint" in err
+    assert not (save / "current.ckpt").exists() and not (save / "metrics.jsonl").exists()  # nothing trained
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)  # the requeued job
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((save / "summary.json").read_text())["train"]["num_updates"] == 12
 
 
 def test_training_requeue_without_resume_is_refused_at_submission(data_dir, tmp_path):
