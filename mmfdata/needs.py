@@ -15,7 +15,6 @@ and every key's own zoo_requirements after it (a model's detectron.vmb_weights).
 """
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,38 +134,31 @@ def _installed(zoo, key: str, data_dir: str) -> bool:
         return False
 
 
-# ---- the commands that carry a run's data to an offline machine
-def pack_command(argv: list[str], out: str = "run.pack") -> str:
-    """`mmf zoo pack --for <the run's options> -o OUT` (what env.offline=true asks for on a connected machine)."""
-    return f"mmf zoo pack --for {shlex.join(_run_options(argv))} -o {shlex.quote(str(out))}"
-
-
-def install_command(pack: str, data_dir: str | None = None, manifests=()) -> str:
-    """`mmf zoo fetch --from PACK` into `data_dir`, with the run's extra manifests (env.dataset_zoo/model_zoo) so the
-    pack's entries are judged against the manifests the run reads."""
-    words = ["mmf", "zoo", "fetch", "--from", str(pack)]
-    words += ["--data-dir", str(data_dir)] if data_dir else []
-    for item in manifests:  # (kind, path) pairs as mmfconfig.paths.zoo_manifests gives them, or --zoo paths
-        words += ["--zoo", str(item[1] if isinstance(item, tuple) else item)]
-    return shlex.join(words)
-
-
-def _run_options(argv: list[str]) -> list[str]:
-    """`argv` without --local_rank (torch.distributed.launch's, one per process: not the run's)."""
-    out, skip = [], False
-    for word in argv:
-        if skip:
-            skip = False
-        elif word == "--local_rank":
-            skip = True
-        elif not word.startswith("--local_rank="):
-            out.append(word)
-    return out
-
-
 def run_argv(cfg: dict) -> list[str]:
     """The options that resolve to `cfg`'s needs when the run's own command line is not at hand (a library call):
     its config file, datasets and model."""
     words = [f"config={cfg['config']}"] if cfg.get("config") else []
     words += [f"datasets={','.join(cfg['datasets'])}"] if cfg.get("datasets") else []
     return words + ([f"model={cfg['model']}"] if cfg.get("model") else [])
+
+
+def keys_for_run(argv: list[str], zoo_paths, data_dir: Path | None):
+    """What `mmf zoo pack --for ARGV` packs: (zoo, data dir, keys, the run's extra manifests, {key: why}), the run
+    resolved as `mmf train` resolves ARGV; --data-dir (`data_dir`) stands for env.data_dir, --zoo files
+    (`zoo_paths`) win over the run's manifests as on every other zoo command."""
+    from mmfconfig.errors import ConfigError
+    from mmfconfig.paths import zoo_manifests
+    from mmfconfig.resolve import build_config
+    from zoo.errors import UsageError
+    from zoo.manifest import load_zoo
+
+    if data_dir is not None:
+        argv = [*argv, f"env.data_dir={Path(data_dir).expanduser().absolute()}"]
+    try:
+        cfg = build_config(argv, say=lambda _: None)
+    except ConfigError as exc:
+        raise UsageError(f"--for: {'; '.join(line.strip() for line in str(exc).splitlines())}") from None
+    manifests = [*zoo_manifests(cfg), *(zoo_paths or [])]
+    needs = run_needs(cfg, manifests=manifests)
+    return (load_zoo(manifests), Path(str(cfg["env"]["data_dir"])), [n.key for n in needs], manifests,
+            {n.key: n.why for n in needs})

@@ -110,7 +110,8 @@ def offline_error(cfg: dict, missing: list, why: str, argv: list[str] | None = N
     """One line: what is missing, and the commands that bring it (`argv`: the run's options; else its config file,
     datasets and model)."""
     from mmfconfig.paths import zoo_manifests
-    from mmfdata.needs import install_command, pack_command, run_argv
+    from mmfdata.needs import run_argv
+    from zoo.commands import install_command, pack_command
 
     data_dir = str(cfg["env"]["data_dir"])
     name = "-".join([*(cfg.get("datasets") or []), *([cfg["model"]] if cfg.get("model") else [])]) or "run"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from zoo.cli import app as zoo_app
+from zoo.cli import app as zoo_app, plug_run_keys
 from zoo.outcome import ZooGroup
 
 app = typer.Typer(
@@ -16,6 +16,16 @@ app = typer.Typer(
     help="MMF-compatible zoo manager and M4C trainer for TextVQA / ST-VQA.",
 )
 app.add_typer(zoo_app, name="zoo")
+
+
+def _keys_for_run(argv, zoo_paths, data_dir):
+    """`mmf zoo pack --for`: the keys a run reads (mmfdata.needs; numpy- and torch-free)."""
+    from mmfdata.needs import keys_for_run
+
+    return keys_for_run(argv, zoo_paths, data_dir)
+
+
+plug_run_keys(_keys_for_run)
 
 
 def _print_version(value: bool) -> None:

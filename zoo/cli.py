@@ -4,8 +4,8 @@ How a command ends (exit code, the stderr line, --json's one document) is zoo.ou
 zoo.errors.EXIT_CODES. -q/--quiet on every command keeps stderr to errors and warnings and drops success summaries;
 what a command exists to show (list's table, info, hash's YAML) still prints.
 
-`pack --for <mmf train options>` is the one place the zoo's CLI asks above the zoo: mmfconfig resolves the run's
-config as `mmf train` does and mmfdata.needs lists the keys it reads (both without numpy or torch).
+`pack --for <mmf train options>` needs what only the packages above the zoo know (how a run is configured, what it
+reads): the `mmf` entry point plugs that in (plug_run_keys), so the zoo imports nothing above itself.
 """
 from __future__ import annotations
 
@@ -492,30 +492,27 @@ def pack_cmd(ctx: typer.Context,
     finish(go, as_json)
 
 
-def _run_keys(argv: list[str], zoo_paths, data_dir: Optional[Path]):
-    """(zoo, data dir, keys, the run's extra manifests, {key: why}) for `pack --for ARGV`, as mmf train resolves
-    ARGV (mmfconfig) and lists what it reads (mmfdata.needs); --data-dir stands for env.data_dir."""
-    from mmfconfig.errors import ConfigError
-    from mmfconfig.paths import zoo_manifests
-    from mmfconfig.resolve import build_config
-    from mmfdata.needs import run_needs
-    from zoo.manifest import load_zoo
+# (argv, --zoo paths, --data-dir) -> (zoo, data dir, keys, the run's extra manifests, {key: why}); set by the `mmf`
+# entry point (mmfzoo_cli), which may import mmfconfig and mmfdata
+_run_keys_for = None
 
-    if data_dir is not None:
-        argv = [*argv, f"env.data_dir={Path(data_dir).expanduser().absolute()}"]
-    try:
-        cfg = build_config(argv, say=lambda _: None)
-    except ConfigError as exc:
-        raise UsageError(f"--for: {'; '.join(line.strip() for line in str(exc).splitlines())}") from None
-    manifests = [*zoo_manifests(cfg), *(zoo_paths or [])]  # a --zoo file wins, as on every other command
-    z = load_zoo(manifests)
-    needs = run_needs(cfg, manifests=manifests)
-    return z, Path(str(cfg["env"]["data_dir"])), [n.key for n in needs], manifests, {n.key: n.why for n in needs}
+
+def plug_run_keys(fn) -> None:
+    """Let `pack --for` ask `fn` which keys a run reads (see _run_keys_for)."""
+    global _run_keys_for
+    _run_keys_for = fn
+
+
+def _run_keys(argv: list[str], zoo_paths, data_dir: Optional[Path]):
+    if _run_keys_for is None:
+        raise UsageError("--for needs the `mmf` command (it knows how a run is configured): run `mmf zoo pack --for "
+                         "...`")
+    return _run_keys_for(argv, zoo_paths, data_dir)
 
 
 def _install_hint(out: Path, keys: Optional[List[str]], manifests) -> str:
     if keys is None:  # a run's pack: everything it holds, judged against the manifests the run reads
-        from mmfdata.needs import install_command
+        from zoo.commands import install_command
 
         return install_command(str(out), None, manifests)
     return f"mmf zoo fetch {' '.join(keys)} --from {out}"
