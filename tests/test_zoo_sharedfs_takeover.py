@@ -110,15 +110,22 @@ def test_a_live_holder_on_another_host_is_never_taken_over(shared):
 
 
 def _line_with(stream, text: str, timeout: float) -> str | None:
-    """The first line of `stream` (a pipe) containing `text`, read as it comes; None after `timeout` s."""
+    """The first line of `stream` (a pipe) containing `text`, read as it comes; None after `timeout` s. Reads the
+    descriptor itself: a buffered readline() may pull the wanted line into Python's buffer along with an earlier
+    one, after which select() never reports it (this test failed that way under load)."""
+    fd, seen = stream.fileno(), b""
     sel = selectors.DefaultSelector()
-    sel.register(stream, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sel.select(timeout=max(0.0, deadline - time.monotonic())):
-            line = stream.readline()
-            if not line or text in line:
-                return line or None
+            chunk = os.read(fd, 65536)
+            seen += chunk
+            for line in seen.decode(errors="replace").splitlines():
+                if text in line:
+                    return line
+            if not chunk:
+                return None
     return None
 
 
