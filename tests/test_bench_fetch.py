@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
+
 from tests.zoo_helpers import ROOT
 
 SCRIPT = ROOT / "bench" / "fetch.py"
@@ -44,6 +46,7 @@ def test_tree_check_catches_missing_and_changed_files(tmp_path):
     assert bench.check_tree(tree, archive).startswith(f"missing {first}")
 
 
+@pytest.mark.slow  # a bench smoke run
 def test_smoke_run_all_scenarios_on_a_tiny_archive(tmp_path):
     out = tmp_path / "results.json"
     r = subprocess.run(

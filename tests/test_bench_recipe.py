@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a bench smoke run
 def test_recipe_bench_tiny_runs_both_settings_and_projects_the_recipe():
     env = {**os.environ, "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "recipe.py"), "--tiny"], capture_output=True,
@@ -38,6 +41,7 @@ def test_decode_bench_tiny_checks_identical_predictions_and_prints_the_ratio():
     assert re.search(r"incremental\s+[\d.]+ q/s \([\d.]+ s\)\s+x[\d.]+", line), line
 
 
+@pytest.mark.slow  # a bench smoke run
 def test_decode_bench_under_bf16_compares_the_flips_with_the_precisions_own():
     env = {**os.environ, "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "decode.py"), "--models", "tiny", "--batch", "16",
@@ -69,6 +73,7 @@ def test_train_bench_sorts_kernels_into_the_parts_of_a_step():
     assert {n: kernel_kind(n) for n in names} == names
 
 
+@pytest.mark.slow  # a bench smoke run
 def test_train_bench_smoke_runs_the_trim_baseline_profile_and_sdpa_check():
     """bench/train.py (what the GPU session runs) cannot rot: the every-row baseline, the profile summary and the
     attention-kernel report run on the CPU with the full-size model at batch 2."""

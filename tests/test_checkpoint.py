@@ -220,6 +220,7 @@ def test_a_save_due_while_the_last_write_runs_warns_once(tmp_path, caplog):
     assert writer.stall_s > 0
 
 
+@pytest.mark.slow  # a bench smoke run
 def test_checkpoint_bench_smoke(tmp_path):
     """bench/checkpoint.py --tiny runs (so the benchmark cannot rot) and reports both ways and the ratio."""
     import subprocess

@@ -47,7 +47,8 @@ def stop_with(sig, cmd, save, env, after=3):
         return code, err.read(), took
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGUSR1, 138), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGUSR1, 138),
+                                       pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])  # the same path
 def test_a_signal_checkpoints_the_update_and_the_same_command_resumes_it(data_dir, reference, tmp_path, sig, code):
     import torch
 

@@ -1,16 +1,21 @@
-"""`mmf demo` end to end (smaller setting): every artifact is there and the model clearly beats the majority answer."""
+"""`mmf demo` end to end: every artifact is there and the model clearly beats the majority answer (a small setting in
+the default run; the demo's own sizes with `-m slow`)."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.zoo_helpers import ROOT
 
-QUESTIONS, UPDATES = 600, 240
 
-
-def test_demo_runs_end_to_end_and_learns(tmp_path):
+@pytest.mark.parametrize("QUESTIONS, UPDATES, learns", [
+    (200, 80, True),  # ~35 s; reaches ~74% val accuracy against ~1% for the majority answer
+    pytest.param(600, 240, True, marks=pytest.mark.slow),  # ~90 s: the sizes the README quotes
+])
+def test_demo_runs_end_to_end_and_learns(tmp_path, QUESTIONS, UPDATES, learns):
     out = tmp_path / "demo"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     r = subprocess.run([sys.executable, "-m", "mmfzoo_cli", "demo", "--out", str(out), "--questions", str(QUESTIONS),
@@ -18,8 +23,10 @@ def test_demo_runs_end_to_end_and_learns(tmp_path):
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     report = json.loads((out / "demo.json").read_text())
     # learned: far above always answering the most common train answer (computed from the data by the demo)
-    assert report["val_accuracy"] > report["majority_baseline"] + 0.25, report
-    assert "LEARNED" in r.stdout and "next:" in r.stdout
+    if learns:
+        assert report["val_accuracy"] > report["majority_baseline"] + 0.25, report
+        assert "LEARNED" in r.stdout
+    assert "next:" in r.stdout
     # the disk use it stated before starting is not exceeded
     from mmfzoo_cli.demo_out import disk_estimate
     from zoo.fsutil import human

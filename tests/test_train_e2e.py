@@ -71,6 +71,7 @@ def wait_for_update(save_dir, proc, update, timeout=180):
     raise AssertionError("training did not reach the update in time")
 
 
+@pytest.mark.slow  # ~19 s; test_cluster_preempt checks a resume batch for batch in the default run
 def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
     steps = ["training.max_updates=24", "training.checkpoint_interval=8"]
     ref = run(train_cmd(data_dir, tmp_path / "ref", *steps))
@@ -258,6 +259,7 @@ def test_val_and_inference_write_complete_prediction_files(data_dir, tmp_path):
     assert "test/textvqa/textvqa_accuracy" not in summary["metrics"]
 
 
+@pytest.mark.slow  # ~15 s; test_train_resize compares 2 and 1 processes in the default run
 def test_two_process_gloo_matches_one_process(data_dir, tmp_path):
     r = run(train_cmd(data_dir, tmp_path / "train", "training.max_updates=6", "training.checkpoint_interval=6"))
     assert r.returncode == 0, r.stderr[-3000:]

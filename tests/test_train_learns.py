@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mmftrain.logs import read_metrics
 from mmftrain.metrics import textvqa_accuracy
@@ -28,6 +29,7 @@ def _imdb(data_dir: Path, split: str) -> list[dict]:
     return list(arr[1:])
 
 
+@pytest.mark.slow  # ~60 s; the default run checks learning through test_demo
 def test_tiny_m4c_beats_majority_baseline_on_val(tmp_path):
     from mmfdata.build import pack_dataset
     from mmfdata.configs import default_dataset_config
