@@ -113,3 +113,16 @@ def node_fetch(zoo, data: Path, url: str, node: str, extra_env: dict, *args: str
     return subprocess.Popen([sys.executable, "-c", MMF, period, "zoo", "fetch", "toyset", "--zoo", str(zoo.manifest),
                              "--data-dir", str(data), "--mirror", url, "--chunk-size", "0.5", "--connections", "2",
                              *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# the fixtures of the shared-data-dir tests (imported by them): what compiles here, and a shared data dir on the
+# filesystem a test's `shared` parameter names ("flock", "fuse", "preload", "noflock")
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("noflock"))
+
+
+@pytest.fixture
+def shared(request, built, tmp_path):
+    with shared_dir(request.param, built, tmp_path) as got:
+        yield got

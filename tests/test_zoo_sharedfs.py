@@ -15,23 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests import sharedfs
-from tests.sharedfs import node_fetch
+from tests.sharedfs import built, node_fetch, shared  # noqa: F401 (fixtures)
 from tests.zoo_helpers import ROOT, assert_tree, make_zoo, run_mmf
 from zoo.testing.faultserver import FaultServer, Faults
 
 WAITING = re.compile(r"waiting for toyset\S*: locked by pid (\d+) on (\S+) \(mmf zoo fetch toyset")
 FALLBACK = "flock failed: No locks available; using heartbeat lock files instead"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return sharedfs.build(tmp_path_factory.mktemp("noflock"))
-
-
-@pytest.fixture
-def shared(request, built, tmp_path):
-    with sharedfs.shared_dir(request.param, built, tmp_path) as got:
-        yield got
 
 
 @pytest.mark.parametrize("shared", ["flock", "fuse", "preload"], indirect=True)

@@ -17,21 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import sharedfs
-from tests.sharedfs import node_fetch
+from tests.sharedfs import built, node_fetch, shared  # noqa: F401 (fixtures)
 from tests.zoo_helpers import ROOT, make_zoo, run_mmf
 from zoo.testing.faultserver import FaultServer, Faults
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return sharedfs.build(tmp_path_factory.mktemp("noflock"))
-
-
-@pytest.fixture
-def shared(request, built, tmp_path):
-    with sharedfs.shared_dir(request.param, built, tmp_path) as got:
-        yield got
 
 
 def _journal_bytes(data: Path) -> int:
